@@ -1,0 +1,156 @@
+import { readFileSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import { ConfigError } from '../errors.ts';
+import { environmentVariableFor, loadConfig, parseOpenAiValue, type ConfigFile } from './config.ts';
+
+const file = (path: string, text: string): ConfigFile => ({ path, text });
+
+function problemsOf(run: () => unknown): ConfigError['problems'] {
+  try {
+    run();
+  } catch (error) {
+    if (error instanceof ConfigError) return error.problems;
+    throw error;
+  }
+  throw new Error('expected a ConfigError');
+}
+
+describe('loadConfig', () => {
+  it("defaults to TinyTroupe's shipped [OpenAI] values", () => {
+    const { config } = loadConfig([], {});
+    expect(config.openai).toMatchObject({
+      apiType: 'openai',
+      azureApiVersion: '2023-05-15',
+      model: 'gpt-4o-mini',
+      maxTokens: 4000,
+      temperature: 1.5,
+      topP: null,
+      freqPenalty: 0,
+      presencePenalty: 0,
+      timeout: 60,
+      maxAttempts: 5,
+      waitingTime: 1,
+      exponentialBackoffFactor: 5,
+      embeddingModel: 'text-embedding-3-small',
+      cacheApiCalls: false,
+      cacheFileName: 'openai_api_cache.pickle',
+      baseUrl: null,
+      maxConcurrentModelCalls: 0,
+    });
+    expect(config.server).toEqual({ host: '127.0.0.1', port: 4000, graphiql: true });
+    expect(config.database).toEqual({ url: null, dataDir: './.callboard/data' });
+    expect(config.prices).toEqual({});
+  });
+
+  it("accepts the project's config.ini and keeps TinyTroupe's values in it", () => {
+    const text = readFileSync(new URL('../../config.ini', import.meta.url), 'utf8');
+    const { config, settings } = loadConfig([file('config.ini', text)], {});
+    expect(config.openai).toEqual(loadConfig([], {}).config.openai);
+    expect(config.prices['gpt-4o-mini']).toEqual({ inputPerMillion: 0.15, outputPerMillion: 0.6 });
+    expect(settings.find((setting) => setting.key === 'MODEL')).toMatchObject({ source: 'FILE', origin: 'config.ini' });
+  });
+
+  it('layers defaults < files in order < environment, and reports where each value came from', () => {
+    const { config, settings } = loadConfig(
+      [file('/repo/config.ini', '[OpenAI]\nMODEL=gpt-4o\nMAX_TOKENS=100\n'), file('/cwd/config.ini', '[OpenAI]\nMODEL=gpt-4.1\n')],
+      { CALLBOARD_OPENAI__MAX_TOKENS: '200', DATABASE_URL: 'postgresql://u:pw@db:5432/x', PORT: '8080' },
+    );
+    expect(config.openai.model).toBe('gpt-4.1');
+    expect(config.openai.maxTokens).toBe(200);
+    expect(config.openai.temperature).toBe(1.5);
+    expect(config.database.url).toBe('postgresql://u:pw@db:5432/x');
+    expect(config.server.port).toBe(8080);
+    const find = (key: string) => settings.find((setting) => setting.key === key);
+    expect(find('MODEL')).toMatchObject({ value: 'gpt-4.1', source: 'FILE', origin: '/cwd/config.ini' });
+    expect(find('MAX_TOKENS')).toMatchObject({ value: '200', source: 'ENVIRONMENT', origin: 'CALLBOARD_OPENAI__MAX_TOKENS' });
+    expect(find('TEMPERATURE')).toMatchObject({ source: 'DEFAULT', origin: null });
+    expect(find('URL')).toMatchObject({ value: 'postgresql://u:***@db:5432/x', source: 'ENVIRONMENT', origin: 'DATABASE_URL' });
+  });
+
+  it('reads keys and sections case-insensitively, as configparser does, and accepts TinyTroupe LOGLEVEL', () => {
+    const { config } = loadConfig([file('a.ini', '[openai]\nmodel=gpt-4o\ncache_api_calls=yes\n[logging]\nLOGLEVEL=ERROR\n[Simulation]\nRANDOM_SEED=42\n')], {});
+    expect(config.openai.model).toBe('gpt-4o');
+    expect(config.openai.cacheApiCalls).toBe(true);
+    expect(config.logging.level).toBe('error');
+  });
+
+  it('treats an empty value as unset: TOP_P absent means not sent', () => {
+    expect(loadConfig([file('a.ini', '[OpenAI]\nTOP_P=\n')], {}).config.openai.topP).toBeNull();
+    expect(loadConfig([file('a.ini', '[OpenAI]\nTOP_P=0.9\n')], {}).config.openai.topP).toBe(0.9);
+  });
+
+  it('reads secrets only from the environment and shows them only as set or unset', () => {
+    const { config, settings } = loadConfig([], { OPENAI_API_KEY: 'sk-secret-value', AZURE_OPENAI_ENDPOINT: 'https://x.openai.azure.com' });
+    expect(config.secrets).toEqual({ openaiApiKey: 'sk-secret-value', azureOpenaiEndpoint: 'https://x.openai.azure.com', azureOpenaiKey: null });
+    const secrets = settings.filter((setting) => setting.secret);
+    expect(secrets.map((setting) => [setting.key, setting.value])).toEqual([
+      ['OPENAI_API_KEY', 'set'],
+      ['AZURE_OPENAI_ENDPOINT', 'set'],
+      ['AZURE_OPENAI_KEY', null],
+    ]);
+    expect(JSON.stringify(settings)).not.toContain('sk-secret-value');
+  });
+
+  it('rejects a secret written in a file, pointing to the environment', () => {
+    const [problem] = problemsOf(() => loadConfig([file('a.ini', '[OpenAI]\nAPI_KEY=sk-1\n')], {}));
+    expect(problem).toMatchObject({ source: 'a.ini', section: 'OpenAI', key: 'API_KEY' });
+    expect(problem!.message).toContain('OPENAI_API_KEY');
+  });
+
+  it('reports every problem at once, each with its file, section, key and reason', () => {
+    const problems = problemsOf(() =>
+      loadConfig(
+        [file('/etc/callboard.ini', '[OpenAI]\nTEMPERATURE=hot\nMAX_TOKENS=-5\nMAX_ATTEMPTS=2.5\nCACHE_API_CALLS=maybe\nMODLE=gpt-4o\nBASE_URL=not a url\nREASONING_EFFORT=extreme\n[Prices]\ngpt-4o=2.5\n')],
+        { CALLBOARD_SERVER__PORT: '99999', CALLBOARD_OPENAI__NOPE: '1', CALLBOARD_WHATEVER: 'x', DATABASE_URL: 'mysql://x' },
+      ),
+    );
+    const summary = problems.map((problem) => `${problem.source} [${problem.section}] ${problem.key}`);
+    expect(summary).toEqual(
+      expect.arrayContaining([
+        '/etc/callboard.ini [OpenAI] TEMPERATURE',
+        '/etc/callboard.ini [OpenAI] MAX_TOKENS',
+        '/etc/callboard.ini [OpenAI] MAX_ATTEMPTS',
+        '/etc/callboard.ini [OpenAI] CACHE_API_CALLS',
+        '/etc/callboard.ini [OpenAI] MODLE',
+        '/etc/callboard.ini [OpenAI] BASE_URL',
+        '/etc/callboard.ini [OpenAI] REASONING_EFFORT',
+        '/etc/callboard.ini [Prices] gpt-4o',
+        'CALLBOARD_SERVER__PORT [Server] PORT',
+        'CALLBOARD_OPENAI__NOPE [OpenAI] NOPE',
+        'CALLBOARD_WHATEVER [] CALLBOARD_WHATEVER',
+        'DATABASE_URL [Database] URL',
+      ]),
+    );
+    expect(problems).toHaveLength(12);
+    const message = (() => {
+      try {
+        loadConfig([file('x.ini', '[OpenAI]\nTEMPERATURE=hot\n')], {});
+      } catch (error) {
+        return (error as Error).message;
+      }
+    })();
+    expect(message).toBe('Invalid configuration (1 problem):\n  - x.ini: [OpenAI] TEMPERATURE: expected a number, got "hot"');
+  });
+
+  it('names the environment variable of every key by one rule', () => {
+    expect(environmentVariableFor('OpenAI', 'MODEL')).toBe('CALLBOARD_OPENAI__MODEL');
+    const { config } = loadConfig([], { [environmentVariableFor('Cache', 'TTL')]: '30', [environmentVariableFor('Server', 'GRAPHIQL')]: 'off' });
+    expect(config.cache.ttlSeconds).toBe(30);
+    expect(config.server.graphiql).toBe(false);
+  });
+
+  it('parses prices as input and output USD per million tokens', () => {
+    const { config } = loadConfig([file('a.ini', '[Prices]\nmy-model = 1.5 , 6\n')], {});
+    expect(config.prices).toEqual({ 'my-model': { inputPerMillion: 1.5, outputPerMillion: 6 } });
+  });
+});
+
+describe('parseOpenAiValue', () => {
+  it('parses a value as the config file would, and rejects unknown keys', () => {
+    expect(parseOpenAiValue('temperature', '0.2')).toEqual({ ok: true, value: 0.2, field: 'temperature' });
+    expect(parseOpenAiValue('MAX_TOKENS', 'many')).toMatchObject({ ok: false });
+    const unknown = parseOpenAiValue('NOT_A_KEY', '1');
+    expect(unknown.ok).toBe(false);
+    expect(!unknown.ok && unknown.message).toContain('unknown key');
+  });
+});

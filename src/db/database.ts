@@ -1,0 +1,104 @@
+import { mkdirSync } from 'node:fs';
+import { PGlite } from '@electric-sql/pglite';
+import { PrismaPg } from '@prisma/adapter-pg';
+import pg from 'pg';
+import { PrismaPGlite } from 'pglite-prisma-adapter';
+import { redactUrlPassword, type Config } from '../config/config.ts';
+import { PrismaClient } from './generated/client.ts';
+
+/** Plain SQL on one connection, for what Prisma's query builder does not do (migrations, locks). */
+export interface SqlSession {
+  query<Row = Record<string, unknown>>(sql: string, parameters?: unknown[]): Promise<Row[]>;
+  /** Runs a script of several statements. */
+  exec(script: string): Promise<void>;
+}
+
+export interface Database {
+  kind: 'pglite' | 'postgres';
+  /** Where the data lives, safe to log: a folder, or the Postgres URL without its password. */
+  location: string;
+  prisma: PrismaClient;
+  /** Lends one connection for the duration of `work`. */
+  withSession<T>(work: (session: SqlSession) => Promise<T>): Promise<T>;
+  /** True when a trivial query answers. */
+  isReachable(): Promise<boolean>;
+  close(): Promise<void>;
+}
+
+export interface DatabaseOptions {
+  /** A Postgres URL; null opens the embedded PGlite database. */
+  url: Config['database']['url'];
+  /** PGlite's folder; `memory://` keeps it in memory (tests). */
+  dataDir: string;
+  /** @default 10 */
+  poolSize?: number;
+}
+
+/** Opens Callboard's database: a Postgres server when a URL is given, else the embedded PGlite. */
+export async function createDatabase(options: DatabaseOptions): Promise<Database> {
+  return options.url ? openPostgres(options.url, options.poolSize ?? 10) : openPglite(options.dataDir);
+}
+
+async function openPglite(dataDir: string): Promise<Database> {
+  const inMemory = dataDir.startsWith('memory://');
+  if (!inMemory) mkdirSync(dataDir, { recursive: true });
+  const client = new PGlite(inMemory ? undefined : dataDir);
+  await client.waitReady;
+  const prisma = new PrismaClient({ adapter: new PrismaPGlite(client) });
+  const session: SqlSession = {
+    query: async <Row,>(sql: string, parameters?: unknown[]) => (await client.query<Row>(sql, parameters)).rows,
+    exec: async (script) => {
+      await client.exec(script);
+    },
+  };
+  return {
+    kind: 'pglite',
+    location: inMemory ? 'memory' : dataDir,
+    prisma,
+    withSession: (work) => work(session),
+    isReachable: () => isReachable(prisma),
+    close: async () => {
+      await prisma.$disconnect();
+      await client.close();
+    },
+  };
+}
+
+async function openPostgres(url: string, poolSize: number): Promise<Database> {
+  const pool = new pg.Pool({ connectionString: url, max: poolSize });
+  // An idle client's network error would otherwise crash the process.
+  pool.on('error', () => {});
+  const prisma = new PrismaClient({ adapter: new PrismaPg(pool) });
+  return {
+    kind: 'postgres',
+    location: redactUrlPassword(url),
+    prisma,
+    withSession: async (work) => {
+      const client = await pool.connect();
+      try {
+        return await work({
+          query: async <Row,>(sql: string, parameters?: unknown[]) => (await client.query(sql, parameters)).rows as Row[],
+          exec: async (script) => {
+            await client.query(script);
+          },
+        });
+      } finally {
+        client.release();
+      }
+    },
+    isReachable: () => isReachable(prisma),
+    close: async () => {
+      await prisma.$disconnect();
+      await pool.end();
+    },
+  };
+}
+
+async function isReachable(prisma: PrismaClient): Promise<boolean> {
+  try {
+    await prisma.$queryRaw`SELECT 1`;
+    return true;
+  } catch {
+    return false;
+  }
+}

@@ -1,0 +1,88 @@
+/** Stable, machine-readable codes of every error Callboard reports. */
+export type ErrorCode =
+  | 'BAD_USER_INPUT'
+  | 'CONFIG_INVALID'
+  | 'UNKNOWN_PROVIDER'
+  | 'PROVIDER_NOT_CONFIGURED'
+  | 'PROVIDER_AUTH_FAILED'
+  | 'PROVIDER_BAD_REQUEST'
+  | 'PROVIDER_NOT_FOUND'
+  | 'PROVIDER_RATE_LIMITED'
+  | 'PROVIDER_TIMEOUT'
+  | 'PROVIDER_UNAVAILABLE'
+  | 'PROVIDER_ERROR'
+  | 'ABORTED'
+  | 'RETRY_EXHAUSTED'
+  | 'TEMPLATE_ERROR'
+  | 'NOT_FOUND'
+  | 'UNAUTHENTICATED'
+  | 'FORBIDDEN'
+  | 'DATABASE_UNAVAILABLE';
+
+/** The base of every error Callboard raises on purpose: a code and details safe to show a client. */
+export class CallboardError extends Error {
+  readonly code: ErrorCode;
+  readonly details: Record<string, unknown>;
+
+  constructor(code: ErrorCode, message: string, options: { details?: Record<string, unknown>; cause?: unknown } = {}) {
+    super(message, { cause: options.cause });
+    this.name = 'CallboardError';
+    this.code = code;
+    this.details = options.details ?? {};
+  }
+}
+
+export function isCallboardError(value: unknown): value is CallboardError {
+  return value instanceof CallboardError;
+}
+
+export function badUserInput(message: string, details: Record<string, unknown> = {}): CallboardError {
+  return new CallboardError('BAD_USER_INPUT', message, { details });
+}
+
+/** One problem found in the configuration. */
+export interface ConfigProblem {
+  /** Where the value came from: a file path, an environment variable or "defaults". */
+  source: string;
+  section: string;
+  key: string;
+  message: string;
+}
+
+/** Every configuration problem found at once, so a person can fix them in one go. */
+export class ConfigError extends CallboardError {
+  readonly problems: ConfigProblem[];
+
+  constructor(problems: ConfigProblem[]) {
+    const lines = problems.map((p) => `  - ${p.source}: [${p.section}] ${p.key}: ${p.message}`);
+    super('CONFIG_INVALID', `Invalid configuration (${problems.length} problem${problems.length === 1 ? '' : 's'}):\n${lines.join('\n')}`, {
+      details: { problems },
+    });
+    this.name = 'ConfigError';
+    this.problems = problems;
+  }
+}
+
+/** An upstream provider failure, already mapped from the SDK's error classes. */
+export class ProviderError extends CallboardError {
+  /** The HTTP status the provider answered with, when it answered. */
+  readonly status: number | undefined;
+  /** How long the provider asked us to wait (Retry-After / retry-after-ms), in milliseconds. */
+  readonly retryAfterMs: number | undefined;
+  readonly requestId: string | undefined;
+
+  constructor(
+    code: ErrorCode,
+    message: string,
+    options: { status?: number; retryAfterMs?: number; requestId?: string; details?: Record<string, unknown>; cause?: unknown } = {},
+  ) {
+    super(code, message, {
+      details: { ...options.details, ...(options.status === undefined ? {} : { status: options.status }) },
+      cause: options.cause,
+    });
+    this.name = 'ProviderError';
+    this.status = options.status;
+    this.retryAfterMs = options.retryAfterMs;
+    this.requestId = options.requestId;
+  }
+}

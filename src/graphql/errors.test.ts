@@ -1,0 +1,23 @@
+import { GraphQLError } from 'graphql';
+import { describe, expect, it } from 'vitest';
+import { CallboardError } from '../errors.ts';
+import { maskError } from './errors.ts';
+
+describe('maskError', () => {
+  it("puts a Callboard error's code and details in extensions, keeping its message and path", () => {
+    const original = new CallboardError('PROVIDER_RATE_LIMITED', 'Slow down', { details: { status: 429 } });
+    const located = new GraphQLError(original.message, { path: ['sendMessage'], originalError: original });
+    const masked = maskError(located, 'Unexpected error.', false) as GraphQLError;
+    expect(masked.message).toBe('Slow down');
+    expect(masked.path).toEqual(['sendMessage']);
+    expect(masked.extensions).toMatchObject({ code: 'PROVIDER_RATE_LIMITED', details: { status: 429 } });
+  });
+
+  it('hides anything unexpected behind "Unexpected error." with INTERNAL_SERVER_ERROR and no stack', () => {
+    const located = new GraphQLError('connect ECONNREFUSED 10.0.0.1 password=hunter2', { originalError: new TypeError('x') });
+    const masked = maskError(located, 'Unexpected error.', false) as GraphQLError;
+    expect(masked.message).toBe('Unexpected error.');
+    expect(masked.extensions.code).toBe('INTERNAL_SERVER_ERROR');
+    expect(JSON.stringify(masked.toJSON())).not.toContain('hunter2');
+  });
+});

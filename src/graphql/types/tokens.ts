@@ -1,0 +1,31 @@
+import { countTokens, type TokenCountResult } from '../../llm/tokens.ts';
+import { builder } from '../builder.ts';
+import { ChatMessageInput } from './chat.ts';
+
+const TokenCount = builder.objectRef<TokenCountResult>('TokenCount').implement({
+  description: "A token count made with the model's own tokenizer (js-tiktoken), as the OpenAI API would count it.",
+  fields: (t) => ({
+    tokens: t.exposeInt('tokens', {
+      description: "The number of tokens. For messages it follows the OpenAI cookbook's accounting: per-message overhead, names, and the 3 tokens that prime the reply.",
+    }),
+    model: t.exposeString('model', { description: 'The model the count is for.' }),
+    encoding: t.exposeString('encoding', {
+      description: 'The tokenizer encoding used: o200k_base (gpt-4o, gpt-4.1, gpt-5, o-series) or cl100k_base (gpt-4, gpt-3.5-turbo, text-embedding-3). Unknown models fall back to o200k_base.',
+    }),
+    fallback: t.exposeBoolean('fallback', { description: 'True when the model is unknown and the fallback encoding was used.' }),
+  }),
+});
+
+builder.queryField('tokenCount', (t) =>
+  t.field({
+    type: TokenCount,
+    description: 'Counts the tokens of a text or of a list of chat messages (exactly one of the two).',
+    args: {
+      model: t.arg.string({ description: 'The model whose tokenizer to use. Default: the MODEL setting.' }),
+      text: t.arg.string({ description: 'A plain text to count.' }),
+      messages: t.arg({ type: [ChatMessageInput], description: 'Chat messages to count as a prompt.' }),
+    },
+    resolve: (_root, args, context) =>
+      countTokens({ model: args.model ?? context.config.openai.model, text: args.text, messages: args.messages }),
+  }),
+);

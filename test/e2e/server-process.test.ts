@@ -1,0 +1,90 @@
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createEmptyDatabase, type TestDatabase } from '../support/database.ts';
+import { startServerProcess } from '../support/server-process.ts';
+
+const tokenCountBody = JSON.stringify({ query: '{ tokenCount(model: "gpt-4o", text: "tiktoken is great!") { tokens encoding } }' });
+
+async function postGraphQL(url: string, body: string) {
+  const response = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
+  return { status: response.status, body: await response.json() };
+}
+
+describe('the server process (npm start)', () => {
+  let workDir: string;
+  beforeAll(async () => {
+    workDir = await mkdtemp(join(tmpdir(), 'callboard-server-'));
+  });
+  afterAll(() => rm(workDir, { recursive: true, force: true }));
+
+  it('starts on an embedded database in a data folder, answers on 127.0.0.1, stops on SIGTERM with 0, and keeps its data', async () => {
+    const env = { CALLBOARD_DATABASE__DATA_DIR: join(workDir, 'data') };
+    const first = await startServerProcess({ cwd: workDir, env });
+    expect(first.url).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/graphql$/);
+    expect(first.output.join('\n')).toMatch(/"database":"pglite".*"applied":\["\d+_init"\]/);
+    const answer = await postGraphQL(first.url, tokenCountBody);
+    expect(answer.body).toEqual({ data: { tokenCount: { tokens: 6, encoding: 'o200k_base' } } });
+    const graphiql = await fetch(first.url, { headers: { accept: 'text/html' } });
+    expect(await graphiql.text()).toContain('<title>Callboard</title>');
+    expect(await first.stop('SIGTERM')).toBe(0);
+    expect(first.output.join('\n')).toContain('"msg":"stopped"');
+
+    const second = await startServerProcess({ cwd: workDir, env });
+    expect(second.output.join('\n')).toMatch(/"database":"pglite".*"applied":\[\]/);
+    expect(await second.stop('SIGINT')).toBe(0);
+  });
+
+  it('reads ./config.ini of the working directory over the project one, and the environment over both', async () => {
+    await writeFile(join(workDir, 'config.ini'), '[OpenAI]\nMODEL=gpt-4\n[Logging]\nLEVEL=warn\n');
+    const server = await startServerProcess({ cwd: workDir, env: { CALLBOARD_DATABASE__DATA_DIR: join(workDir, 'data'), CALLBOARD_LOGGING__LEVEL: 'info' } });
+    try {
+      const answer = await postGraphQL(server.url, JSON.stringify({ query: '{ tokenCount(text: "x") { model } settings { key source origin } }' }));
+      expect(answer.body.data.tokenCount.model).toBe('gpt-4');
+      const level = answer.body.data.settings.find((setting: { key: string }) => setting.key === 'LEVEL');
+      expect(level).toEqual({ key: 'LEVEL', source: 'ENVIRONMENT', origin: 'CALLBOARD_LOGGING__LEVEL' });
+    } finally {
+      await server.stop();
+      await rm(join(workDir, 'config.ini'));
+    }
+  });
+
+  it('refuses to start on an invalid configuration and lists every problem', async () => {
+    const badFile = join(workDir, 'bad.ini');
+    await writeFile(badFile, '[OpenAI]\nTEMPERATURE=warm\nMAX_ATTEMPTS=0\n');
+    const failure = await startServerProcess({ cwd: workDir, env: { CALLBOARD_CONFIG: badFile, CALLBOARD_SERVER__PORT: 'eighty' } }).then(
+      () => {
+        throw new Error('the server started');
+      },
+      (error: { code: number; output: string[] }) => error,
+    );
+    expect(failure.code).toBe(1);
+    const output = failure.output.join('\n');
+    expect(output).toContain('Invalid configuration (3 problems)');
+    expect(output).toContain(`${badFile}: [OpenAI] TEMPERATURE: expected a number, got "warm"`);
+    expect(output).toContain(`${badFile}: [OpenAI] MAX_ATTEMPTS`);
+    expect(output).toContain('CALLBOARD_SERVER__PORT: [Server] PORT');
+  });
+});
+
+describe.runIf(process.env.TEST_DATABASE_URL)('the server process with DATABASE_URL', () => {
+  let testDatabase: TestDatabase;
+  beforeAll(async () => {
+    testDatabase = await createEmptyDatabase('postgres');
+  });
+  afterAll(() => testDatabase.dispose());
+
+  it('uses that Postgres, migrated on start, and never logs its password', async () => {
+    const url = new URL(testDatabase.url!);
+    url.password = 'not-needed-with-trust-auth';
+    const server = await startServerProcess({ cwd: tmpdir(), env: { DATABASE_URL: url.toString() } });
+    const answer = await postGraphQL(server.url, tokenCountBody);
+    expect(answer.status).toBe(200);
+    expect(await server.stop()).toBe(0);
+    const output = server.output.join('\n');
+    expect(output).toMatch(/"database":"postgres".*"applied":\["\d+_init"\]/);
+    expect(output).not.toContain('not-needed-with-trust-auth');
+    expect(await testDatabase.database.prisma.llmCall.count()).toBe(0);
+  });
+});

@@ -1,0 +1,48 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { migrate, readMigrations, type Migration } from '../src/db/migrate.ts';
+import { diffMigrationsToSchema } from '../scripts/schema-engine.ts';
+import { createEmptyDatabase, databaseKinds, migrationsDir, schemaPath, type TestDatabase } from './support/database.ts';
+
+describe('prisma/migrations', () => {
+  it('match prisma/schema.prisma (run `npm run migration:new -- <name>` after changing the schema)', async () => {
+    const pending = await diffMigrationsToSchema({ schemaPath, migrationsDir });
+    expect(pending).toBe('');
+  });
+});
+
+describe.each(databaseKinds)('migrate on %s', (kind) => {
+  let testDatabase: TestDatabase;
+  let migrations: Migration[];
+
+  beforeAll(async () => {
+    testDatabase = await createEmptyDatabase(kind);
+    migrations = await readMigrations(migrationsDir);
+  });
+  afterAll(() => testDatabase.dispose());
+
+  it('applies every migration once, records it as Prisma does, and is idempotent', async () => {
+    const first = await migrate(testDatabase.database, migrations);
+    expect(first.applied).toEqual(migrations.map((migration) => migration.name));
+    const second = await migrate(testDatabase.database, migrations);
+    expect(second.applied).toEqual([]);
+    const rows = await testDatabase.database.withSession((session) =>
+      session.query<{ migration_name: string; checksum: string }>('SELECT migration_name, checksum FROM "_prisma_migrations" ORDER BY migration_name'),
+    );
+    expect(rows.map((row) => row.migration_name)).toEqual(first.applied);
+    expect(rows.every((row) => /^[0-9a-f]{64}$/.test(row.checksum))).toBe(true);
+    expect(await testDatabase.database.prisma.llmCall.count()).toBe(0);
+  });
+
+  it('refuses a migration whose text changed after it was applied', async () => {
+    const changed = migrations.map((migration, index) => (index === 0 ? { ...migration, sql: `${migration.sql}\n-- edited` } : migration));
+    await expect(migrate(testDatabase.database, changed)).rejects.toThrow(/was changed after it was applied/);
+  });
+
+  it('rolls a failing migration back and leaves no record of it', async () => {
+    const broken = [...migrations, { name: '99999999999999_broken', sql: 'CREATE TABLE "Half" (id int); SELECT no_such_function();' }];
+    await expect(migrate(testDatabase.database, broken)).rejects.toThrow(/99999999999999_broken failed/);
+    const tables = await testDatabase.database.withSession((session) => session.query(`SELECT 1 FROM pg_tables WHERE tablename = 'Half'`));
+    expect(tables).toHaveLength(0);
+    expect((await migrate(testDatabase.database, migrations)).applied).toEqual([]);
+  });
+});
