@@ -142,7 +142,4 @@ CREATE UNIQUE INDEX "LlmAttempt_callId_number_key" ON "LlmAttempt"("callId", "nu
 CREATE INDEX "OverrideChange_key_changedAt_idx" ON "OverrideChange"("key", "changedAt");
 
 -- AddForeignKey
-ALTER TABLE "LlmCall" ADD CONSTRAINT "LlmCall_cacheKey_fkey" FOREIGN KEY ("cacheKey") REFERENCES "CacheEntry"("key") ON DELETE SET NULL ON UPDATE CASCADE;
-
--- AddForeignKey
 ALTER TABLE "LlmAttempt" ADD CONSTRAINT "LlmAttempt_callId_fkey" FOREIGN KEY ("callId") REFERENCES "LlmCall"("id") ON DELETE CASCADE ON UPDATE CASCADE;

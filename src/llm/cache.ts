@@ -1,0 +1,126 @@
+import { createHash } from 'node:crypto';
+import { LRUCache } from 'lru-cache';
+import { stringify } from 'safe-stable-stringify';
+import type { PrismaClient } from '../db/generated/client.ts';
+import type { ProviderUsage } from './providers/provider.ts';
+
+/** Bumped whenever what goes into a key changes, so old entries stop matching instead of lying. */
+export const cacheKeyVersion = 1;
+
+export type CallKind = 'CHAT' | 'EMBEDDING';
+export type CacheMode = 'USE' | 'REFRESH' | 'BYPASS';
+export type CacheStatus = 'HIT' | 'MISS' | 'REFRESH' | 'BYPASS';
+
+/**
+ * The cache key: SHA-256 of the canonical (sorted-key) JSON of the key version, the kind, the API
+ * type and the request body exactly as sent upstream. The body holds what determines the answer
+ * (model, messages, sampling parameters, response format, reasoning effort; for embeddings the
+ * model and the one input text); `timeout` and `stream` are never part of it.
+ */
+export function cacheKey(kind: CallKind, apiType: string, request: object): string {
+  return createHash('sha256').update(stringify({ version: cacheKeyVersion, kind, apiType, request })!).digest('hex');
+}
+
+/** A stored response and what it cost to make. */
+export interface CacheEntryValue {
+  key: string;
+  kind: CallKind;
+  apiType: string;
+  model: string;
+  request: unknown;
+  response: unknown;
+  usage: ProviderUsage | null;
+  costUsd: number | null;
+  createdAt: Date;
+  expiresAt: Date | null;
+  createdByCallId: string | null;
+}
+
+export interface ResponseCache {
+  /** From memory only: the hot path of a hit, with no database round trip. */
+  peek(key: string): CacheEntryValue | undefined;
+  /** From memory, else from the database (then kept in memory). Expired entries are not returned. */
+  get(key: string): Promise<CacheEntryValue | undefined>;
+  /** Keeps the entry in memory now; the caller queues the database write (history writer). */
+  remember(entry: CacheEntryValue): void;
+  /**
+   * Runs `work` once for concurrent callers of the same key: the first caller leads, the others
+   * wait for its result. `leader` tells them apart.
+   */
+  singleFlight<T>(key: string, work: () => Promise<T>): Promise<{ value: T; leader: boolean }>;
+  /** Drops entries from memory (after they were deleted from the database); all when keys is null. */
+  forget(keys: readonly string[] | null): void;
+  /** Entries kept in memory now. */
+  size(): number;
+}
+
+export interface ResponseCacheOptions {
+  prisma: PrismaClient;
+  /** @default 10000 */
+  memoryEntries: number;
+  now?: () => number;
+}
+
+export function createResponseCache(options: ResponseCacheOptions): ResponseCache {
+  const now = options.now ?? Date.now;
+  const memory = options.memoryEntries > 0 ? new LRUCache<string, CacheEntryValue>({ max: options.memoryEntries }) : null;
+  const flights = new Map<string, Promise<unknown>>();
+  const isFresh = (entry: CacheEntryValue) => entry.expiresAt === null || entry.expiresAt.getTime() > now();
+
+  const peek = (key: string) => {
+    const entry = memory?.get(key);
+    if (entry && !isFresh(entry)) {
+      memory!.delete(key);
+      return undefined;
+    }
+    return entry;
+  };
+
+  return {
+    peek,
+    async get(key) {
+      const remembered = peek(key);
+      if (remembered) return remembered;
+      const row = await options.prisma.cacheEntry.findUnique({ where: { key } });
+      if (!row) return undefined;
+      const entry: CacheEntryValue = {
+        key: row.key,
+        kind: row.kind,
+        apiType: row.apiType,
+        model: row.model,
+        request: row.request,
+        response: row.response,
+        usage:
+          row.promptTokens === null
+            ? null
+            : { promptTokens: row.promptTokens, completionTokens: row.completionTokens ?? 0, totalTokens: row.totalTokens ?? row.promptTokens },
+        costUsd: row.costUsd,
+        createdAt: row.createdAt,
+        expiresAt: row.expiresAt,
+        createdByCallId: row.createdByCallId,
+      };
+      if (!isFresh(entry)) return undefined;
+      memory?.set(key, entry);
+      return entry;
+    },
+    remember(entry) {
+      memory?.set(entry.key, entry);
+    },
+    async singleFlight(key, work) {
+      const running = flights.get(key);
+      if (running) return { value: (await running) as Awaited<ReturnType<typeof work>>, leader: false };
+      const flight = work();
+      flights.set(key, flight);
+      try {
+        return { value: await flight, leader: true };
+      } finally {
+        flights.delete(key);
+      }
+    },
+    forget(keys) {
+      if (keys === null) memory?.clear();
+      else for (const key of keys) memory?.delete(key);
+    },
+    size: () => memory?.size ?? 0,
+  };
+}

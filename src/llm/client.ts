@@ -1,0 +1,542 @@
+import pLimit from 'p-limit';
+import { v7 as uuidv7 } from 'uuid';
+import type { Config, OpenAiConfig } from '../config/config.ts';
+import { badUserInput, CallboardError, isCallboardError, ProviderError } from '../errors.ts';
+import type { Logger } from '../logger.ts';
+import { cacheKey, type CacheEntryValue, type CacheMode, type CacheStatus, type CallKind, type ResponseCache } from './cache.ts';
+import type { AttemptRow, CallRecord, HistoryWriter } from './history.ts';
+import type { OverrideStore } from './overrides.ts';
+import { costOf } from './prices.ts';
+import type {
+  Provider,
+  ProviderChatRequest,
+  ProviderChatResponse,
+  ProviderEmbeddingResponse,
+  ProviderMessage,
+  ProviderUsage,
+} from './providers/provider.ts';
+import type { ProviderRegistry } from './registry.ts';
+import { exponentialBackoff, retry, type AttemptRecord } from './retry.ts';
+import { renderCall, type TemplatedCallInput, type TemplateStore } from './templates.ts';
+
+export type ChatRole = ProviderMessage['role'];
+export type ChatMessage = ProviderMessage;
+
+/** What a caller may attach to any call: its tags and metadata land in the history. */
+export interface CallOptions {
+  apiType?: string | null;
+  cache?: CacheMode | null;
+  tags?: readonly string[] | null;
+  metadata?: unknown;
+  signal?: AbortSignal;
+}
+
+export interface SendMessageInput extends CallOptions {
+  messages: readonly ChatMessage[];
+  model?: string | null;
+  temperature?: number | null;
+  maxTokens?: number | null;
+  topP?: number | null;
+  frequencyPenalty?: number | null;
+  presencePenalty?: number | null;
+  stop?: readonly string[] | null;
+  /** OpenAI's response_format: `{ type: 'json_object' }` or `{ type: 'json_schema', json_schema: {...} }`. */
+  responseFormat?: unknown;
+  reasoningEffort?: string | null;
+  /** Set by templated calls: recorded so the history can be grouped by template. */
+  template?: { name: string | null; hash: string | null };
+}
+
+export interface SendMessageResult {
+  message: ProviderChatResponse['message'];
+  finishReason: string | null;
+  model: string;
+  usage: ProviderUsage | null;
+  cacheStatus: CacheStatus;
+  attempts: number;
+  latencyMs: number;
+  call: CallRecord;
+}
+
+export interface EmbedInput extends CallOptions {
+  texts: readonly string[];
+  model?: string | null;
+}
+
+export interface EmbeddingResult {
+  vector: number[];
+  model: string;
+  cacheStatus: CacheStatus;
+}
+
+export interface EmbedResult {
+  embeddings: EmbeddingResult[];
+  usage: ProviderUsage | null;
+  cacheStatus: CacheStatus;
+  attempts: number;
+  latencyMs: number;
+  call: CallRecord;
+}
+
+export interface LlmClient {
+  /** TinyTroupe's send_message: the first choice's message, from the cache or the provider. */
+  sendMessage(input: SendMessageInput): Promise<SendMessageResult>;
+  /** TinyTroupe's get_embedding, for one text or a batch, cached per text. */
+  embed(input: EmbedInput): Promise<EmbedResult>;
+  /** TinyTroupe's LLMCall: renders the templates or prompts, then sendMessage. */
+  templatedCall(input: TemplatedCallInput & Omit<SendMessageInput, 'messages' | 'template'>): Promise<SendMessageResult>;
+}
+
+/** A failed call's error carries the id of its history row, so a caller can look it up. */
+export function callIdOf(error: unknown): string | undefined {
+  return isCallboardError(error) && typeof error.details.callId === 'string' ? error.details.callId : undefined;
+}
+
+export interface LlmClientDependencies {
+  registry: ProviderRegistry;
+  overrides: Pick<OverrideStore, 'settings'>;
+  cache: ResponseCache;
+  history: HistoryWriter;
+  templates: TemplateStore;
+  prices: Config['prices'];
+  /** Seconds an entry lives; null: forever. */
+  cacheTtlSeconds: number | null;
+  storeBodies: boolean;
+  /** Values that must never reach a stored row (API keys). */
+  secrets: readonly string[];
+  logger: Logger;
+  /** Injected for tests on a fake clock. */
+  sleep?: (ms: number, signal?: AbortSignal) => Promise<void>;
+  random?: () => number;
+}
+
+const retryableStatuses = new Set([408, 409, 429]);
+/** Seed-behaviour section 3: 408, 409, 429, 5xx, timeouts and connection errors; never 400, 401, 403, 404, 422 or an abort. */
+export function isRetryable(error: unknown): boolean {
+  if (!(error instanceof ProviderError)) return false;
+  if (error.status !== undefined) return retryableStatuses.has(error.status) || error.status >= 500;
+  return error.code === 'PROVIDER_TIMEOUT' || error.code === 'PROVIDER_UNAVAILABLE';
+}
+
+/** o1, o3, o4 and gpt-5 families, and whatever REASONING_MODEL names. */
+export function isReasoningModel(model: string, settings: OpenAiConfig): boolean {
+  return model === settings.reasoningModel || /^(o\d+(-|$)|gpt-5)/.test(model);
+}
+
+const roles = new Set<ChatRole>(['system', 'user', 'assistant', 'developer', 'tool']);
+const maxEmbeddingBatch = 2048;
+
+export function createLlmClient(dependencies: LlmClientDependencies): LlmClient {
+  const { registry, overrides, cache, history, logger } = dependencies;
+  const limiters = new Map<number, ReturnType<typeof pLimit>>();
+  const limiterFor = (concurrency: number) => {
+    let limiter = limiters.get(concurrency);
+    if (!limiter) limiters.set(concurrency, (limiter = pLimit(concurrency)));
+    return limiter;
+  };
+  const redact = createRedactor(dependencies.secrets);
+
+  /** The retry loop around one upstream operation, bounded by MAX_CONCURRENT_MODEL_CALLS per attempt. */
+  async function callUpstream<T>(settings: OpenAiConfig, operation: (signal: AbortSignal | undefined) => Promise<T>, signal: AbortSignal | undefined) {
+    const limit = settings.maxConcurrentModelCalls;
+    const outcome = await retry(
+      () => (limit > 0 ? limiterFor(limit)(() => operation(signal)) : operation(signal)),
+      {
+        maxAttempts: settings.maxAttempts,
+        shouldRetry: isRetryable,
+        delay: exponentialBackoff({
+          initialMs: settings.waitingTime * 1000,
+          factor: settings.exponentialBackoffFactor,
+          maxMs: settings.maxWaitingTime * 1000,
+          jitter: settings.backoffJitter,
+          random: dependencies.random,
+        }),
+        sleep: dependencies.sleep,
+        signal,
+      },
+    );
+    const attempts = outcome.attempts.map((attempt) => {
+      const row = toAttemptRow(attempt);
+      return { ...row, errorMessage: redact(row.errorMessage) };
+    });
+    if (outcome.ok) return { value: outcome.value, attempts };
+    const error = finalError(outcome);
+    throw Object.assign(error instanceof Error ? error : new Error(String(error)), { attempts });
+  }
+
+  function finalError(outcome: { error: unknown; attempts: AttemptRecord[]; exhausted: boolean; aborted: boolean }): unknown {
+    if (outcome.aborted) return new CallboardError('ABORTED', 'The call was aborted by the caller.');
+    if (!outcome.exhausted) return outcome.error;
+    const last = outcome.error;
+    const lastMessage = last instanceof Error ? last.message : String(last);
+    return new CallboardError('RETRY_EXHAUSTED', `Gave up after ${outcome.attempts.length} attempts; the last one failed with: ${lastMessage}`, {
+      details: {
+        attempts: outcome.attempts.length,
+        lastErrorCode: isCallboardError(last) ? last.code : null,
+        lastStatus: last instanceof ProviderError ? (last.status ?? null) : null,
+      },
+      cause: last,
+    });
+  }
+
+  function baseRecord(kind: CallKind, apiType: string, model: string, input: CallOptions & { template?: SendMessageInput['template'] }): CallRecord {
+    return {
+      id: uuidv7(),
+      createdAt: new Date(),
+      kind,
+      apiType,
+      model,
+      status: 'SUCCESS',
+      cacheStatus: 'BYPASS',
+      cacheKey: null,
+      errorCode: null,
+      errorMessage: null,
+      attemptCount: 0,
+      latencyMs: 0,
+      promptTokens: null,
+      completionTokens: null,
+      totalTokens: null,
+      estimatedPromptTokens: null,
+      costUsd: null,
+      templateName: input.template?.name ?? null,
+      templateHash: input.template?.hash ?? null,
+      tags: [...(input.tags ?? [])],
+      metadata: redact(input.metadata ?? null),
+      requestBody: null,
+      responseBody: null,
+      attempts: [],
+    };
+  }
+
+  /** Finishes a record, hands it to the history writer, and returns it. */
+  function finish(record: CallRecord, started: number, prompt: unknown, error?: unknown, ownsAttempts = true): CallRecord {
+    record.latencyMs = performance.now() - started;
+    if (error !== undefined) {
+      record.status = 'ERROR';
+      record.errorCode = isCallboardError(error) ? error.code : 'INTERNAL_SERVER_ERROR';
+      record.errorMessage = redact(error instanceof Error ? error.message : String(error)) as string;
+      const attempts = (error as { attempts?: AttemptRow[] }).attempts;
+      if (attempts && ownsAttempts) {
+        record.attempts = attempts;
+        record.attemptCount = attempts.length;
+      }
+    }
+    if (!dependencies.storeBodies) {
+      record.requestBody = null;
+      record.responseBody = null;
+    }
+    history.recordCall(record, prompt);
+    return record;
+  }
+
+  function failWith(error: unknown, record: CallRecord): never {
+    if (isCallboardError(error)) {
+      // A copy: callers waiting on one single-flight share the error object, each with its own call.
+      const copy = Object.assign(Object.create(Object.getPrototypeOf(error) as object) as CallboardError, error, {
+        details: { ...error.details, callId: record.id },
+      });
+      copy.message = error.message;
+      copy.stack = error.stack;
+      throw copy;
+    }
+    logger.error({ err: error, callId: record.id }, 'unexpected failure of an LLM call');
+    throw new CallboardError('PROVIDER_ERROR', 'The call failed unexpectedly.', { details: { callId: record.id }, cause: error });
+  }
+
+  function cacheModeOf(input: CallOptions, settings: OpenAiConfig): CacheMode {
+    return input.cache ?? (settings.cacheApiCalls ? 'USE' : 'BYPASS');
+  }
+
+  function expiresAt(): Date | null {
+    return dependencies.cacheTtlSeconds === null ? null : new Date(Date.now() + dependencies.cacheTtlSeconds * 1000);
+  }
+
+  function validateCallOptions(input: CallOptions): void {
+    if (input.tags && input.tags.some((tag) => typeof tag !== 'string' || tag.trim() === '' || tag.length > 200)) {
+      throw badUserInput('Tags must be non-empty strings of at most 200 characters.');
+    }
+  }
+
+  function chatRequest(input: SendMessageInput, settings: OpenAiConfig, model: string): ProviderChatRequest {
+    if (input.messages.length === 0) throw badUserInput('Give at least one message.');
+    for (const [index, message] of input.messages.entries()) {
+      if (!roles.has(message.role)) throw badUserInput(`Message ${index}: unknown role "${message.role}".`, { index });
+      if (typeof message.content !== 'string') throw badUserInput(`Message ${index}: content must be a string.`, { index });
+    }
+    const numberIn = (name: string, value: number | null | undefined, min: number, max: number) => {
+      if (value === null || value === undefined) return;
+      if (!Number.isFinite(value) || value < min || value > max) throw badUserInput(`${name} must be between ${min} and ${max}, got ${value}.`, { field: name });
+    };
+    numberIn('temperature', input.temperature, 0, 2);
+    numberIn('topP', input.topP, 0, 1);
+    numberIn('frequencyPenalty', input.frequencyPenalty, -2, 2);
+    numberIn('presencePenalty', input.presencePenalty, -2, 2);
+    if (input.maxTokens !== null && input.maxTokens !== undefined && (!Number.isInteger(input.maxTokens) || input.maxTokens < 1)) {
+      throw badUserInput(`maxTokens must be a positive integer, got ${input.maxTokens}.`, { field: 'maxTokens' });
+    }
+    if (input.stop && input.stop.length > 4) throw badUserInput('stop takes at most 4 sequences.', { field: 'stop' });
+    const responseFormat = input.responseFormat;
+    if (responseFormat !== null && responseFormat !== undefined) {
+      const type = (responseFormat as { type?: unknown }).type;
+      if (typeof responseFormat !== 'object' || !['text', 'json_object', 'json_schema'].includes(type as string)) {
+        throw badUserInput('responseFormat must be an object with type "text", "json_object" or "json_schema".', { field: 'responseFormat' });
+      }
+    }
+
+    const messages = input.messages.map((message) => ({ role: message.role, content: message.content, ...(message.name ? { name: message.name } : {}) }));
+    const maxTokens = input.maxTokens ?? settings.maxTokens;
+    const request: ProviderChatRequest = { model, messages };
+    if (isReasoningModel(model, settings)) {
+      // Reasoning models reject sampling parameters and take max_completion_tokens instead of max_tokens.
+      request.max_completion_tokens = maxTokens;
+      const effort = input.reasoningEffort ?? settings.reasoningEffort;
+      if (effort) request.reasoning_effort = effort;
+    } else {
+      request.temperature = input.temperature ?? settings.temperature;
+      request.max_tokens = maxTokens;
+      const topP = input.topP ?? settings.topP;
+      if (topP !== null) request.top_p = topP;
+      request.frequency_penalty = input.frequencyPenalty ?? settings.freqPenalty;
+      request.presence_penalty = input.presencePenalty ?? settings.presencePenalty;
+    }
+    if (input.stop && input.stop.length > 0) request.stop = [...input.stop];
+    if (responseFormat !== null && responseFormat !== undefined) request.response_format = responseFormat;
+    return request;
+  }
+
+  async function sendMessage(input: SendMessageInput): Promise<SendMessageResult> {
+    const started = performance.now();
+    const settings = overrides.settings();
+    const apiType = input.apiType ?? settings.apiType;
+    const model = input.model ?? settings.model;
+    const record = baseRecord('CHAT', apiType, model, input);
+    // Callers waiting on another's single-flight share its error, but not its attempts.
+    let calledUpstream = false;
+    try {
+      validateCallOptions(input);
+      const request = chatRequest(input, settings, model);
+      record.requestBody = redact(request);
+      const provider = registry.providerFor(apiType, settings);
+      const mode = cacheModeOf(input, settings);
+      record.cacheStatus = mode === 'USE' ? 'MISS' : mode;
+
+      const fromUpstream = async () => {
+        calledUpstream = true;
+        const { value, attempts } = await callUpstream(settings, (signal) => provider.chat(request, { timeoutMs: settings.timeout * 1000, signal }), input.signal);
+        attempts.at(-1)!.requestId = value.requestId;
+        return { response: value, attempts };
+      };
+      const useResponse = (response: ProviderChatResponse | StoredChat, attempts: AttemptRow[], status: CacheStatus, entryCost: number | null) => {
+        record.cacheStatus = status;
+        record.attempts = attempts;
+        record.attemptCount = attempts.length;
+        record.model = response.model || model;
+        record.promptTokens = response.usage?.promptTokens ?? null;
+        record.completionTokens = response.usage?.completionTokens ?? null;
+        record.totalTokens = response.usage?.totalTokens ?? null;
+        record.costUsd = entryCost ?? costOf(dependencies.prices, record.model, response.usage);
+        // A cached body was redacted when it was stored.
+        record.responseBody = status === 'HIT' ? response.body : redact(response.body);
+        finish(record, started, request.messages);
+        return {
+          message: response.message,
+          finishReason: response.finishReason,
+          model: record.model,
+          usage: response.usage,
+          cacheStatus: status,
+          attempts: attempts.length,
+          latencyMs: record.latencyMs,
+          call: record,
+        };
+      };
+      const store = (key: string, response: ProviderChatResponse): CacheEntryValue => {
+        const { requestId: _requestId, ...stored } = response;
+        const entry: CacheEntryValue = {
+          key,
+          kind: 'CHAT',
+          apiType,
+          model,
+          request: redact(request),
+          response: redact(stored),
+          usage: response.usage,
+          costUsd: costOf(dependencies.prices, response.model || model, response.usage),
+          createdAt: new Date(),
+          expiresAt: expiresAt(),
+          createdByCallId: record.id,
+        };
+        cache.remember(entry);
+        history.saveCacheEntry(entry);
+        return entry;
+      };
+
+      if (mode === 'BYPASS') {
+        const { response, attempts } = await fromUpstream();
+        return useResponse(response, attempts, 'BYPASS', null);
+      }
+      const key = cacheKey('CHAT', apiType, request);
+      record.cacheKey = key;
+      if (mode === 'REFRESH') {
+        const { response, attempts } = await fromUpstream();
+        store(key, response);
+        return useResponse(response, attempts, 'REFRESH', null);
+      }
+      const remembered = cache.peek(key);
+      if (remembered) {
+        history.recordCacheHit(key, new Date());
+        return useResponse(remembered.response as StoredChat, [], 'HIT', remembered.costUsd);
+      }
+      const { value, leader } = await cache.singleFlight(key, async () => {
+        const found = await cache.get(key);
+        if (found) return { entry: found, fresh: null };
+        const { response, attempts } = await fromUpstream();
+        return { entry: store(key, response), fresh: { response, attempts } };
+      });
+      // The leader answers with the response itself; the stored copy has secrets redacted.
+      if (leader && value.fresh) return useResponse(value.fresh.response, value.fresh.attempts, 'MISS', null);
+      history.recordCacheHit(key, new Date());
+      return useResponse(value.entry.response as StoredChat, [], 'HIT', value.entry.costUsd);
+    } catch (error) {
+      finish(record, started, input.messages, error, calledUpstream);
+      return failWith(error, record);
+    }
+  }
+
+  async function embed(input: EmbedInput): Promise<EmbedResult> {
+    const started = performance.now();
+    const settings = overrides.settings();
+    const apiType = input.apiType ?? settings.apiType;
+    const model = input.model ?? settings.embeddingModel;
+    const record = baseRecord('EMBEDDING', apiType, model, input);
+    try {
+      validateCallOptions(input);
+      if (input.texts.length === 0) throw badUserInput('Give at least one text to embed.');
+      if (input.texts.length > maxEmbeddingBatch) throw badUserInput(`Give at most ${maxEmbeddingBatch} texts per call.`);
+      if (input.texts.some((text) => text.length === 0)) throw badUserInput('Texts to embed must not be empty.');
+      record.requestBody = redact({ model, input: input.texts });
+      const provider: Provider = registry.providerFor(apiType, settings);
+      const mode = cacheModeOf(input, settings);
+      const keys = input.texts.map((text) => cacheKey('EMBEDDING', apiType, { model, input: text }));
+      record.cacheKey = keys.length === 1 ? keys[0]! : null;
+
+      const vectors: (number[] | undefined)[] = new Array(input.texts.length);
+      const statuses: CacheStatus[] = new Array(input.texts.length).fill(mode === 'USE' ? 'MISS' : mode);
+      let cachedUsage = 0;
+      let cachedCost: number | null = null;
+      if (mode === 'USE') {
+        const found = await Promise.all(keys.map((key) => cache.peek(key) ?? cache.get(key)));
+        found.forEach((entry, index) => {
+          if (!entry) return;
+          vectors[index] = (entry.response as StoredEmbedding).vector;
+          statuses[index] = 'HIT';
+          cachedUsage += entry.usage?.promptTokens ?? 0;
+          if (entry.costUsd !== null) cachedCost = (cachedCost ?? 0) + entry.costUsd;
+          history.recordCacheHit(entry.key, new Date());
+        });
+      }
+      const missing = [...new Set(input.texts.filter((_text, index) => vectors[index] === undefined))];
+      let attempts: AttemptRow[] = [];
+      let upstream: ProviderEmbeddingResponse | null = null;
+      if (missing.length > 0) {
+        const result = await callUpstream(settings, (signal) => provider.embed({ model, input: missing }, { timeoutMs: settings.timeout * 1000, signal }), input.signal);
+        upstream = result.value;
+        attempts = result.attempts;
+        attempts.at(-1)!.requestId = upstream.requestId;
+        const totalLength = missing.reduce((sum, text) => sum + text.length, 0);
+        missing.forEach((text, index) => {
+          const vector = upstream!.vectors[index]!;
+          input.texts.forEach((candidate, position) => {
+            if (candidate === text) vectors[position] = vector;
+          });
+          if (mode === 'BYPASS') return;
+          // The provider reports usage for the whole batch: each text gets its share by length.
+          const share = upstream!.usage ? Math.round((upstream!.usage.promptTokens * text.length) / totalLength) : null;
+          const usage = share === null ? null : { promptTokens: share, completionTokens: 0, totalTokens: share };
+          const entry: CacheEntryValue = {
+            key: cacheKey('EMBEDDING', apiType, { model, input: text }),
+            kind: 'EMBEDDING',
+            apiType,
+            model,
+            request: redact({ model, input: text }),
+            response: { vector, model: upstream!.model, dimensions: vector.length } satisfies StoredEmbedding,
+            usage,
+            costUsd: costOf(dependencies.prices, model, usage),
+            createdAt: new Date(),
+            expiresAt: expiresAt(),
+            createdByCallId: record.id,
+          };
+          cache.remember(entry);
+          history.saveCacheEntry(entry);
+        });
+      }
+      const allHits = statuses.every((status) => status === 'HIT');
+      record.cacheStatus = allHits ? 'HIT' : mode === 'USE' ? 'MISS' : mode;
+      record.attempts = attempts;
+      record.attemptCount = attempts.length;
+      const usage = upstream?.usage ?? (allHits ? { promptTokens: cachedUsage, completionTokens: 0, totalTokens: cachedUsage } : null);
+      record.promptTokens = usage?.promptTokens ?? null;
+      record.completionTokens = usage ? 0 : null;
+      record.totalTokens = usage?.totalTokens ?? null;
+      record.costUsd = allHits ? cachedCost : costOf(dependencies.prices, model, usage);
+      record.responseBody = { model: upstream?.model ?? model, dimensions: vectors[0]?.length ?? null, count: vectors.length };
+      finish(record, started, input.texts);
+      const responseModel = upstream?.model ?? model;
+      return {
+        embeddings: vectors.map((vector, index) => ({ vector: vector!, model: responseModel, cacheStatus: statuses[index]! })),
+        usage,
+        cacheStatus: record.cacheStatus,
+        attempts: attempts.length,
+        latencyMs: record.latencyMs,
+        call: record,
+      };
+    } catch (error) {
+      finish(record, started, input.texts, error);
+      return failWith(error, record);
+    }
+  }
+
+  return {
+    sendMessage,
+    embed,
+    async templatedCall(input) {
+      const rendered = await renderCall(dependencies.templates, input);
+      return sendMessage({ ...input, messages: rendered.messages, template: { name: rendered.templateName, hash: rendered.templateHash } });
+    },
+  };
+}
+
+/** What the cache keeps of a chat response: the provider's answer without its request id. */
+type StoredChat = Omit<ProviderChatResponse, 'requestId'>;
+interface StoredEmbedding {
+  vector: number[];
+  model: string;
+  dimensions: number;
+}
+
+function toAttemptRow(attempt: AttemptRecord): AttemptRow {
+  const error = attempt.error;
+  return {
+    number: attempt.number,
+    startedAt: attempt.startedAt,
+    latencyMs: attempt.latencyMs,
+    httpStatus: error === undefined ? 200 : error instanceof ProviderError ? (error.status ?? null) : null,
+    errorCode: error === undefined ? null : isCallboardError(error) ? error.code : 'INTERNAL_SERVER_ERROR',
+    errorMessage: error === undefined ? null : error instanceof Error ? error.message : String(error),
+    waitMs: attempt.waitMs === undefined ? null : Math.round(attempt.waitMs),
+    requestId: error instanceof ProviderError ? (error.requestId ?? null) : null,
+  };
+}
+
+/** Replaces every occurrence of a secret in the strings of a JSON-like value. */
+export function createRedactor(secrets: readonly string[]): <T>(value: T) => T {
+  const needles = secrets.filter((secret) => secret.length >= 4);
+  if (needles.length === 0) return (value) => value;
+  const scrub = (value: unknown): unknown => {
+    if (typeof value === 'string') return needles.reduce((text, needle) => text.split(needle).join('[redacted]'), value);
+    if (Array.isArray(value)) return value.map(scrub);
+    if (value && typeof value === 'object' && !(value instanceof Date)) {
+      return Object.fromEntries(Object.entries(value).map(([key, inner]) => [key, scrub(inner)]));
+    }
+    return value;
+  };
+  return (value) => scrub(value) as typeof value;
+}

@@ -1,0 +1,91 @@
+import type { LoadedConfig } from './config/config.ts';
+import type { Database } from './db/database.ts';
+import { createResponseCache, type ResponseCache } from './llm/cache.ts';
+import { createLlmClient, type LlmClient, type LlmClientDependencies } from './llm/client.ts';
+import { createHistoryWriter, type HistoryWriter } from './llm/history.ts';
+import { createOverrideStore, type OverrideStore } from './llm/overrides.ts';
+import { createProviderRegistry, type ProviderRegistry } from './llm/registry.ts';
+import { createTemplateStore } from './llm/templates.ts';
+import { countMessageTokens, countTextTokens, type TokenMessage } from './llm/tokens.ts';
+import type { Logger } from './logger.ts';
+
+/** Everything the API serves from, built once per process. */
+export interface Services {
+  loaded: LoadedConfig;
+  database: Database;
+  logger: Logger;
+  registry: ProviderRegistry;
+  overrides: OverrideStore;
+  cache: ResponseCache;
+  history: HistoryWriter;
+  llm: LlmClient;
+  /** Writes what is pending and stops background work; the database stays open. */
+  close(): Promise<void>;
+}
+
+export interface ServicesOptions {
+  loaded: LoadedConfig;
+  database: Database;
+  logger: Logger;
+  /** How often runtime overrides made by other instances are picked up. @default 2000 */
+  overridesRefreshMs?: number;
+  /** Injected by tests on a fake clock. */
+  sleep?: LlmClientDependencies['sleep'];
+  random?: LlmClientDependencies['random'];
+}
+
+/** The composition of the LLM layer over a database: registry, overrides, cache, history, client. */
+export async function createServices(options: ServicesOptions): Promise<Services> {
+  const { loaded, database, logger } = options;
+  const { config } = loaded;
+  const registry = createProviderRegistry(config.secrets);
+  const overrides = await createOverrideStore({
+    prisma: database.prisma,
+    base: config.openai,
+    validate: (field, value) =>
+      field === 'apiType' && !registry.has(value as string) ? `unknown API type "${String(value)}"; registered: ${registry.apiTypes().join(', ')}` : null,
+    refreshIntervalMs: options.overridesRefreshMs,
+    logger,
+  });
+  const cache = createResponseCache({ prisma: database.prisma, memoryEntries: config.cache.memoryEntries });
+  const history = createHistoryWriter({
+    prisma: database.prisma,
+    logger,
+    batchSize: config.history.batchSize,
+    flushIntervalMs: config.history.flushIntervalMs,
+    estimatePromptTokens: (call, prompt) => {
+      if (!Array.isArray(prompt)) return null;
+      return call.kind === 'CHAT'
+        ? countMessageTokens(prompt as TokenMessage[], call.model).tokens
+        : (prompt as string[]).reduce((sum, text) => sum + countTextTokens(text, call.model).tokens, 0);
+    },
+  });
+  const llm = createLlmClient({
+    registry,
+    overrides,
+    cache,
+    history,
+    templates: createTemplateStore({ promptsDir: config.prompts.dir }),
+    prices: config.prices,
+    cacheTtlSeconds: config.cache.ttlSeconds,
+    storeBodies: config.history.storeBodies,
+    secrets: Object.values(config.secrets).filter((secret): secret is string => secret !== null),
+    logger,
+    sleep: options.sleep,
+    random: options.random,
+  });
+  return {
+    loaded,
+    database,
+    logger,
+    registry,
+    overrides,
+    cache,
+    history,
+    llm,
+    async close() {
+      overrides.close();
+      await history.close();
+    },
+  };
+}
