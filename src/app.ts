@@ -1,57 +1,38 @@
 import { createYoga, useReadinessCheck, type YogaServerInstance } from 'graphql-yoga';
-import type { Config, Setting } from './config/config.ts';
-import type { Database } from './db/database.ts';
+import { createCacheEntryQueries } from './analytics/cache-entries.ts';
+import { callStats } from './analytics/call-stats.ts';
+import { createCallQueries } from './analytics/calls.ts';
 import type { GraphQLContext } from './graphql/context.ts';
 import { maskError } from './graphql/errors.ts';
+import { exampleOperations } from './graphql/examples.ts';
 import { schema } from './graphql/schema.ts';
-import type { Logger } from './logger.ts';
-
-export interface AppDependencies {
-  config: Config;
-  settings: readonly Setting[];
-  database: Database;
-  logger: Logger;
-}
+import type { Services } from './services.ts';
 
 export type App = YogaServerInstance<Record<string, never>, GraphQLContext>;
 
-const exampleOperations = `# Welcome to Callboard. Pick an operation with the play button.
-
-query CountCookbookTokens {
-  tokenCount(
-    model: "gpt-4o"
-    messages: [
-      { role: SYSTEM, content: "You are a helpful assistant." }
-      { role: USER, content: "How many tokens is this?" }
-    ]
-  ) {
-    tokens
-    encoding
-  }
-}
-
-query Settings {
-  settings {
-    section
-    key
-    value
-    source
-    origin
-  }
-}
-`;
+const actorHeader = 'x-callboard-actor';
 
 /** Builds the HTTP application (GraphQL at /graphql, /health, /ready). It does not listen: tests call `app.fetch`. */
-export function createApp(dependencies: AppDependencies): App {
-  const { config, settings, database, logger } = dependencies;
-  const context: GraphQLContext = { config, settings };
+export function createApp(services: Services): App {
+  const { loaded, database, logger } = services;
+  const prisma = database.prisma;
+  const shared = {
+    services,
+    calls: createCallQueries(prisma),
+    cacheEntries: createCacheEntryQueries(prisma, services.cache),
+    callStats: (filter: Parameters<typeof callStats>[1], groupBy: Parameters<typeof callStats>[2]) => callStats(prisma, filter, groupBy),
+  };
   return createYoga<Record<string, never>, GraphQLContext>({
     schema,
-    context: () => context,
+    context: ({ request }) => ({
+      ...shared,
+      actor: request.headers.get(actorHeader)?.trim().slice(0, 200) || 'anonymous',
+      signal: request.signal,
+    }),
     graphqlEndpoint: '/graphql',
     healthCheckEndpoint: '/health',
     landingPage: false,
-    graphiql: config.server.graphiql ? { title: 'Callboard', defaultQuery: exampleOperations } : false,
+    graphiql: loaded.config.server.graphiql ? { title: 'Callboard', defaultQuery: exampleOperations } : false,
     logging: {
       debug: (...args) => logger.debug(args.map(String).join(' ')),
       info: (...args) => logger.info(args.map(String).join(' ')),

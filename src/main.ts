@@ -8,6 +8,8 @@ import { createDatabase } from './db/database.ts';
 import { migrate, readMigrations } from './db/migrate.ts';
 import { ConfigError } from './errors.ts';
 import { createLogger } from './logger.ts';
+import { builtInProviders } from './llm/registry.ts';
+import { createServices } from './services.ts';
 import { countTextTokens } from './llm/tokens.ts';
 
 const repositoryRoot = fileURLToPath(new URL('..', import.meta.url));
@@ -26,7 +28,7 @@ function readConfigFiles(environment: NodeJS.ProcessEnv): ConfigFile[] {
 async function main(): Promise<void> {
   let loaded;
   try {
-    loaded = loadConfig(readConfigFiles(process.env), process.env);
+    loaded = loadConfig(readConfigFiles(process.env), process.env, { apiTypes: builtInProviders.map((provider) => provider.apiType) });
   } catch (error) {
     if (error instanceof ConfigError) {
       console.error(error.message);
@@ -41,7 +43,8 @@ async function main(): Promise<void> {
   const { applied } = await migrate(database, await readMigrations(resolve(repositoryRoot, 'prisma/migrations')));
   logger.info({ database: database.kind, location: database.location, applied }, 'database ready');
 
-  const app = createApp({ config, settings, database, logger });
+  const services = await createServices({ loaded: { config, settings }, database, logger });
+  const app = createApp(services);
   const server = createServer(app);
   server.listen(config.server.port, config.server.host, () => {
     const address = server.address();
@@ -65,6 +68,8 @@ async function main(): Promise<void> {
     await new Promise<void>((done) => server.close(() => done()));
     clearTimeout(force);
     await app.dispose();
+    // Every history row and cache entry still queued is written before the database closes.
+    await services.close();
     await database.close();
     logger.info('stopped');
     logger.flush();

@@ -132,6 +132,12 @@ describe('loadConfig', () => {
     expect(message).toBe('Invalid configuration (1 problem):\n  - x.ini: [OpenAI] TEMPERATURE: expected a number, got "hot"');
   });
 
+  it('rejects an API_TYPE that names no registered provider, naming where it was set', () => {
+    const [problem] = problemsOf(() => loadConfig([file('a.ini', '[OpenAI]\nAPI_TYPE=anthropic\n')], {}, { apiTypes: ['openai', 'azure'] }));
+    expect(problem).toEqual({ source: 'a.ini', section: 'OpenAI', key: 'API_TYPE', message: 'unknown API type "anthropic"; registered: openai, azure' });
+    expect(loadConfig([file('a.ini', '[OpenAI]\nAPI_TYPE=Azure\n')], {}, { apiTypes: ['openai', 'azure'] }).config.openai.apiType).toBe('azure');
+  });
+
   it('names the environment variable of every key by one rule', () => {
     expect(environmentVariableFor('OpenAI', 'MODEL')).toBe('CALLBOARD_OPENAI__MODEL');
     const { config } = loadConfig([], { [environmentVariableFor('Cache', 'TTL')]: '30', [environmentVariableFor('Server', 'GRAPHIQL')]: 'off' });

@@ -254,7 +254,11 @@ function findKey(section: string, key: string): string | undefined {
  * environment. Pure: the caller reads the files and passes the environment. Every problem is
  * collected and thrown together as one ConfigError.
  */
-export function loadConfig(files: readonly ConfigFile[], environment: Readonly<Record<string, string | undefined>>): LoadedConfig {
+export function loadConfig(
+  files: readonly ConfigFile[],
+  environment: Readonly<Record<string, string | undefined>>,
+  options: { /** The registered API types; API_TYPE must name one. */ apiTypes?: readonly string[] } = {},
+): LoadedConfig {
   const problems: ConfigProblem[] = [];
   const raw = new Map<string, RawValue>();
   const rawPrices = new Map<string, RawValue>();
@@ -347,6 +351,11 @@ export function loadConfig(files: readonly ConfigFile[], environment: Readonly<R
     const value = environment[variable]?.trim() || null;
     config.secrets[field] = value;
     settings.push({ section: 'Secrets', key: variable, value: value === null ? null : 'set', source: value === null ? 'DEFAULT' : 'ENVIRONMENT', origin: value === null ? null : variable, secret: true });
+  }
+  const apiType = config.openai.apiType;
+  if (options.apiTypes && typeof apiType === 'string' && !options.apiTypes.includes(apiType)) {
+    const origin = raw.get(rawKey('OpenAI', 'API_TYPE'))!.origin ?? 'defaults';
+    problems.push({ source: origin, section: 'OpenAI', key: 'API_TYPE', message: `unknown API type "${apiType}"; registered: ${options.apiTypes.join(', ')}` });
   }
   const endpoint = config.secrets.azureOpenaiEndpoint;
   if (typeof endpoint === 'string' && !URL.canParse(endpoint)) {

@@ -1,7 +1,16 @@
-import type { Config, Setting } from '../config/config.ts';
+import type { CacheEntryQueries } from '../analytics/cache-entries.ts';
+import type { CallStatsBucket, CallStatsDimension } from '../analytics/call-stats.ts';
+import type { CallFilter, CallQueries } from '../analytics/calls.ts';
+import type { Services } from '../services.ts';
 
-/** What resolvers may use. The Prisma client stays out: resolvers go through services. */
+/** What resolvers may use. The Prisma client stays out: resolvers go through services and queries. */
 export interface GraphQLContext {
-  config: Config;
-  settings: readonly Setting[];
+  services: Services;
+  calls: CallQueries;
+  cacheEntries: CacheEntryQueries;
+  callStats(filter: CallFilter | null, groupBy: readonly CallStatsDimension[]): Promise<CallStatsBucket[]>;
+  /** Who is asking, recorded with every admin change: the `x-callboard-actor` header, else "anonymous". */
+  actor: string;
+  /** Lets a caller that goes away abort its upstream call. */
+  signal: AbortSignal;
 }

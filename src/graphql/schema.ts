@@ -3,7 +3,12 @@ import './types/scalars.ts';
 import './types/chat.ts';
 import './types/tokens.ts';
 import './types/settings.ts';
+import './types/calls.ts';
+import './types/cache.ts';
+import './types/embeddings.ts';
+import './types/providers.ts';
 
-builder.queryType({ description: 'Read operations.' });
+builder.queryType({ description: 'Reads: token counts, embeddings, the cache, the call history and its analytics, settings and providers.' });
+builder.mutationType({ description: 'Calls to models, and the admin operations that change Callboard state.' });
 
 export const schema = builder.toSchema({ sortSchema: false });

@@ -52,7 +52,7 @@ describe('the server process (npm start)', () => {
 
   it('refuses to start on an invalid configuration and lists every problem', async () => {
     const badFile = join(workDir, 'bad.ini');
-    await writeFile(badFile, '[OpenAI]\nTEMPERATURE=warm\nMAX_ATTEMPTS=0\n');
+    await writeFile(badFile, '[OpenAI]\nTEMPERATURE=warm\nMAX_ATTEMPTS=0\nAPI_TYPE=bedrock\n');
     const failure = await startServerProcess({ cwd: workDir, env: { CALLBOARD_CONFIG: badFile, CALLBOARD_SERVER__PORT: 'eighty' } }).then(
       () => {
         throw new Error('the server started');
@@ -61,7 +61,8 @@ describe('the server process (npm start)', () => {
     );
     expect(failure.code).toBe(1);
     const output = failure.output.join('\n');
-    expect(output).toContain('Invalid configuration (3 problems)');
+    expect(output).toContain('Invalid configuration (4 problems)');
+    expect(output).toContain(`${badFile}: [OpenAI] API_TYPE: unknown API type "bedrock"; registered: openai, azure, openai-compatible`);
     expect(output).toContain(`${badFile}: [OpenAI] TEMPERATURE: expected a number, got "warm"`);
     expect(output).toContain(`${badFile}: [OpenAI] MAX_ATTEMPTS`);
     expect(output).toContain('CALLBOARD_SERVER__PORT: [Server] PORT');

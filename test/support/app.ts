@@ -3,6 +3,7 @@ import { print, type GraphQLFormattedError } from 'graphql';
 import { createApp, type App } from '../../src/app.ts';
 import { loadConfig, type LoadedConfig } from '../../src/config/config.ts';
 import { createLogger } from '../../src/logger.ts';
+import { createServices, type Services, type ServicesOptions } from '../../src/services.ts';
 import { createTestDatabase, type DatabaseKind, type TestDatabase } from './database.ts';
 
 /** A configuration built from defaults plus the given config.ini text and environment, as main.ts would. */
@@ -17,30 +18,40 @@ export interface GraphQLResponse<TResult> {
 
 export interface TestApp {
   app: App;
+  services: Services;
   testDatabase: TestDatabase;
-  loaded: LoadedConfig;
-  execute<TResult, TVariables>(document: TypedDocumentNode<TResult, TVariables>, variables?: TVariables): Promise<GraphQLResponse<TResult>>;
+  execute<TResult, TVariables>(
+    document: TypedDocumentNode<TResult, TVariables>,
+    variables?: TVariables,
+    headers?: Record<string, string>,
+  ): Promise<GraphQLResponse<TResult>>;
   dispose(): Promise<void>;
 }
 
 /** The real application on its own migrated database, called through `app.fetch` (no port). */
-export async function createTestApp(kind: DatabaseKind, loaded: LoadedConfig = testConfig()): Promise<TestApp> {
+export async function createTestApp(
+  kind: DatabaseKind,
+  loaded: LoadedConfig = testConfig(),
+  options: Omit<ServicesOptions, 'loaded' | 'database' | 'logger'> = {},
+): Promise<TestApp> {
   const testDatabase = await createTestDatabase(kind);
-  const app = createApp({ ...loaded, database: testDatabase.database, logger: createLogger('silent') });
+  const services = await createServices({ loaded, database: testDatabase.database, logger: createLogger('silent'), ...options });
+  const app = createApp(services);
   return {
     app,
+    services,
     testDatabase,
-    loaded,
-    execute: async (document, variables) => {
+    execute: async (document, variables, headers = {}) => {
       const response = await app.fetch('http://callboard/graphql', {
         method: 'POST',
-        headers: { 'content-type': 'application/json' },
+        headers: { 'content-type': 'application/json', ...headers },
         body: JSON.stringify({ query: print(document), variables }),
       });
       return response.json();
     },
     dispose: async () => {
       await app.dispose();
+      await services.close();
       await testDatabase.dispose();
     },
   };

@@ -26,6 +26,6 @@ builder.queryField('tokenCount', (t) =>
       messages: t.arg({ type: [ChatMessageInput], description: 'Chat messages to count as a prompt.' }),
     },
     resolve: (_root, args, context) =>
-      countTokens({ model: args.model ?? context.config.openai.model, text: args.text, messages: args.messages }),
+      countTokens({ model: args.model ?? context.services.overrides.settings().model, text: args.text, messages: args.messages }),
   }),
 );

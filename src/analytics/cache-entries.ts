@@ -1,0 +1,133 @@
+import type { PrismaClient } from '../db/generated/client.ts';
+import type { CacheEntryValue, CallKind, ResponseCache } from '../llm/cache.ts';
+import { decodeCursor, encodeCursor, pageSize, type OrderDirection, type Page, type PageArguments } from './calls.ts';
+
+export interface CacheEntryFilter {
+  keys?: readonly string[] | null;
+  kinds?: readonly CallKind[] | null;
+  models?: readonly string[] | null;
+  apiTypes?: readonly string[] | null;
+  /** Created at or after. */
+  from?: Date | null;
+  /** Created before. */
+  to?: Date | null;
+  /** Text contained in the stored request, case-insensitive. */
+  text?: string | null;
+  /** True: only expired entries; false: only live ones. */
+  expired?: boolean | null;
+  minHitCount?: number | null;
+}
+
+export type CacheEntryOrderField = 'CREATED_AT' | 'LAST_HIT_AT' | 'HIT_COUNT' | 'COST';
+
+export interface CacheEntryView extends CacheEntryValue {
+  keyVersion: number;
+  hitCount: number;
+  lastHitAt: Date | null;
+}
+
+const orderColumns: Record<CacheEntryOrderField, { sql: string; cast: string; parse: (value: unknown) => unknown }> = {
+  CREATED_AT: { sql: 'e."createdAt"', cast: '::timestamptz', parse: (value) => new Date(value as string) },
+  LAST_HIT_AT: { sql: `COALESCE(e."lastHitAt", 'epoch'::timestamptz)`, cast: '::timestamptz', parse: (value) => new Date(value as string) },
+  HIT_COUNT: { sql: 'e."hitCount"', cast: '::integer', parse: Number },
+  COST: { sql: 'COALESCE(e."costUsd", -1)', cast: '::double precision', parse: Number },
+};
+
+function entryWhere(filter: CacheEntryFilter | null | undefined, now: Date): { sql: string; parameters: unknown[] } {
+  const conditions: string[] = [];
+  const parameters: unknown[] = [];
+  const parameter = (value: unknown) => {
+    parameters.push(value);
+    return `$${parameters.length}`;
+  };
+  const anyOf = (column: string, values: readonly string[] | null | undefined) => {
+    if (values && values.length > 0) conditions.push(`${column} = ANY(${parameter([...values])}::text[])`);
+  };
+  anyOf('e."key"', filter?.keys);
+  anyOf('e."kind"::text', filter?.kinds);
+  anyOf('e."model"', filter?.models);
+  anyOf('e."apiType"', filter?.apiTypes);
+  if (filter?.from) conditions.push(`e."createdAt" >= ${parameter(filter.from)}`);
+  if (filter?.to) conditions.push(`e."createdAt" < ${parameter(filter.to)}`);
+  if (filter?.text) conditions.push(`e."request"::text ILIKE ${parameter(`%${filter.text.replace(/[\\%_]/g, '\\$&')}%`)}`);
+  if (filter?.expired === true) conditions.push(`e."expiresAt" <= ${parameter(now)}`);
+  if (filter?.expired === false) conditions.push(`(e."expiresAt" IS NULL OR e."expiresAt" > ${parameter(now)})`);
+  if (filter?.minHitCount !== null && filter?.minHitCount !== undefined) conditions.push(`e."hitCount" >= ${parameter(filter.minHitCount)}`);
+  return { sql: conditions.length > 0 ? conditions.join(' AND ') : 'TRUE', parameters };
+}
+
+const entryColumns = `e."key", e."keyVersion", e."kind"::text AS "kind", e."apiType", e."model", e."request", e."response",
+  e."promptTokens", e."completionTokens", e."totalTokens", e."costUsd", e."hitCount", e."createdAt", e."lastHitAt", e."expiresAt", e."createdByCallId"`;
+
+function toView(row: Record<string, unknown>): CacheEntryView {
+  const promptTokens = row.promptTokens as number | null;
+  return {
+    key: row.key as string,
+    keyVersion: row.keyVersion as number,
+    kind: row.kind as CallKind,
+    apiType: row.apiType as string,
+    model: row.model as string,
+    request: row.request,
+    response: row.response,
+    usage:
+      promptTokens === null
+        ? null
+        : { promptTokens, completionTokens: (row.completionTokens as number | null) ?? 0, totalTokens: (row.totalTokens as number | null) ?? promptTokens },
+    costUsd: row.costUsd as number | null,
+    hitCount: row.hitCount as number,
+    createdAt: row.createdAt as Date,
+    lastHitAt: row.lastHitAt as Date | null,
+    expiresAt: row.expiresAt as Date | null,
+    createdByCallId: row.createdByCallId as string | null,
+  };
+}
+
+export function createCacheEntryQueries(prisma: PrismaClient, cache: ResponseCache) {
+  return {
+    async find(key: string): Promise<CacheEntryView | null> {
+      const rows = await prisma.$queryRawUnsafe<Record<string, unknown>[]>(`SELECT ${entryColumns} FROM "CacheEntry" e WHERE e."key" = $1`, key);
+      return rows[0] ? toView(rows[0]) : null;
+    },
+
+    async list(options: PageArguments & { filter?: CacheEntryFilter | null; orderBy?: { field: CacheEntryOrderField; direction: OrderDirection } | null }): Promise<Page<CacheEntryView>> {
+      const size = pageSize(options.first);
+      const order = orderColumns[options.orderBy?.field ?? 'CREATED_AT'];
+      const direction = options.orderBy?.direction ?? 'DESC';
+      const where = entryWhere(options.filter, new Date());
+      const parameters = [...where.parameters];
+      let keyset = '';
+      if (options.after) {
+        const [value, key] = decodeCursor(options.after);
+        parameters.push(order.parse(value), key);
+        keyset = ` AND (${order.sql}, e."key") ${direction === 'DESC' ? '<' : '>'} ($${parameters.length - 1}${order.cast}, $${parameters.length}::text)`;
+      }
+      const rows = await prisma.$queryRawUnsafe<Record<string, unknown>[]>(
+        `SELECT ${entryColumns}, ${order.sql} AS "sortValue" FROM "CacheEntry" e WHERE ${where.sql}${keyset}
+         ORDER BY ${order.sql} ${direction}, e."key" ${direction} LIMIT ${size + 1}`,
+        ...parameters,
+      );
+      return {
+        nodes: rows.slice(0, size).map((row) => ({ node: toView(row), cursor: encodeCursor(row.sortValue, row.key as string) })),
+        hasNextPage: rows.length > size,
+        totalCount: async () => {
+          const [row] = await prisma.$queryRawUnsafe<{ count: bigint }[]>(`SELECT count(*) AS "count" FROM "CacheEntry" e WHERE ${where.sql}`, ...where.parameters);
+          return Number(row!.count);
+        },
+      };
+    },
+
+    /** Counts the entries a filter matches and, unless dryRun, deletes them (database and memory). */
+    async invalidate(filter: CacheEntryFilter | null | undefined, dryRun: boolean): Promise<{ matched: number; deleted: number }> {
+      const where = entryWhere(filter, new Date());
+      if (dryRun) {
+        const [row] = await prisma.$queryRawUnsafe<{ count: bigint }[]>(`SELECT count(*) AS "count" FROM "CacheEntry" e WHERE ${where.sql}`, ...where.parameters);
+        return { matched: Number(row!.count), deleted: 0 };
+      }
+      const rows = await prisma.$queryRawUnsafe<{ key: string }[]>(`DELETE FROM "CacheEntry" e WHERE ${where.sql} RETURNING e."key"`, ...where.parameters);
+      cache.forget(filter && Object.values(filter).some((value) => value !== null && value !== undefined) ? rows.map((row) => row.key) : null);
+      return { matched: rows.length, deleted: rows.length };
+    },
+  };
+}
+
+export type CacheEntryQueries = ReturnType<typeof createCacheEntryQueries>;

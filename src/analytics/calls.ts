@@ -1,0 +1,164 @@
+import type { PrismaClient } from '../db/generated/client.ts';
+import { badUserInput } from '../errors.ts';
+import type { CacheStatus, CallKind } from '../llm/cache.ts';
+import type { AttemptRow, CallRecord } from '../llm/history.ts';
+
+/** Which calls a query is about; every field narrows, lists match any of their values. */
+export interface CallFilter {
+  from?: Date | null;
+  to?: Date | null;
+  models?: readonly string[] | null;
+  apiTypes?: readonly string[] | null;
+  kinds?: readonly CallKind[] | null;
+  statuses?: readonly ('SUCCESS' | 'ERROR')[] | null;
+  cacheStatuses?: readonly CacheStatus[] | null;
+  /** Calls carrying any of these tags. */
+  tags?: readonly string[] | null;
+  templateNames?: readonly string[] | null;
+  errorCodes?: readonly string[] | null;
+  /** Calls that read or wrote these cache entries. */
+  cacheKeys?: readonly string[] | null;
+  /** Text contained in the request (messages or embedded texts), case-insensitive. */
+  text?: string | null;
+}
+
+/** A SQL condition with its parameters, numbered from `offset + 1`. */
+interface SqlCondition {
+  sql: string;
+  parameters: unknown[];
+}
+
+/** The WHERE clause of a call filter over "LlmCall" aliased `c`. */
+export function callWhere(filter: CallFilter | null | undefined, offset = 0): SqlCondition {
+  const conditions: string[] = [];
+  const parameters: unknown[] = [];
+  const parameter = (value: unknown) => {
+    parameters.push(value);
+    return `$${offset + parameters.length}`;
+  };
+  const anyOf = (column: string, values: readonly string[] | null | undefined, cast = '') => {
+    if (values && values.length > 0) conditions.push(`${column}${cast} = ANY(${parameter([...values])}::text[])`);
+  };
+  if (filter?.from) conditions.push(`c."createdAt" >= ${parameter(filter.from)}`);
+  if (filter?.to) conditions.push(`c."createdAt" < ${parameter(filter.to)}`);
+  anyOf('c."model"', filter?.models);
+  anyOf('c."apiType"', filter?.apiTypes);
+  anyOf('c."kind"', filter?.kinds, '::text');
+  anyOf('c."status"', filter?.statuses, '::text');
+  anyOf('c."cacheStatus"', filter?.cacheStatuses, '::text');
+  anyOf('c."templateName"', filter?.templateNames);
+  anyOf('c."errorCode"', filter?.errorCodes);
+  anyOf('c."cacheKey"', filter?.cacheKeys);
+  if (filter?.tags && filter.tags.length > 0) conditions.push(`c."tags" && ${parameter([...filter.tags])}::text[]`);
+  if (filter?.text) conditions.push(`c."requestBody"::text ILIKE ${parameter(`%${filter.text.replace(/[\\%_]/g, '\\$&')}%`)}`);
+  return { sql: conditions.length > 0 ? conditions.join(' AND ') : 'TRUE', parameters };
+}
+
+export type CallOrderField = 'CREATED_AT' | 'LATENCY' | 'TOKENS' | 'COST';
+export type OrderDirection = 'ASC' | 'DESC';
+
+// Nulls sort as -1 so that keyset cursors compare plain values.
+const callOrderColumns: Record<CallOrderField, string> = {
+  CREATED_AT: 'c."createdAt"',
+  LATENCY: 'c."latencyMs"',
+  TOKENS: 'COALESCE(c."totalTokens", -1)',
+  COST: 'COALESCE(c."costUsd", -1)',
+};
+
+const callColumns = `c."id", c."createdAt", c."kind"::text AS "kind", c."apiType", c."model", c."status"::text AS "status",
+  c."cacheStatus"::text AS "cacheStatus", c."cacheKey", c."errorCode", c."errorMessage", c."attemptCount", c."latencyMs",
+  c."promptTokens", c."completionTokens", c."totalTokens", c."estimatedPromptTokens", c."costUsd", c."templateName",
+  c."templateHash", c."tags", c."metadata", c."requestBody", c."responseBody"`;
+
+/** A call as the API shows it: attempts are loaded on demand for rows read from the database. */
+export type CallView = Omit<CallRecord, 'attempts'> & { attempts?: AttemptRow[] };
+
+export interface Page<T> {
+  nodes: { node: T; cursor: string }[];
+  hasNextPage: boolean;
+  /** Counts every row of the filter; run only when asked. */
+  totalCount: () => Promise<number>;
+}
+
+export interface PageArguments {
+  first?: number | null;
+  after?: string | null;
+}
+
+const maxPageSize = 100;
+
+export function pageSize(first: number | null | undefined): number {
+  const size = first ?? 20;
+  if (!Number.isInteger(size) || size < 0 || size > maxPageSize) throw badUserInput(`first must be between 0 and ${maxPageSize}, got ${size}.`, { field: 'first' });
+  return size;
+}
+
+/** Cursors are opaque to clients: the sort value and the id of the row, base64url JSON. */
+export function encodeCursor(value: unknown, id: string): string {
+  return Buffer.from(JSON.stringify([value instanceof Date ? value.toISOString() : value, id])).toString('base64url');
+}
+
+export function decodeCursor(cursor: string): [value: unknown, id: string] {
+  try {
+    const decoded = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8')) as unknown;
+    if (Array.isArray(decoded) && decoded.length === 2 && typeof decoded[1] === 'string') return decoded as [unknown, string];
+  } catch {
+    // Reported below.
+  }
+  throw badUserInput('The cursor is not valid; use a cursor from a previous page of the same query.', { field: 'after' });
+}
+
+export function createCallQueries(prisma: PrismaClient) {
+  const mapRow = (row: Record<string, unknown>): CallView => row as unknown as CallView;
+
+  return {
+    async find(id: string): Promise<CallView | null> {
+      if (!/^[0-9a-f-]{36}$/i.test(id)) throw badUserInput(`"${id}" is not a call id.`, { field: 'id' });
+      const rows = await prisma.$queryRawUnsafe<Record<string, unknown>[]>(`SELECT ${callColumns} FROM "LlmCall" c WHERE c."id" = $1::uuid`, id);
+      return rows[0] ? mapRow(rows[0]) : null;
+    },
+
+    async attempts(callId: string): Promise<AttemptRow[]> {
+      return prisma.llmAttempt.findMany({
+        where: { callId },
+        orderBy: { number: 'asc' },
+        select: { number: true, startedAt: true, latencyMs: true, httpStatus: true, errorCode: true, errorMessage: true, waitMs: true, requestId: true },
+      });
+    },
+
+    /** A page of calls in a stable order: new calls never shift the pages after a cursor. */
+    async list(options: PageArguments & { filter?: CallFilter | null; orderBy?: { field: CallOrderField; direction: OrderDirection } | null }): Promise<Page<CallView>> {
+      const size = pageSize(options.first);
+      const field = options.orderBy?.field ?? 'CREATED_AT';
+      const direction = options.orderBy?.direction ?? 'DESC';
+      const column = callOrderColumns[field];
+      const where = callWhere(options.filter);
+      const parameters = [...where.parameters];
+      let keyset = '';
+      if (options.after) {
+        const [value, id] = decodeCursor(options.after);
+        parameters.push(field === 'CREATED_AT' ? new Date(value as string) : Number(value), id);
+        const cast = field === 'CREATED_AT' ? '::timestamptz' : '::double precision';
+        keyset = ` AND (${column}, c."id") ${direction === 'DESC' ? '<' : '>'} ($${parameters.length - 1}${cast}, $${parameters.length}::uuid)`;
+      }
+      const rows = await prisma.$queryRawUnsafe<Record<string, unknown>[]>(
+        `SELECT ${callColumns}, ${column} AS "sortValue" FROM "LlmCall" c WHERE ${where.sql}${keyset}
+         ORDER BY ${column} ${direction}, c."id" ${direction} LIMIT ${size + 1}`,
+        ...parameters,
+      );
+      return {
+        nodes: rows.slice(0, size).map((row) => {
+          const { sortValue, ...call } = row;
+          return { node: mapRow(call), cursor: encodeCursor(sortValue, call.id as string) };
+        }),
+        hasNextPage: rows.length > size,
+        totalCount: async () => {
+          const [row] = await prisma.$queryRawUnsafe<{ count: bigint }[]>(`SELECT count(*) AS "count" FROM "LlmCall" c WHERE ${where.sql}`, ...where.parameters);
+          return Number(row!.count);
+        },
+      };
+    },
+  };
+}
+
+export type CallQueries = ReturnType<typeof createCallQueries>;

@@ -1,0 +1,212 @@
+import type { CallStatsBucket } from '../../analytics/call-stats.ts';
+import type { CallFilter } from '../../analytics/calls.ts';
+import type { AttemptRow } from '../../llm/history.ts';
+import { countMessageTokens, countTextTokens, type TokenMessage } from '../../llm/tokens.ts';
+import { builder } from '../builder.ts';
+import { connectionOf } from './connection.ts';
+import { CacheStatus, CallKind, CallStatus, OrderDirection, Usage } from './enums.ts';
+import { CacheEntry, LlmCall } from './refs.ts';
+
+const LlmAttempt = builder.objectRef<AttemptRow>('LlmAttempt').implement({
+  description: 'One upstream request made for a call.',
+  fields: (t) => ({
+    number: t.exposeInt('number', { description: '1 for the first attempt.' }),
+    startedAt: t.field({ type: 'DateTime', resolve: (attempt) => attempt.startedAt, description: 'When the request was sent.' }),
+    latencyMs: t.exposeFloat('latencyMs', { description: 'How long the provider took to answer or fail.' }),
+    httpStatus: t.exposeInt('httpStatus', { nullable: true, description: "The provider's HTTP status; null when it never answered (timeout, connection error)." }),
+    errorCode: t.exposeString('errorCode', { nullable: true, description: 'Why the attempt failed; null when it succeeded.' }),
+    errorMessage: t.exposeString('errorMessage', { nullable: true, description: 'What the provider said.' }),
+    waitMs: t.exposeInt('waitMs', { nullable: true, description: 'How long the retry loop waited after this attempt before the next one.' }),
+    requestId: t.exposeString('requestId', { nullable: true, description: "The provider's request id (x-request-id), for its support." }),
+  }),
+});
+
+
+LlmCall.implement({
+  description: 'One logical call (chat or embedding) as a caller made it, from the audit history: a cache hit, a provider answer, or a failure.',
+  fields: (t) => ({
+    id: t.exposeID('id', { description: 'The call id (a UUIDv7, so ids sort by time).' }),
+    createdAt: t.field({ type: 'DateTime', resolve: (call) => call.createdAt, description: 'When the call started.' }),
+    kind: t.field({ type: CallKind, resolve: (call) => call.kind, description: 'Chat or embedding.' }),
+    apiType: t.exposeString('apiType', { description: 'The provider that served it: openai, azure, openai-compatible, ...' }),
+    model: t.exposeString('model', { description: 'The model that answered (the asked model when it failed).' }),
+    status: t.field({ type: CallStatus, resolve: (call) => call.status, description: 'How the call ended.' }),
+    cacheStatus: t.field({ type: CacheStatus, resolve: (call) => call.cacheStatus, description: 'What the cache did.' }),
+    cacheKey: t.exposeString('cacheKey', { nullable: true, description: 'The cache entry it read or wrote (null for bypassed calls and batches of several texts).' }),
+    cacheEntry: t.field({
+      type: CacheEntry,
+      nullable: true,
+      description: 'The cache entry it read or wrote, while it exists.',
+      resolve: (call, _args, context) => (call.cacheKey ? context.cacheEntries.find(call.cacheKey) : null),
+    }),
+    errorCode: t.exposeString('errorCode', { nullable: true, description: 'Why it failed (the code the caller got); null on success.' }),
+    errorMessage: t.exposeString('errorMessage', { nullable: true, description: 'The message the caller got.' }),
+    attemptCount: t.exposeInt('attemptCount', { description: 'Upstream requests made (0 for a cache hit).' }),
+    attempts: t.field({
+      type: [LlmAttempt],
+      description: 'Every upstream request, with status, error and the wait that followed.',
+      resolve: (call, _args, context) => call.attempts ?? context.calls.attempts(call.id),
+    }),
+    latencyMs: t.exposeFloat('latencyMs', { description: 'From the call reaching Callboard to its answer.' }),
+    usage: t.field({
+      type: Usage,
+      nullable: true,
+      description: "The provider's token counts (for a hit: those of the stored answer).",
+      resolve: (call) =>
+        call.promptTokens === null ? null : { promptTokens: call.promptTokens, completionTokens: call.completionTokens ?? 0, totalTokens: call.totalTokens ?? call.promptTokens },
+    }),
+    estimatedPromptTokens: t.int({
+      nullable: true,
+      description: "Callboard's own js-tiktoken count of the prompt.",
+      resolve: (call) => {
+        if (call.estimatedPromptTokens !== null) return call.estimatedPromptTokens;
+        const body = call.requestBody as { messages?: TokenMessage[]; input?: string[] } | null;
+        if (body?.messages) return countMessageTokens(body.messages, call.model).tokens;
+        if (body?.input) return body.input.reduce((sum, text) => sum + countTextTokens(text, call.model).tokens, 0);
+        return null;
+      },
+    }),
+    costUsd: t.exposeFloat('costUsd', {
+      nullable: true,
+      description: 'What the answer cost at the configured prices, in USD (for a hit: what it saved). Null when the model has no price.',
+    }),
+    templateName: t.exposeString('templateName', { nullable: true, description: 'The template(s) of a templated call, system first.' }),
+    templateHash: t.exposeString('templateHash', { nullable: true, description: "SHA-256 of the templates' text: changes when a template changes." }),
+    tags: t.exposeStringList('tags', { description: "The caller's tags." }),
+    metadata: t.field({ type: 'JSON', nullable: true, resolve: (call) => call.metadata ?? null, description: "The caller's metadata." }),
+    requestBody: t.field({
+      type: 'JSON',
+      nullable: true,
+      resolve: (call) => call.requestBody ?? null,
+      description: 'What was sent upstream (null when [History] STORE_BODIES is off). Never holds API keys.',
+    }),
+    responseBody: t.field({ type: 'JSON', nullable: true, resolve: (call) => call.responseBody ?? null, description: 'What the provider answered (null when not stored).' }),
+  }),
+});
+
+export const LlmCallConnection = connectionOf('LlmCall', LlmCall, 'A page of the call history.');
+
+export const CallFilterInput = builder.inputType('CallFilter', {
+  description: 'Which calls to consider. Every field narrows; a list matches any of its values.',
+  fields: (t) => ({
+    from: t.field({ type: 'DateTime', description: 'Calls made at or after this time.' }),
+    to: t.field({ type: 'DateTime', description: 'Calls made before this time.' }),
+    models: t.stringList({ description: 'Any of these models.' }),
+    apiTypes: t.stringList({ description: 'Any of these providers.' }),
+    kinds: t.field({ type: [CallKind], description: 'Any of these kinds.' }),
+    statuses: t.field({ type: [CallStatus], description: 'Any of these statuses.' }),
+    cacheStatuses: t.field({ type: [CacheStatus], description: 'Any of these cache statuses.' }),
+    tags: t.stringList({ description: 'Calls carrying any of these tags.' }),
+    templateNames: t.stringList({ description: 'Calls made from any of these templates.' }),
+    errorCodes: t.stringList({ description: 'Calls that failed with any of these codes.' }),
+    cacheKeys: t.stringList({ description: 'Calls that read or wrote any of these cache entries.' }),
+    text: t.string({ description: 'Text contained in the request (messages or texts), case-insensitive.' }),
+  }),
+});
+
+const CallOrderField = builder.enumType('CallOrderField', {
+  description: 'What to sort calls by.',
+  values: {
+    CREATED_AT: { description: 'When the call was made.' },
+    LATENCY: { description: 'latencyMs.' },
+    TOKENS: { description: 'Total tokens (calls without usage last when descending).' },
+    COST: { description: 'costUsd (unpriced calls last when descending).' },
+  } as const,
+});
+
+const CallOrderInput = builder.inputType('CallOrder', {
+  description: 'The order of a call list. Default: newest first.',
+  fields: (t) => ({
+    field: t.field({ type: CallOrderField, required: true, description: 'What to sort by.' }),
+    direction: t.field({ type: OrderDirection, defaultValue: 'DESC', description: 'Which way.' }),
+  }),
+});
+
+builder.queryFields((t) => ({
+  call: t.field({
+    type: LlmCall,
+    nullable: true,
+    description: 'One call of the history with its attempts; null when no call has that id.',
+    args: { id: t.arg.id({ required: true, description: 'The call id.' }) },
+    resolve: (_root, args, context) => context.calls.find(String(args.id)),
+  }),
+  calls: t.field({
+    type: LlmCallConnection,
+    description: 'The call history, filtered and sorted, a page at a time.',
+    args: {
+      first: t.arg.int({ description: 'Page size, 0 to 100. Default 20.' }),
+      after: t.arg.string({ description: 'The endCursor of the previous page.' }),
+      filter: t.arg({ type: CallFilterInput, description: 'Which calls.' }),
+      orderBy: t.arg({ type: CallOrderInput, description: 'The order. Default: newest first.' }),
+    },
+    resolve: async (_root, args, context) => ({
+      page: await context.calls.list({
+        first: args.first,
+        after: args.after,
+        filter: args.filter as CallFilter | null,
+        orderBy: args.orderBy ? { field: args.orderBy.field, direction: args.orderBy.direction ?? 'DESC' } : null,
+      }),
+      after: args.after,
+    }),
+  }),
+}));
+
+const CallStatsDimension = builder.enumType('CallStatsDimension', {
+  description: 'A way to group the call history.',
+  values: {
+    MODEL: { description: 'By model.' },
+    API_TYPE: { description: 'By provider.' },
+    KIND: { description: 'Chat or embedding.' },
+    STATUS: { description: 'Success or error.' },
+    CACHE_STATUS: { description: 'Hit, miss, refresh or bypass.' },
+    TEMPLATE: { description: 'By template name (null: not templated).' },
+    TAG: { description: 'By tag: a call counts once in each of its tags; untagged calls are left out.' },
+    DAY: { description: 'By UTC day.' },
+    HOUR: { description: 'By UTC hour.' },
+  } as const,
+});
+
+const CallStatsBucketRef = builder.objectRef<CallStatsBucket>('CallStatsBucket').implement({
+  description: 'One group of calls. Fields of dimensions not grouped by are null. Spent tokens and cost leave out cache hits; saved ones are the hits.',
+  fields: (t) => ({
+    model: t.exposeString('model', { nullable: true, description: 'The model, when grouped by MODEL.' }),
+    apiType: t.exposeString('apiType', { nullable: true, description: 'The provider, when grouped by API_TYPE.' }),
+    kind: t.field({ type: CallKind, nullable: true, resolve: (bucket) => bucket.kind as 'CHAT' | 'EMBEDDING' | null, description: 'When grouped by KIND.' }),
+    status: t.field({ type: CallStatus, nullable: true, resolve: (bucket) => bucket.status as 'SUCCESS' | 'ERROR' | null, description: 'When grouped by STATUS.' }),
+    cacheStatus: t.field({
+      type: CacheStatus,
+      nullable: true,
+      resolve: (bucket) => bucket.cacheStatus as 'HIT' | 'MISS' | 'REFRESH' | 'BYPASS' | null,
+      description: 'When grouped by CACHE_STATUS.',
+    }),
+    template: t.exposeString('template', { nullable: true, description: 'The template name, when grouped by TEMPLATE.' }),
+    tag: t.exposeString('tag', { nullable: true, description: 'The tag, when grouped by TAG.' }),
+    day: t.field({ type: 'DateTime', nullable: true, resolve: (bucket) => bucket.day, description: 'Start of the UTC day, when grouped by DAY.' }),
+    hour: t.field({ type: 'DateTime', nullable: true, resolve: (bucket) => bucket.hour, description: 'Start of the UTC hour, when grouped by HOUR.' }),
+    calls: t.exposeInt('calls', { description: 'Calls in the group.' }),
+    errors: t.exposeInt('errors', { description: 'Calls that failed.' }),
+    cacheHits: t.exposeInt('cacheHits', { description: 'Calls answered from the cache.' }),
+    cacheMisses: t.exposeInt('cacheMisses', { description: 'Calls that looked in the cache and called the provider.' }),
+    hitRate: t.exposeFloat('hitRate', { nullable: true, description: 'cacheHits / (cacheHits + cacheMisses); null when no call used the cache.' }),
+    promptTokens: t.exposeInt('promptTokens', { description: 'Prompt tokens paid for (cache hits left out).' }),
+    completionTokens: t.exposeInt('completionTokens', { description: 'Completion tokens paid for (cache hits left out).' }),
+    costUsd: t.exposeFloat('costUsd', { nullable: true, description: 'USD spent (cache hits left out); null when no call had a price.' }),
+    tokensSaved: t.exposeInt('tokensSaved', { description: 'Tokens the cache hits did not pay for.' }),
+    costSavedUsd: t.exposeFloat('costSavedUsd', { nullable: true, description: 'USD the cache hits saved; null when none had a price.' }),
+    latencyP50Ms: t.exposeFloat('latencyP50Ms', { nullable: true, description: 'Median latency.' }),
+    latencyP95Ms: t.exposeFloat('latencyP95Ms', { nullable: true, description: '95th percentile latency.' }),
+    latencyMaxMs: t.exposeFloat('latencyMaxMs', { nullable: true, description: 'Slowest call.' }),
+  }),
+});
+
+builder.queryField('callStats', (t) =>
+  t.field({
+    type: [CallStatsBucketRef],
+    description: 'Aggregates of the call history, computed in the database: one bucket per combination of the groupBy dimensions (one bucket for all when empty).',
+    args: {
+      filter: t.arg({ type: CallFilterInput, description: 'Which calls.' }),
+      groupBy: t.arg({ type: [CallStatsDimension], required: true, description: 'Dimensions to group by, in order.' }),
+    },
+    resolve: (_root, args, context) => context.callStats(args.filter as CallFilter | null, args.groupBy),
+  }),
+);
