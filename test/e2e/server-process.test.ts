@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createEmptyDatabase, type TestDatabase } from '../support/database.ts';
+import { startFakeOpenAI } from '../support/fake-openai.ts';
 import { startServerProcess } from '../support/server-process.ts';
 
 const tokenCountBody = JSON.stringify({ query: '{ tokenCount(model: "gpt-4o", text: "tiktoken is great!") { tokens encoding } }' });
@@ -34,6 +35,28 @@ describe('the server process (npm start)', () => {
     const second = await startServerProcess({ cwd: workDir, env });
     expect(second.output.join('\n')).toMatch(/"database":"pglite".*"applied":\[\]/);
     expect(await second.stop('SIGINT')).toBe(0);
+  });
+
+  it('on SIGTERM finishes the call in flight, writes its history, and the next start still has it', async () => {
+    const fake = await startFakeOpenAI();
+    fake.script('chat', { json: { id: 'x', object: 'chat.completion', created: 0, model: 'gpt-4o-mini', choices: [{ index: 0, message: { role: 'assistant', content: 'late answer', refusal: null }, finish_reason: 'stop' }], usage: { prompt_tokens: 3, completion_tokens: 2, total_tokens: 5 } }, delayMs: 1500 });
+    const env = { CALLBOARD_DATABASE__DATA_DIR: join(workDir, 'data-inflight'), CALLBOARD_OPENAI__BASE_URL: fake.openaiBaseURL, OPENAI_API_KEY: 'sk-process-test' };
+    try {
+      const server = await startServerProcess({ cwd: workDir, env });
+      const inFlight = postGraphQL(server.url, JSON.stringify({ query: 'mutation { sendMessage(input: { messages: [{ role: USER, content: "hello" }], tags: ["in-flight"] }) { message { content } call { id } } }' }));
+      while (fake.requestsTo('chat').length === 0) await new Promise((resolve) => setTimeout(resolve, 20));
+      const exitCode = server.stop('SIGTERM');
+      const answer = await inFlight;
+      expect(answer.body.data.sendMessage.message.content).toBe('late answer');
+      expect(await exitCode).toBe(0);
+
+      const restarted = await startServerProcess({ cwd: workDir, env });
+      const history = await postGraphQL(restarted.url, JSON.stringify({ query: '{ calls(filter: { tags: ["in-flight"] }) { totalCount edges { node { id status } } } }' }));
+      expect(history.body.data.calls).toEqual({ totalCount: 1, edges: [{ node: { id: answer.body.data.sendMessage.call.id, status: 'SUCCESS' } }] });
+      expect(await restarted.stop()).toBe(0);
+    } finally {
+      await fake.close();
+    }
   });
 
   it('reads ./config.ini of the working directory over the project one, and the environment over both', async () => {
