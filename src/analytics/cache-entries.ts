@@ -1,6 +1,6 @@
 import type { PrismaClient } from '../db/generated/client.ts';
 import type { CacheEntryValue, CallKind, ResponseCache } from '../llm/cache.ts';
-import { decodeCursor, encodeCursor, pageSize, type OrderDirection, type Page, type PageArguments } from './calls.ts';
+import { decodeCursor, encodeCursor, pageSize, textCondition, type OrderDirection, type Page, type PageArguments } from './calls.ts';
 
 export interface CacheEntryFilter {
   keys?: readonly string[] | null;
@@ -49,7 +49,7 @@ function entryWhere(filter: CacheEntryFilter | null | undefined, now: Date): { s
   anyOf('e."apiType"', filter?.apiTypes);
   if (filter?.from) conditions.push(`e."createdAt" >= ${parameter(filter.from)}`);
   if (filter?.to) conditions.push(`e."createdAt" < ${parameter(filter.to)}`);
-  if (filter?.text) conditions.push(`e."request"::text ILIKE ${parameter(`%${filter.text.replace(/[\\%_]/g, '\\$&')}%`)}`);
+  if (filter?.text) conditions.push(textCondition('e."request"', parameter(`%${filter.text.replace(/[\\%_]/g, '\\$&')}%`)));
   if (filter?.expired === true) conditions.push(`e."expiresAt" <= ${parameter(now)}`);
   if (filter?.expired === false) conditions.push(`(e."expiresAt" IS NULL OR e."expiresAt" > ${parameter(now)})`);
   if (filter?.minHitCount !== null && filter?.minHitCount !== undefined) conditions.push(`e."hitCount" >= ${parameter(filter.minHitCount)}`);

@@ -50,8 +50,20 @@ export function callWhere(filter: CallFilter | null | undefined, offset = 0): Sq
   anyOf('c."errorCode"', filter?.errorCodes);
   anyOf('c."cacheKey"', filter?.cacheKeys);
   if (filter?.tags && filter.tags.length > 0) conditions.push(`c."tags" && ${parameter([...filter.tags])}::text[]`);
-  if (filter?.text) conditions.push(`c."requestBody"::text ILIKE ${parameter(`%${filter.text.replace(/[\\%_]/g, '\\$&')}%`)}`);
+  if (filter?.text) conditions.push(textCondition('c."requestBody"', parameter(`%${filter.text.replace(/[\\%_]/g, '\\$&')}%`)));
   return { sql: conditions.length > 0 ? conditions.join(' AND ') : 'TRUE', parameters };
+}
+
+/**
+ * The messages' contents or the embedded texts of a stored request contain a pattern. They are read
+ * out of the JSON rather than matched in its text, where quotes, backslashes and newlines are escaped
+ * and the keys and parameters ("max_tokens", the model) would match too.
+ */
+export function textCondition(request: string, pattern: string): string {
+  const arrayAt = (path: string) => `CASE WHEN jsonb_typeof(${request}->'${path}') = 'array' THEN ${request}->'${path}' ELSE '[]'::jsonb END`;
+  return `(EXISTS (SELECT 1 FROM jsonb_array_elements(${arrayAt('messages')}) AS message WHERE message->>'content' ILIKE ${pattern})
+    OR EXISTS (SELECT 1 FROM jsonb_array_elements_text(${arrayAt('input')}) AS input WHERE input ILIKE ${pattern})
+    OR (jsonb_typeof(${request}->'input') = 'string' AND ${request}->>'input' ILIKE ${pattern}))`;
 }
 
 export type CallOrderField = 'CREATED_AT' | 'LATENCY' | 'TOKENS' | 'COST';

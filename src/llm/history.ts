@@ -76,6 +76,25 @@ export interface HistoryWriterOptions {
 
 const jsonOrUndefined = (value: unknown) => (value === null || value === undefined ? undefined : (value as object));
 
+/** Postgres stores no NUL character in text or jsonb; one in a prompt would fail its whole batch at every retry. */
+function storable<T>(value: T): T {
+  if (typeof value === 'string') return (value.includes('\u0000') ? value.replaceAll('\u0000', '\uFFFD') : value) as T;
+  if (Array.isArray(value)) return value.map(storable) as T;
+  if (value && typeof value === 'object' && !(value instanceof Date)) {
+    return Object.fromEntries(Object.entries(value).map(([key, inner]) => [storable(key), storable(inner)])) as T;
+  }
+  return value;
+}
+
+function estimateSafely(estimate: NonNullable<HistoryWriterOptions['estimatePromptTokens']>, call: CallRecord, prompt: unknown): number | null {
+  try {
+    return estimate(call, prompt);
+  } catch {
+    // A prompt the estimator cannot read (a failed call's malformed input) must not block the history.
+    return null;
+  }
+}
+
 export function createHistoryWriter(options: HistoryWriterOptions): HistoryWriter {
   const { prisma, logger } = options;
   const batchSize = options.batchSize ?? 200;
@@ -106,13 +125,13 @@ export function createHistoryWriter(options: HistoryWriterOptions): HistoryWrite
     try {
       for (const item of batch) {
         if (item.call.estimatedPromptTokens === null && options.estimatePromptTokens) {
-          item.call.estimatedPromptTokens = options.estimatePromptTokens(item.call, item.prompt);
+          item.call.estimatedPromptTokens = estimateSafely(options.estimatePromptTokens, item.call, item.prompt);
         }
       }
       await prisma.$transaction([
         // Entries first: a hit recorded in this batch may be on an entry written in it.
         ...entryBatch.map((entry) => {
-          const data = {
+          const data = storable({
             keyVersion: 1,
             kind: entry.kind,
             apiType: entry.apiType,
@@ -126,14 +145,14 @@ export function createHistoryWriter(options: HistoryWriterOptions): HistoryWrite
             createdAt: entry.createdAt,
             expiresAt: entry.expiresAt,
             createdByCallId: entry.createdByCallId,
-          };
+          });
           return prisma.cacheEntry.upsert({ where: { key: entry.key }, create: { key: entry.key, ...data }, update: { ...data, hitCount: 0, lastHitAt: null } });
         }),
         ...hitBatch.map(([key, hit]) =>
           prisma.cacheEntry.updateMany({ where: { key }, data: { hitCount: { increment: hit.count }, lastHitAt: hit.lastHitAt } }),
         ),
         prisma.llmCall.createMany({
-          data: batch.map(({ call }) => ({
+          data: batch.map(({ call }) => storable({
             id: call.id,
             createdAt: call.createdAt,
             kind: call.kind,
@@ -161,7 +180,7 @@ export function createHistoryWriter(options: HistoryWriterOptions): HistoryWrite
           skipDuplicates: true,
         }),
         prisma.llmAttempt.createMany({
-          data: batch.flatMap(({ call }) => call.attempts.map((attempt) => ({ callId: call.id, ...attempt }))),
+          data: batch.flatMap(({ call }) => call.attempts.map((attempt) => storable({ callId: call.id, ...attempt }))),
           skipDuplicates: true,
         }),
       ]);
@@ -181,15 +200,17 @@ export function createHistoryWriter(options: HistoryWriterOptions): HistoryWrite
   }
 
   function flush(): Promise<void> {
+    // The clean-up runs after the promise is stored: an empty flush completes synchronously,
+    // and a `finally` inside the body would clear `running` before it was ever set.
     running ??= (async () => {
       try {
         while (pendingCount() > 0) await writeBatch();
       } catch {
         schedule(Math.min(5000, flushIntervalMs * 2 ** failures));
-      } finally {
-        running = undefined;
       }
-    })();
+    })().finally(() => {
+      running = undefined;
+    });
     return running;
   }
 

@@ -123,6 +123,8 @@ adminMutationField('invalidateCache', (t) =>
     },
     resolve: async (_root, args, context) => {
       const dryRun = args.dryRun ?? false;
+      // Entries are written behind the callers' backs: one still queued would come back after the delete.
+      await context.services.history.flush();
       const result = await context.cacheEntries.invalidate(args.filter as CacheEntryFilter | null, dryRun);
       context.services.logger.info({ actor: context.actor, filter: args.filter, ...result, dryRun }, 'cache invalidated');
       return { ...result, dryRun };
