@@ -166,7 +166,8 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
 
   function finalError(outcome: { error: unknown; attempts: AttemptRecord[]; exhausted: boolean; aborted: boolean }): unknown {
     if (outcome.aborted) return new CallboardError('ABORTED', 'The call was aborted by the caller.');
-    if (!outcome.exhausted) return outcome.error;
+    // A single attempt (MAX_ATTEMPTS=1) retried nothing: its own error says more than "gave up".
+    if (!outcome.exhausted || outcome.attempts.length === 1) return outcome.error;
     const last = outcome.error;
     const lastMessage = last instanceof Error ? last.message : String(last);
     return new CallboardError('RETRY_EXHAUSTED', `Gave up after ${outcome.attempts.length} attempts; the last one failed with: ${lastMessage}`, {
@@ -235,7 +236,8 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
       const copy = Object.assign(Object.create(Object.getPrototypeOf(error) as object) as CallboardError, error, {
         details: { ...error.details, callId: record.id },
       });
-      copy.message = error.message;
+      // An upstream message may quote the server's own key: secrets are never answered.
+      copy.message = redact(error.message);
       copy.stack = error.stack;
       throw copy;
     }
@@ -416,7 +418,8 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
       const provider: Provider = registry.providerFor(apiType, settings);
       const mode = cacheModeOf(input, settings);
       const keys = input.texts.map((text) => cacheKey('EMBEDDING', apiType, { model, input: text }));
-      record.cacheKey = keys.length === 1 ? keys[0]! : null;
+      // As for chat: the entry this call read or wrote, none when it bypassed the cache.
+      record.cacheKey = keys.length === 1 && mode !== 'BYPASS' ? keys[0]! : null;
 
       const vectors: (number[] | undefined)[] = new Array(input.texts.length);
       const statuses: CacheStatus[] = new Array(input.texts.length).fill(mode === 'USE' ? 'MISS' : mode);
@@ -498,7 +501,19 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
     sendMessage,
     embed,
     async templatedCall(input) {
-      const rendered = await renderCall(dependencies.templates, input);
+      const started = performance.now();
+      let rendered: Awaited<ReturnType<typeof renderCall>>;
+      try {
+        rendered = await renderCall(dependencies.templates, input);
+      } catch (error) {
+        // A call that fails before it is sent (a missing template, a template and a prompt) still gets its history row.
+        const settings = overrides.settings();
+        const names = [input.systemTemplateName, input.userTemplateName].filter((name): name is string => typeof name === 'string' && name !== '');
+        const template = { name: names.length > 0 ? names.join('+') : null, hash: null };
+        const record = baseRecord('CHAT', input.apiType ?? settings.apiType, input.model ?? settings.model, { ...input, template });
+        finish(record, started, null, error);
+        return failWith(error, record);
+      }
       return sendMessage({ ...input, messages: rendered.messages, template: { name: rendered.templateName, hash: rendered.templateHash } });
     },
   };
@@ -534,7 +549,7 @@ export function createRedactor(secrets: readonly string[]): <T>(value: T) => T {
     if (typeof value === 'string') return needles.reduce((text, needle) => text.split(needle).join('[redacted]'), value);
     if (Array.isArray(value)) return value.map(scrub);
     if (value && typeof value === 'object' && !(value instanceof Date)) {
-      return Object.fromEntries(Object.entries(value).map(([key, inner]) => [key, scrub(inner)]));
+      return Object.fromEntries(Object.entries(value).map(([key, inner]) => [scrub(key), scrub(inner)]));
     }
     return value;
   };
