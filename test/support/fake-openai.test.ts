@@ -204,6 +204,21 @@ describe('scripts', () => {
     expect(fake.requestsTo('chat').map((request) => request.callNumber)).toEqual([1, 2, 3]);
   });
 
+  it('starts a list at its first item when it is scripted, whatever came before', async () => {
+    await openai.chat.completions.create({ model: 'gpt-4o-mini', messages });
+    await openai.chat.completions.create({ model: 'gpt-4o-mini', messages });
+    fake.script('chat', [{ json: chatCompletion({ content: 'first', model: 'm' }) }, { json: chatCompletion({ content: 'second', model: 'm' }) }]);
+
+    const first = await openai.chat.completions.create({ model: 'gpt-4o-mini', messages });
+    expect(first.choices[0]!.message.content).toBe('first');
+    fake.script('chat', [{ json: chatCompletion({ content: 'again first', model: 'm' }) }, { json: chatCompletion({ content: 'again second', model: 'm' }) }]);
+    const again = await openai.chat.completions.create({ model: 'gpt-4o-mini', messages });
+    expect(again.choices[0]!.message.content).toBe('again first');
+    const next = await openai.chat.completions.create({ model: 'gpt-4o-mini', messages });
+    expect(next.choices[0]!.message.content).toBe('again second');
+    expect(fake.requestsTo('chat').map((request) => request.callNumber)).toEqual([1, 2, 3, 4, 5]);
+  });
+
   it('scripts one route without touching the other', async () => {
     fake.script('chat', { error: { status: 503, message: 'Overloaded', code: 'overloaded' } });
 

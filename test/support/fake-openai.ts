@@ -30,7 +30,10 @@ export type FakeResponse =
   | { sse: unknown[]; headers?: Record<string, string> }
   | { hang: true };
 
-/** A response, a list by call number (the last one repeats), or a function of the request. */
+/**
+ * A response, a list (item n answers the n-th request the script sees, counted from the
+ * script() call; the last one repeats), or a function of the request.
+ */
 export type FakeHandler =
   | FakeResponse
   | FakeResponse[]
@@ -45,7 +48,7 @@ export interface FakeOpenAI {
   /** Every request received, in order, including rejected ones. */
   requests: RecordedRequest[];
   requestsTo(route: FakeRoute): RecordedRequest[];
-  /** Replaces that route's behaviour until reset(). */
+  /** Replaces that route's behaviour until reset(); a list starts again at its first item. */
   script(route: FakeRoute, handler: FakeHandler): void;
   /** Clears requests, call numbers and scripts (back to the default behaviour). */
   reset(): void;
@@ -312,7 +315,7 @@ function hasBearerToken(headers: Record<string, string>): boolean {
 export async function startFakeOpenAI(options: StartFakeOpenAIOptions = {}): Promise<FakeOpenAI> {
   const defaultDimensions = options.defaultEmbeddingDimensions ?? 8;
   const requests: RecordedRequest[] = [];
-  const scripts = new Map<FakeRoute, FakeHandler>();
+  const scripts = new Map<FakeRoute, { handler: FakeHandler; seen: number }>();
   const callCounts = new Map<FakeRoute | 'unknown', number>();
   const sockets = new Set<Socket>();
   const timers = new Set<NodeJS.Timeout>();
@@ -401,13 +404,15 @@ export async function startFakeOpenAI(options: StartFakeOpenAIOptions = {}): Pro
   }
 
   async function scriptedResponse(request: RecordedRequest, route: FakeRoute): Promise<FakeResponse> {
-    const handler = scripts.get(route);
-    if (handler === undefined) {
+    const script = scripts.get(route);
+    if (script === undefined) {
       return route === 'chat' ? defaultChat(request) : defaultEmbeddings(request, defaultDimensions);
     }
+    script.seen += 1;
+    const handler = script.handler;
     if (typeof handler === 'function') return handler(request);
     if (Array.isArray(handler)) {
-      const response = handler[Math.min(request.callNumber, handler.length) - 1];
+      const response = handler[Math.min(script.seen, handler.length) - 1];
       if (response === undefined) throw new Error(`The script for ${route} is an empty list`);
       return response;
     }
@@ -475,7 +480,7 @@ export async function startFakeOpenAI(options: StartFakeOpenAIOptions = {}): Pro
     requests,
     requestsTo: (route) => requests.filter((request) => request.route === route),
     script: (route, handler) => {
-      scripts.set(route, handler);
+      scripts.set(route, { handler, seen: 0 });
     },
     reset: () => {
       requests.length = 0;
