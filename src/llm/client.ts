@@ -165,7 +165,7 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
   }
 
   function finalError(outcome: { error: unknown; attempts: AttemptRecord[]; exhausted: boolean; aborted: boolean }): unknown {
-    if (outcome.aborted) return new CallboardError('ABORTED', 'The call was aborted by the caller.');
+    if (outcome.aborted) return abortedError();
     // A single attempt (MAX_ATTEMPTS=1) retried nothing: its own error says more than "gave up".
     if (!outcome.exhausted || outcome.attempts.length === 1) return outcome.error;
     const last = outcome.error;
@@ -322,9 +322,9 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
       const mode = cacheModeOf(input, settings);
       record.cacheStatus = mode === 'USE' ? 'MISS' : mode;
 
-      const fromUpstream = async () => {
+      const fromUpstream = async (signal: AbortSignal | undefined) => {
         calledUpstream = true;
-        const { value, attempts } = await callUpstream(settings, (signal) => provider.chat(request, { timeoutMs: settings.timeout * 1000, signal }), input.signal);
+        const { value, attempts } = await callUpstream(settings, (attemptSignal) => provider.chat(request, { timeoutMs: settings.timeout * 1000, signal: attemptSignal }), signal);
         attempts.at(-1)!.requestId = value.requestId;
         return { response: value, attempts };
       };
@@ -372,13 +372,13 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
       };
 
       if (mode === 'BYPASS') {
-        const { response, attempts } = await fromUpstream();
+        const { response, attempts } = await fromUpstream(input.signal);
         return useResponse(response, attempts, 'BYPASS', null);
       }
       const key = cacheKey('CHAT', apiType, request);
       record.cacheKey = key;
       if (mode === 'REFRESH') {
-        const { response, attempts } = await fromUpstream();
+        const { response, attempts } = await fromUpstream(input.signal);
         store(key, response);
         return useResponse(response, attempts, 'REFRESH', null);
       }
@@ -387,12 +387,17 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
         history.recordCacheHit(key, new Date());
         return useResponse(remembered.response as StoredChat, [], 'HIT', remembered.costUsd);
       }
-      const { value, leader } = await cache.singleFlight(key, async () => {
-        const found = await cache.get(key);
-        if (found) return { entry: found, fresh: null };
-        const { response, attempts } = await fromUpstream();
-        return { entry: store(key, response), fresh: { response, attempts } };
-      });
+      // The shared upstream call ignores any one caller's abort: each caller stops waiting on its own
+      // signal, and the others (and the cache) still get the answer.
+      const { value, leader } = await untilAborted(
+        cache.singleFlight(key, async () => {
+          const found = await cache.get(key);
+          if (found) return { entry: found, fresh: null };
+          const { response, attempts } = await fromUpstream(undefined);
+          return { entry: store(key, response), fresh: { response, attempts } };
+        }),
+        input.signal,
+      );
       // The leader answers with the response itself; the stored copy has secrets redacted.
       if (leader && value.fresh) return useResponse(value.fresh.response, value.fresh.attempts, 'MISS', null);
       history.recordCacheHit(key, new Date());
@@ -425,6 +430,8 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
       const statuses: CacheStatus[] = new Array(input.texts.length).fill(mode === 'USE' ? 'MISS' : mode);
       let cachedUsage = 0;
       let cachedCost: number | null = null;
+      // Counted once the call succeeds: a batch that fails upstream answered nobody from the cache.
+      const hitKeys: string[] = [];
       if (mode === 'USE') {
         const found = await Promise.all(keys.map((key) => cache.peek(key) ?? cache.get(key)));
         found.forEach((entry, index) => {
@@ -433,7 +440,7 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
           statuses[index] = 'HIT';
           cachedUsage += entry.usage?.promptTokens ?? 0;
           if (entry.costUsd !== null) cachedCost = (cachedCost ?? 0) + entry.costUsd;
-          history.recordCacheHit(entry.key, new Date());
+          hitKeys.push(entry.key);
         });
       }
       const missing = [...new Set(input.texts.filter((_text, index) => vectors[index] === undefined))];
@@ -471,6 +478,7 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
           history.saveCacheEntry(entry);
         });
       }
+      for (const key of hitKeys) history.recordCacheHit(key, new Date());
       const allHits = statuses.every((status) => status === 'HIT');
       record.cacheStatus = allHits ? 'HIT' : mode === 'USE' ? 'MISS' : mode;
       record.attempts = attempts;
@@ -539,6 +547,19 @@ function toAttemptRow(attempt: AttemptRecord): AttemptRow {
     waitMs: attempt.waitMs === undefined ? null : Math.round(attempt.waitMs),
     requestId: error instanceof ProviderError ? (error.requestId ?? null) : null,
   };
+}
+
+const abortedError = () => new CallboardError('ABORTED', 'The call was aborted by the caller.');
+
+/** Waits for `promise`, or rejects with ABORTED as soon as the signal aborts. */
+function untilAborted<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (!signal) return promise;
+  if (signal.aborted) return Promise.reject(abortedError());
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(abortedError());
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+  });
 }
 
 /** Replaces every occurrence of a secret in the strings of a JSON-like value. */

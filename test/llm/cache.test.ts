@@ -245,6 +245,25 @@ describe.each(databaseKinds)('the cache on %s', (kind) => {
       expect(entry.hitCount).toBe(49);
     });
 
+    it("lets a caller abort its wait without failing the others waiting on the same upstream call", async () => {
+      const { llm } = await harness.start();
+      harness.fake.script('chat', { json: chatCompletion({ content: 'worth the wait', model: 'gpt-4o-mini' }), delayMs: 200 });
+      const leaver = new AbortController();
+
+      const first = failure(llm.sendMessage({ messages: user('a slow question'), cache: 'USE', signal: leaver.signal }));
+      while (harness.fake.requestsTo('chat').length === 0) await new Promise((resolve) => setTimeout(resolve, 5));
+      const others = Promise.all(Array.from({ length: 3 }, () => llm.sendMessage({ messages: user('a slow question'), cache: 'USE' })));
+      leaver.abort();
+
+      expect((await first).code).toBe('ABORTED');
+      const answers = await others;
+      expect(answers.map((answer) => answer.message.content)).toEqual(Array(3).fill('worth the wait'));
+      expect(answers.map((answer) => answer.cacheStatus)).toEqual(['HIT', 'HIT', 'HIT']);
+      expect(harness.fake.requestsTo('chat')).toHaveLength(1);
+      const later = await llm.sendMessage({ messages: user('a slow question'), cache: 'USE' });
+      expect(later.cacheStatus).toBe('HIT');
+    });
+
     it("shares one upstream failure among concurrent callers, each with its own history row", async () => {
       const { llm } = await harness.start();
       harness.fake.script('chat', { error: { status: 400, message: 'bad' }, delayMs: 100 });
