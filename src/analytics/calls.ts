@@ -50,7 +50,10 @@ export function callWhere(filter: CallFilter | null | undefined, offset = 0): Sq
   anyOf('c."errorCode"', filter?.errorCodes);
   anyOf('c."cacheKey"', filter?.cacheKeys);
   if (filter?.tags && filter.tags.length > 0) conditions.push(`c."tags" && ${parameter([...filter.tags])}::text[]`);
-  if (filter?.text) conditions.push(textCondition('c."requestBody"', parameter(`%${filter.text.replace(/[\\%_]/g, '\\$&')}%`)));
+  if (filter?.text) {
+    const pattern = parameter(`%${filter.text.replace(/[\\%_]/g, '\\$&')}%`);
+    conditions.push(`EXISTS (SELECT 1 FROM "LlmCallBody" b WHERE b."callId" = c."id" AND ${textCondition('b."requestBody"', pattern)})`);
+  }
   return { sql: conditions.length > 0 ? conditions.join(' AND ') : 'TRUE', parameters };
 }
 
@@ -80,7 +83,8 @@ const callOrderColumns: Record<CallOrderField, string> = {
 const callColumns = `c."id", c."createdAt", c."kind"::text AS "kind", c."apiType", c."model", c."status"::text AS "status",
   c."cacheStatus"::text AS "cacheStatus", c."cacheKey", c."errorCode", c."errorMessage", c."attemptCount", c."latencyMs",
   c."promptTokens", c."completionTokens", c."totalTokens", c."estimatedPromptTokens", c."costUsd", c."templateName",
-  c."templateHash", c."tags", c."metadata", c."requestBody", c."responseBody"`;
+  c."templateHash", c."tags", body."metadata", body."requestBody", body."responseBody"`;
+const callTables = `"LlmCall" c LEFT JOIN "LlmCallBody" body ON body."callId" = c."id"`;
 
 /** A call as the API shows it: attempts are loaded on demand for rows read from the database. */
 export type CallView = Omit<CallRecord, 'attempts'> & { attempts?: AttemptRow[] };
@@ -126,7 +130,7 @@ export function createCallQueries(prisma: PrismaClient) {
   return {
     async find(id: string): Promise<CallView | null> {
       if (!/^[0-9a-f-]{36}$/i.test(id)) throw badUserInput(`"${id}" is not a call id.`, { field: 'id' });
-      const rows = await prisma.$queryRawUnsafe<Record<string, unknown>[]>(`SELECT ${callColumns} FROM "LlmCall" c WHERE c."id" = $1::uuid`, id);
+      const rows = await prisma.$queryRawUnsafe<Record<string, unknown>[]>(`SELECT ${callColumns} FROM ${callTables} WHERE c."id" = $1::uuid`, id);
       return rows[0] ? mapRow(rows[0]) : null;
     },
 
@@ -154,7 +158,7 @@ export function createCallQueries(prisma: PrismaClient) {
         keyset = ` AND (${column}, c."id") ${direction === 'DESC' ? '<' : '>'} ($${parameters.length - 1}${cast}, $${parameters.length}::uuid)`;
       }
       const rows = await prisma.$queryRawUnsafe<Record<string, unknown>[]>(
-        `SELECT ${callColumns}, ${column} AS "sortValue" FROM "LlmCall" c WHERE ${where.sql}${keyset}
+        `SELECT ${callColumns}, ${column} AS "sortValue" FROM ${callTables} WHERE ${where.sql}${keyset}
          ORDER BY ${column} ${direction}, c."id" ${direction} LIMIT ${size + 1}`,
         ...parameters,
       );

@@ -1,3 +1,4 @@
+import { EventEmitter } from 'node:events';
 import { mkdirSync } from 'node:fs';
 import { PGlite } from '@electric-sql/pglite';
 import { PrismaPg } from '@prisma/adapter-pg';
@@ -22,6 +23,13 @@ export interface Database {
   withSession<T>(work: (session: SqlSession) => Promise<T>): Promise<T>;
   /** True when a trivial query answers. */
   isReachable(): Promise<boolean>;
+  /** Tells every Callboard instance on this database, this one included (Postgres NOTIFY). */
+  notify(channel: string, payload: string): Promise<void>;
+  /**
+   * Calls `handler` for each notification on the channel until the returned function is called.
+   * Notifications sent while a lost connection is re-made are missed: `onReconnect` says so.
+   */
+  listen(channel: string, handler: (payload: string) => void, onReconnect?: () => void): Promise<() => Promise<void>>;
   close(): Promise<void>;
 }
 
@@ -51,12 +59,23 @@ async function openPglite(dataDir: string): Promise<Database> {
       await client.exec(script);
     },
   };
+  // Only one process can open a PGlite folder, so notifications never need to leave this one.
+  const notifications = new EventEmitter();
   return {
     kind: 'pglite',
     location: inMemory ? 'memory' : dataDir,
     prisma,
     withSession: (work) => work(session),
     isReachable: () => isReachable(prisma),
+    notify: async (channel, payload) => {
+      notifications.emit(channel, payload);
+    },
+    listen: async (channel, handler) => {
+      notifications.on(channel, handler);
+      return async () => {
+        notifications.off(channel, handler);
+      };
+    },
     close: async () => {
       await prisma.$disconnect();
       await client.close();
@@ -87,6 +106,36 @@ async function openPostgres(url: string, poolSize: number): Promise<Database> {
       }
     },
     isReachable: () => isReachable(prisma),
+    notify: async (channel, payload) => {
+      await pool.query('SELECT pg_notify($1, $2)', [channel, payload]);
+    },
+    listen: async (channel, handler, onReconnect) => {
+      // A connection of its own: LISTEN holds it for as long as the instance runs.
+      let client: pg.Client | undefined;
+      let stopped = false;
+      const connect = async (reconnecting = false): Promise<void> => {
+        const next = new pg.Client({ connectionString: url });
+        next.on('notification', (message) => {
+          if (message.channel === channel) handler(message.payload ?? '');
+        });
+        next.on('error', () => {
+          void next.end().catch(() => {});
+          reconnectLater();
+        });
+        await next.connect();
+        await next.query(`LISTEN "${channel.replace(/"/g, '')}"`);
+        client = next;
+        if (reconnecting) onReconnect?.();
+      };
+      const reconnectLater = () => {
+        if (!stopped) setTimeout(() => void connect(true).catch(reconnectLater), 1000).unref();
+      };
+      await connect();
+      return async () => {
+        stopped = true;
+        await client?.end().catch(() => {});
+      };
+    },
     close: async () => {
       await prisma.$disconnect();
       await pool.end();

@@ -173,10 +173,20 @@ export function createHistoryWriter(options: HistoryWriterOptions): HistoryWrite
             templateName: call.templateName,
             templateHash: call.templateHash,
             tags: call.tags,
-            metadata: jsonOrUndefined(call.metadata),
-            requestBody: jsonOrUndefined(call.requestBody),
-            responseBody: jsonOrUndefined(call.responseBody),
           })),
+          skipDuplicates: true,
+        }),
+        prisma.llmCallBody.createMany({
+          data: batch
+            .filter(({ call }) => call.metadata !== null || call.requestBody !== null || call.responseBody !== null)
+            .map(({ call }) =>
+              storable({
+                callId: call.id,
+                metadata: jsonOrUndefined(call.metadata),
+                requestBody: jsonOrUndefined(call.requestBody),
+                responseBody: jsonOrUndefined(call.responseBody),
+              }),
+            ),
           skipDuplicates: true,
         }),
         prisma.llmAttempt.createMany({

@@ -106,7 +106,7 @@ describe.each(databaseKinds)('the call history through the API on %s', (kind) =>
   beforeEach(async () => {
     fake.reset();
     await testApp.services.history.flush();
-    await testApp.services.database.prisma.$executeRawUnsafe('TRUNCATE "LlmAttempt", "LlmCall", "CacheEntry"');
+    await testApp.services.database.prisma.$executeRawUnsafe('TRUNCATE "LlmAttempt", "LlmCallBody", "LlmCall", "CacheEntry"');
     testApp.services.cache.forget(null);
   });
 

@@ -152,10 +152,10 @@ function recording(llm: LlmClient, ledger: LedgerEntry[]): LlmClient {
   };
 }
 
-/** The LlmCall, LlmAttempt and CacheEntry rows of some calls (all when not given), as one text. */
+/** The LlmCall (with its body), LlmAttempt and CacheEntry rows of some calls (all when not given), as one text. */
 export async function storedRowsText(prisma: PrismaClient, callIds?: string[]): Promise<string> {
   const [calls, attempts, entries] = await Promise.all([
-    prisma.llmCall.findMany({ where: callIds ? { id: { in: callIds } } : {} }),
+    prisma.llmCall.findMany({ where: callIds ? { id: { in: callIds } } : {}, include: { body: true } }),
     prisma.llmAttempt.findMany({ where: callIds ? { callId: { in: callIds } } : {} }),
     prisma.cacheEntry.findMany({ where: callIds ? { createdByCallId: { in: callIds } } : {} }),
   ]);
@@ -177,9 +177,13 @@ export async function failure(promise: Promise<unknown>): Promise<CallboardError
   return outcome.error as CallboardError;
 }
 
-/** The history row of a call with its attempts in order, after writing what is pending. */
+/** The history row of a call, its body's fields beside its own and its attempts in order, after writing what is pending. */
 export async function historyRow(harness: LlmHarness, id: string | undefined) {
   await harness.flush();
   expect(id).toBeDefined();
-  return harness.prisma.llmCall.findUniqueOrThrow({ where: { id: id! }, include: { attempts: { orderBy: { number: 'asc' } } } });
+  const { body, ...row } = await harness.prisma.llmCall.findUniqueOrThrow({
+    where: { id: id! },
+    include: { attempts: { orderBy: { number: 'asc' } }, body: true },
+  });
+  return { ...row, metadata: body?.metadata ?? null, requestBody: body?.requestBody ?? null, responseBody: body?.responseBody ?? null };
 }

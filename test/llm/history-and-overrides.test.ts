@@ -23,8 +23,8 @@ describe.each(databaseKinds)('the audit on %s', (kind) => {
 
       await harness.flush();
       const ids = [bypass.call.id, miss.call.id, hit.call.id, embedding.call.id, invalid.details.callId as string, rejected.details.callId as string];
-      const rows = await harness.prisma.llmCall.findMany({ where: { id: { in: ids } } });
-      const byId = new Map(rows.map((row) => [row.id, row]));
+      const rows = await harness.prisma.llmCall.findMany({ where: { id: { in: ids } }, include: { body: true } });
+      const byId = new Map(rows.map(({ body, ...row }) => [row.id, { ...row, metadata: body?.metadata }]));
       expect(ids.map((id) => byId.get(id)).map((row) => [row?.kind, row?.status, row?.cacheStatus, row?.errorCode])).toEqual([
         ['CHAT', 'SUCCESS', 'BYPASS', null],
         ['CHAT', 'SUCCESS', 'MISS', null],

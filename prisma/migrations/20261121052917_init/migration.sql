@@ -51,11 +51,18 @@ CREATE TABLE "LlmCall" (
     "templateName" TEXT,
     "templateHash" TEXT,
     "tags" TEXT[] DEFAULT ARRAY[]::TEXT[],
+
+    CONSTRAINT "LlmCall_pkey" PRIMARY KEY ("id")
+);
+
+-- CreateTable
+CREATE TABLE "LlmCallBody" (
+    "callId" UUID NOT NULL,
     "metadata" JSONB,
     "requestBody" JSONB,
     "responseBody" JSONB,
 
-    CONSTRAINT "LlmCall_pkey" PRIMARY KEY ("id")
+    CONSTRAINT "LlmCallBody_pkey" PRIMARY KEY ("callId")
 );
 
 -- CreateTable
@@ -140,6 +147,9 @@ CREATE UNIQUE INDEX "LlmAttempt_callId_number_key" ON "LlmAttempt"("callId", "nu
 
 -- CreateIndex
 CREATE INDEX "OverrideChange_key_changedAt_idx" ON "OverrideChange"("key", "changedAt");
+
+-- AddForeignKey
+ALTER TABLE "LlmCallBody" ADD CONSTRAINT "LlmCallBody_callId_fkey" FOREIGN KEY ("callId") REFERENCES "LlmCall"("id") ON DELETE CASCADE ON UPDATE CASCADE;
 
 -- AddForeignKey
 ALTER TABLE "LlmAttempt" ADD CONSTRAINT "LlmAttempt_callId_fkey" FOREIGN KEY ("callId") REFERENCES "LlmCall"("id") ON DELETE CASCADE ON UPDATE CASCADE;
