@@ -19,7 +19,7 @@ export function createApp(services: Services): App {
   const shared = {
     services,
     calls: createCallQueries(prisma),
-    cacheEntries: createCacheEntryQueries(prisma, services.cache),
+    cacheEntries: createCacheEntryQueries(prisma, services.forgetCacheEverywhere),
     callStats: (filter: Parameters<typeof callStats>[1], groupBy: Parameters<typeof callStats>[2]) => callStats(prisma, filter, groupBy),
   };
   return createYoga<Record<string, never>, GraphQLContext>({

@@ -19,6 +19,8 @@ export interface Services {
   cache: ResponseCache;
   history: HistoryWriter;
   llm: LlmClient;
+  /** Drops cache entries (all when null) from the memory of every instance on this database, this one included. */
+  forgetCacheEverywhere(keys: readonly string[] | null): Promise<void>;
   /** Writes what is pending and stops background work; the database stays open. */
   close(): Promise<void>;
 }
@@ -34,6 +36,8 @@ export interface ServicesOptions {
   random?: LlmClientDependencies['random'];
 }
 
+const cacheForgetChannel = 'callboard_cache_forget';
+
 /** The composition of the LLM layer over a database: registry, overrides, cache, history, client. */
 export async function createServices(options: ServicesOptions): Promise<Services> {
   const { loaded, database, logger } = options;
@@ -48,6 +52,12 @@ export async function createServices(options: ServicesOptions): Promise<Services
     logger,
   });
   const cache = createResponseCache({ prisma: database.prisma, memoryEntries: config.cache.memoryEntries });
+  // Each instance keeps hot entries in memory: an invalidation anywhere must reach all of them.
+  const stopListening = await database.listen(
+    cacheForgetChannel,
+    (payload) => cache.forget(payload === '*' ? null : payload.split(',')),
+    () => cache.forget(null),
+  );
   const history = createHistoryWriter({
     prisma: database.prisma,
     logger,
@@ -83,8 +93,15 @@ export async function createServices(options: ServicesOptions): Promise<Services
     cache,
     history,
     llm,
+    async forgetCacheEverywhere(keys) {
+      cache.forget(keys);
+      const payload = keys === null ? '*' : keys.join(',');
+      // NOTIFY payloads stop at 8000 bytes: past that, everyone forgets everything (it all comes back from the database).
+      await database.notify(cacheForgetChannel, payload.length > 7000 ? '*' : payload);
+    },
     async close() {
       overrides.close();
+      await stopListening();
       await history.close();
     },
   };

@@ -1,5 +1,5 @@
 import type { PrismaClient } from '../db/generated/client.ts';
-import type { CacheEntryValue, CallKind, ResponseCache } from '../llm/cache.ts';
+import type { CacheEntryValue, CallKind } from '../llm/cache.ts';
 import { decodeCursor, encodeCursor, pageSize, textCondition, type OrderDirection, type Page, type PageArguments } from './calls.ts';
 
 export interface CacheEntryFilter {
@@ -82,7 +82,8 @@ function toView(row: Record<string, unknown>): CacheEntryView {
   };
 }
 
-export function createCacheEntryQueries(prisma: PrismaClient, cache: ResponseCache) {
+/** `forget` drops deleted entries from the memory of every instance. */
+export function createCacheEntryQueries(prisma: PrismaClient, forget: (keys: readonly string[] | null) => Promise<void>) {
   return {
     async find(key: string): Promise<CacheEntryView | null> {
       const rows = await prisma.$queryRawUnsafe<Record<string, unknown>[]>(`SELECT ${entryColumns} FROM "CacheEntry" e WHERE e."key" = $1`, key);
@@ -124,7 +125,7 @@ export function createCacheEntryQueries(prisma: PrismaClient, cache: ResponseCac
         return { matched: Number(row!.count), deleted: 0 };
       }
       const rows = await prisma.$queryRawUnsafe<{ key: string }[]>(`DELETE FROM "CacheEntry" e WHERE ${where.sql} RETURNING e."key"`, ...where.parameters);
-      cache.forget(filter && Object.values(filter).some((value) => value !== null && value !== undefined) ? rows.map((row) => row.key) : null);
+      await forget(filter && Object.values(filter).some((value) => value !== null && value !== undefined) ? rows.map((row) => row.key) : null);
       return { matched: rows.length, deleted: rows.length };
     },
   };

@@ -1,4 +1,4 @@
-import { parseOpenAiValue, type OpenAiConfig } from '../config/config.ts';
+import { overridableKeys, parseOpenAiValue, type OpenAiConfig } from '../config/config.ts';
 import type { PrismaClient } from '../db/generated/client.ts';
 import { badUserInput } from '../errors.ts';
 import type { Logger } from '../logger.ts';
@@ -117,6 +117,7 @@ export async function createOverrideStore(options: OverrideStoreOptions): Promis
     },
     async reset(rawKey, actor) {
       const key = rawKey?.trim().toUpperCase() ?? null;
+      if (key !== null && !overridableKeys.includes(key)) throw badUserInput(`unknown key "${rawKey}"; known keys: ${overridableKeys.join(', ')}`, { key: rawKey });
       const changes = await prisma.$transaction(async (transaction) => {
         const rows = await transaction.runtimeOverride.findMany({ where: key === null ? {} : { key } });
         await transaction.runtimeOverride.deleteMany({ where: { key: { in: rows.map((row) => row.key) } } });

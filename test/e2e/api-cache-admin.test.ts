@@ -4,6 +4,18 @@ import type { ApiCacheAdminCacheEntriesQuery, CacheEntryFilter, CacheEntryOrder,
 import { createTestApp, testConfig, type GraphQLResponse, type TestApp } from '../support/app.ts';
 import { databaseKinds } from '../support/database.ts';
 import { startFakeOpenAI, type FakeOpenAI } from '../support/fake-openai.ts';
+import { createDatabase } from '../../src/db/database.ts';
+import { createLogger } from '../../src/logger.ts';
+import { createServices } from '../../src/services.ts';
+
+/** Polls until the condition holds (a notification crosses connections asynchronously); fails after 5 s. */
+async function waitUntil(condition: () => boolean): Promise<void> {
+  const deadline = Date.now() + 5000;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error('condition not met within 5 s');
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
 
 const apiKey = 'sk-e2e-SECRET-42';
 
@@ -406,6 +418,31 @@ describe.each(databaseKinds)('the cache and the admin levers through the API on 
     });
   });
 
+  describe('several instances on one database', () => {
+    it("invalidateCache on one instance drops the entry from another instance's memory", async () => {
+      const { url } = testApp.testDatabase;
+      // A second instance: on Postgres with its own connections, as another process would have.
+      const otherDatabase = url ? await createDatabase({ url, dataDir: 'unused', poolSize: 2 }) : testApp.testDatabase.database;
+      const other = await createServices({ loaded: testApp.services.loaded, database: otherDatabase, logger: createLogger('silent') });
+      try {
+        const ask = () => other.llm.sendMessage({ messages: [{ role: 'user', content: 'Shared between instances' }], cache: 'USE' });
+        expect((await ask()).cacheStatus).toBe('MISS');
+        await other.history.flush();
+        expect((await ask()).cacheStatus).toBe('HIT');
+
+        const result = dataOf(await testApp.execute(InvalidateCacheMutation, { filter: { text: 'Shared between instances' } })).invalidateCache;
+        expect(result.deleted).toBe(1);
+        await waitUntil(() => other.cache.size() === 0);
+
+        expect((await ask()).cacheStatus).toBe('MISS');
+        expect(fake.requestsTo('chat')).toHaveLength(2);
+      } finally {
+        await other.close();
+        if (url) await otherDatabase.close();
+      }
+    });
+  });
+
   describe('providers, overrides and settings', () => {
     it('lists the providers, the active one and what the others miss', async () => {
       const providers = dataOf(await testApp.execute(ProvidersQuery)).providers;
@@ -497,6 +534,9 @@ describe.each(databaseKinds)('the cache and the admin levers through the API on 
       expect(all).toEqual([{ key: 'TEMPERATURE', oldValue: '0.5', newValue: null, changedBy: 'anonymous' }]);
       expect(dataOf(await testApp.execute(OverridesQuery)).overrides).toEqual([]);
       expect(dataOf(await testApp.execute(ResetOverridesMutation, {})).resetOverrides).toEqual([]);
+      const unknown = await testApp.execute(ResetOverridesMutation, { key: 'MODLE' });
+      expect(unknown.errors?.[0]?.extensions).toMatchObject({ code: 'BAD_USER_INPUT' });
+      expect(unknown.errors?.[0]?.message).toContain('unknown key "MODLE"');
     });
 
     it('settings show every section with its source, and secrets only as set', async () => {
