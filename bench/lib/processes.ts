@@ -1,0 +1,195 @@
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { createServer } from 'node:net';
+import { resolve } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+
+export const repositoryRoot = fileURLToPath(new URL('../..', import.meta.url));
+const upstreamPath = fileURLToPath(new URL('../upstream.ts', import.meta.url));
+const tsxLoader = pathToFileURL(createRequire(import.meta.url).resolve('tsx')).href;
+
+/** Clock ticks per second of /proc/<pid>/stat times. */
+const clockTicks = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+
+/** User plus system CPU time of a process (all its threads), in milliseconds; 10 ms granularity at 100 ticks/s. */
+export function cpuTimeMs(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // The command name (field 2) may hold spaces and parentheses: count fields after its closing one.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const userTicks = Number(fields[11]);
+  const systemTicks = Number(fields[12]);
+  return ((userTicks + systemTicks) * 1000) / clockTicks;
+}
+
+/** CPU time the whole machine spent busy (every core, every process), in milliseconds, from /proc/stat. */
+export function machineBusyMs(): number {
+  const fields = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0]!.trim().split(/\s+/).slice(1).map(Number);
+  // user nice system idle iowait irq softirq steal guest guest_nice: guest time is already in user.
+  const [user = 0, nice = 0, system = 0, , , irq = 0, softirq = 0, steal = 0] = fields;
+  return ((user + nice + system + irq + softirq + steal) * 1000) / clockTicks;
+}
+
+/** CPU time of a process that may have exited meanwhile (then 0). */
+export function cpuTimeOrZero(pid: number): number {
+  try {
+    return cpuTimeMs(pid);
+  } catch {
+    return 0;
+  }
+}
+
+export interface ChildHandle {
+  child: ChildProcess;
+  pid: number;
+  /** The last lines the process printed, standard output and error together. */
+  output: string[];
+  exited: Promise<number | null>;
+  /** SIGTERM, then SIGKILL after `graceMs`; resolves with the exit code. */
+  stop(graceMs?: number): Promise<number | null>;
+}
+
+function track(child: ChildProcess, onLine?: (line: string) => void): ChildHandle {
+  const output: string[] = [];
+  let exitCode: number | null | undefined;
+  const exited = new Promise<number | null>((resolve) =>
+    child.on('exit', (code, signal) => {
+      exitCode = code ?? (signal ? 128 : null);
+      resolve(exitCode);
+    }),
+  );
+  for (const stream of [child.stdout, child.stderr]) {
+    if (!stream) continue;
+    let buffer = '';
+    stream.setEncoding('utf8').on('data', (chunk: string) => {
+      buffer += chunk;
+      const lines = buffer.split('\n');
+      buffer = lines.pop()!;
+      for (const line of lines) {
+        output.push(line);
+        if (output.length > 200) output.shift();
+        onLine?.(line);
+      }
+    });
+  }
+  return {
+    child,
+    pid: child.pid!,
+    output,
+    exited,
+    async stop(graceMs = 15_000) {
+      if (exitCode !== undefined) return exitCode;
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+      const code = await exited;
+      clearTimeout(timer);
+      return code;
+    },
+  };
+}
+
+/** A port that was free a moment ago (the server is told to listen on it). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      const port = typeof address === 'object' && address ? address.port : 0;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+export interface Upstream extends ChildHandle {
+  /** e.g. http://127.0.0.1:41234 */
+  url: string;
+  openaiBaseURL: string;
+}
+
+/** Starts bench/upstream.ts (the tests' fake OpenAI) in a child process and waits for its URL. */
+export function startUpstream(options: { embeddingDimensions: number }): Promise<Upstream> {
+  const child = spawn(process.execPath, ['--import', tsxLoader, upstreamPath], {
+    cwd: repositoryRoot,
+    env: { PATH: process.env.PATH ?? '', BENCH_EMBEDDING_DIMENSIONS: String(options.embeddingDimensions) },
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  return new Promise((resolve, reject) => {
+    const handle = track(child, (line) => {
+      if (!line.startsWith('{')) return;
+      const { url, openaiBaseURL } = JSON.parse(line) as { url: string; openaiBaseURL: string };
+      resolve({ ...handle, url, openaiBaseURL });
+    });
+    void handle.exited.then((code) => reject(new Error(`the fake upstream exited with ${code}:\n${handle.output.join('\n')}`)));
+  });
+}
+
+/**
+ * CALLBOARD_* settings and NODE_ENV of the bench's own environment: handed to the server, for
+ * experiments (e.g. CALLBOARD_HISTORY__STORE_BODIES=False or NODE_ENV=production).
+ */
+export function passedSettings(environment: NodeJS.ProcessEnv = process.env): Record<string, string> {
+  return Object.fromEntries(
+    Object.entries(environment).filter(
+      (entry): entry is [string, string] => (entry[0].startsWith('CALLBOARD_') || entry[0] === 'NODE_ENV') && entry[1] !== undefined,
+    ),
+  );
+}
+
+export interface Server extends ChildHandle {
+  /** e.g. http://127.0.0.1:41234 (GraphQL at /graphql). */
+  origin: string;
+}
+
+export interface ServerOptions {
+  databaseUrl: string;
+  openaiBaseURL: string;
+  /** Extra Node.js flags before `--import tsx`, e.g. `--cpu-prof`. */
+  nodeFlags?: string[];
+  /** Extra environment (CALLBOARD_* settings). */
+  environment?: Record<string, string>;
+  /** The checkout whose src/main.ts runs (another commit, to compare). @default this repository */
+  root?: string;
+  readyTimeoutMs?: number;
+}
+
+/**
+ * Starts Callboard as production does (`node --import tsx src/main.ts`, from the repository root
+ * so the project's config.ini applies) and waits until GET /ready answers 200.
+ */
+export async function startServer(options: ServerOptions): Promise<Server> {
+  const port = await freePort();
+  const root = options.root ?? repositoryRoot;
+  const child = spawn(process.execPath, [...(options.nodeFlags ?? []), '--import', tsxLoader, resolve(root, 'src/main.ts')], {
+    cwd: root,
+    env: {
+      PATH: process.env.PATH ?? '',
+      HOME: process.env.HOME ?? '/tmp',
+      DATABASE_URL: options.databaseUrl,
+      PORT: String(port),
+      CALLBOARD_LOGGING__LEVEL: 'warn',
+      CALLBOARD_OPENAI__BASE_URL: options.openaiBaseURL,
+      OPENAI_API_KEY: 'sk-bench-0000000000000000',
+      ...passedSettings(),
+      ...options.environment,
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const handle = track(child);
+  const origin = `http://127.0.0.1:${port}`;
+  const deadline = Date.now() + (options.readyTimeoutMs ?? 90_000);
+  let exitCode: number | null | undefined;
+  void handle.exited.then((code) => (exitCode = code));
+  while (Date.now() < deadline) {
+    if (exitCode !== undefined) throw new Error(`the server exited with ${exitCode}:\n${handle.output.join('\n')}`);
+    try {
+      const response = await fetch(`${origin}/ready`, { signal: AbortSignal.timeout(2000) });
+      if (response.status === 200) return { ...handle, origin };
+    } catch {
+      // Not listening yet.
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  await handle.stop(2000);
+  throw new Error(`the server was not ready within ${options.readyTimeoutMs ?? 90_000} ms:\n${handle.output.join('\n')}`);
+}

@@ -1,0 +1,75 @@
+import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { renderSummary, summariseProfile, type CpuProfile } from './lib/cpu-profile.ts';
+import { runLoad } from './lib/load.ts';
+import { sleep } from './lib/measure.ts';
+import { cpuTimeMs } from './lib/processes.ts';
+import { buildLongText, createQuestions, primeCache, scenarios, type ScenarioContext, type ScenarioName } from './lib/scenarios.ts';
+import { createStack, stackOptionsFromEnvironment } from './lib/stack.ts';
+
+// Usage: npx tsx bench/profile.ts <upstream|miss|hit|embedding|tokens> [connections=32] [seconds=8]
+// Runs Callboard under `node --cpu-prof`, loads it with one scenario, and summarises the samples
+// taken during the measured run (start-up and warm-up left out) into bench/profiles/.
+
+const [scenarioArgument = 'hit', connectionsArgument = '32', secondsArgument = '8'] = process.argv.slice(2);
+if (!(scenarioArgument in scenarios)) throw new Error(`unknown scenario "${scenarioArgument}"; one of ${Object.keys(scenarios).join(', ')}`);
+const scenario = scenarios[scenarioArgument as ScenarioName];
+const connections = Number(connectionsArgument);
+const seconds = Number(secondsArgument);
+const name = `${scenario.name}-c${connections}`;
+const profilesDirectory = fileURLToPath(new URL('./profiles/', import.meta.url));
+// Every thread of the server writes a profile (the tsx loader's too): each run gets a folder of its own.
+const runDirectory = `${profilesDirectory}${name}/`;
+rmSync(runDirectory, { recursive: true, force: true });
+mkdirSync(runDirectory, { recursive: true });
+
+const stack = createStack({
+  ...stackOptionsFromEnvironment(process.env),
+  serverNodeFlags: ['--cpu-prof', `--cpu-prof-dir=${runDirectory}`, '--cpu-prof-interval=250'],
+});
+process.on('SIGINT', () => void stack.close().finally(() => process.exit(130)));
+setTimeout(() => void stack.close().finally(() => process.exit(1)), (seconds + 120) * 1000).unref();
+
+try {
+  const { server, upstream } = await stack.start();
+  const context: ScenarioContext = {
+    serverOrigin: server.origin,
+    upstreamOrigin: upstream.url,
+    longText: scenario.name === 'tokens' ? (await buildLongText(server.origin, 4000)).text : '',
+    questions: createQuestions(),
+  };
+  await primeCache(context);
+  const target = scenario.target(context);
+  await runLoad(target, { connections, seconds: 2 });
+  await sleep(300);
+  const pid = scenario.name === 'upstream' ? upstream.pid : server.pid;
+  const cpuBefore = cpuTimeMs(pid);
+  const fromMicros = Number(process.hrtime.bigint() / 1000n);
+  const load = await runLoad(target, { connections, seconds });
+  await sleep(300);
+  const toMicros = Number(process.hrtime.bigint() / 1000n);
+  const cpuMs = cpuTimeMs(pid) - cpuBefore;
+  await stack.server?.stop();
+
+  // Node names them CPU.<date>.<time>.<pid>.<thread id>.<sequence>.cpuprofile; the main thread's id is 0.
+  const file = readdirSync(runDirectory).find((candidate) => /^CPU\.\d+\.\d+\.\d+\.0\.\d+\.cpuprofile$/.test(candidate));
+  if (!file) throw new Error(`the server wrote no main-thread profile into ${runDirectory}`);
+  const profilePath = `${runDirectory}${file}`;
+  const profile = JSON.parse(readFileSync(profilePath, 'utf8')) as CpuProfile;
+  const summary = summariseProfile(profile, { fromMicros, toMicros });
+  const heading =
+    `## Profile: ${scenario.title}, ${connections} connection(s), ${seconds} s\n\n` +
+    `${load.responses} responses, ${load.requestsPerSecond.toFixed(0)} req/s, p50 ${load.p50Ms.toFixed(2)} ms, p99 ${load.p99Ms.toFixed(2)} ms, ${load.failures} failed. ` +
+    `Process CPU (all threads, /proc) ${cpuMs.toFixed(0)} ms: ${(cpuMs / load.responses).toFixed(3)} ms/req (the profiler's own cost included).\n`;
+  const text = `${heading}\n${renderSummary(summary, load.responses)}`;
+  writeFileSync(`${profilesDirectory}${name}.md`, text);
+  console.log(text);
+  console.log(`profile: ${profilePath}\nsummary: ${profilesDirectory}${name}.md`);
+} catch (error) {
+  console.error('the profile run failed:', error instanceof Error ? error.message : error);
+  if (stack.server) console.error(stack.server.output.slice(-20).join('\n'));
+  process.exitCode = 1;
+} finally {
+  await stack.close();
+}
+process.exit(process.exitCode ?? 0);

@@ -1,0 +1,319 @@
+import { execFileSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { cpus, loadavg } from 'node:os';
+import { fileURLToPath } from 'node:url';
+import type pg from 'pg';
+import type { CallStatsDimension } from '../src/analytics/call-stats.ts';
+import { callStatsSql } from './lib/call-stats-sql.ts';
+import { openClient, seedHistory, type SeedReport } from './lib/database.ts';
+import { measure, median, referenceWorkMs, timeRequests, type Measurement, type Watched } from './lib/measure.ts';
+import { passedSettings } from './lib/processes.ts';
+import {
+  buildLongText,
+  createQuestions,
+  graphql,
+  primeCache,
+  scenarios,
+  type ScenarioContext,
+  type ScenarioName,
+} from './lib/scenarios.ts';
+import { createStack, stackOptionsFromEnvironment } from './lib/stack.ts';
+
+const environment = process.env;
+const stackOptions = stackOptionsFromEnvironment(environment);
+const settings = {
+  ...stackOptions,
+  seconds: Number(environment.BENCH_SECONDS || 5),
+  warmupSeconds: Number(environment.BENCH_WARMUP_SECONDS || 1),
+  connections: (environment.BENCH_CONNECTIONS || '1,32').split(',').map(Number),
+  scenarios: (environment.BENCH_SCENARIOS || 'upstream,miss,hit,embedding,tokens').split(',') as ScenarioName[],
+  historyRows: Number(environment.BENCH_HISTORY_ROWS ?? 1_000_000),
+  statsRuns: Number(environment.BENCH_STATS_RUNS || 10),
+  /** The whole run is cut short (children killed, database dropped) after this long. */
+  timeoutSeconds: Number(environment.BENCH_TIMEOUT_SECONDS || 420),
+};
+for (const name of settings.scenarios) if (!(name in scenarios)) throw new Error(`BENCH_SCENARIOS: unknown scenario "${name}"`);
+
+const targets = { hitCpuMs: 0.5, missCpuOverUpstreamMs: 1, missAddedP50Ms: 1, callStatsMs: 300 };
+const statsGroupings: CallStatsDimension[][] = [['MODEL', 'DAY'], ['CACHE_STATUS'], ['TAG']];
+const resultsPath = fileURLToPath(new URL('./results.md', import.meta.url));
+
+const stack = createStack(stackOptions);
+let admin: pg.Client | undefined;
+let historyClient: pg.Client | undefined;
+
+async function cleanUp(): Promise<void> {
+  await Promise.all([admin?.end().catch(() => undefined), historyClient?.end().catch(() => undefined)]);
+  await stack.close();
+}
+
+let exiting = false;
+function abort(reason: string, code: number): void {
+  if (exiting) return;
+  exiting = true;
+  console.error(`\n${reason}: stopping the children and dropping the bench database`);
+  void cleanUp().finally(() => process.exit(code));
+}
+process.on('SIGINT', () => abort('interrupted', 130));
+process.on('SIGTERM', () => abort('terminated', 143));
+setTimeout(() => abort(`the bench ran longer than ${settings.timeoutSeconds} s`, 1), settings.timeoutSeconds * 1000).unref();
+
+const startedAt = performance.now();
+const log = (message: string) => console.log(`[${((performance.now() - startedAt) / 1000).toFixed(0).padStart(3)} s] ${message}`);
+
+interface Row {
+  scenario: ScenarioName;
+  title: string;
+  connections: number;
+  measurement: Measurement;
+}
+
+interface StatsRow {
+  groupBy: CallStatsDimension[];
+  buckets: number;
+  durations: number[];
+}
+
+async function main(): Promise<void> {
+  const loadBefore = loadavg();
+  // Warms the yardstick's code so that every reading is of optimised code.
+  for (let index = 0; index < 5; index++) referenceWorkMs();
+  log(`bench database ${settings.databaseName} on ${new URL(settings.adminUrl).host}; fake upstream and Callboard starting`);
+  const { databaseUrl, upstream, server } = await stack.start();
+  admin = await openClient(settings.adminUrl);
+  historyClient = await openClient(databaseUrl);
+  log(`Callboard (pid ${server.pid}) at ${server.origin}, fake upstream (pid ${upstream.pid}) at ${upstream.url}`);
+
+  const longText = await buildLongText(server.origin, 4000);
+  const context: ScenarioContext = { serverOrigin: server.origin, upstreamOrigin: upstream.url, longText: longText.text, questions: createQuestions() };
+  await primeCache(context);
+  log(`tokenCount text: ${longText.text.length} characters, ${longText.tokens} tokens (gpt-4o); cache primed for the hit scenarios`);
+
+  const watched: Watched = { serverPid: server.pid, upstreamPid: upstream.pid, database: { admin, name: settings.databaseName }, history: historyClient };
+  const rows: Row[] = [];
+  for (const name of settings.scenarios) {
+    const scenario = scenarios[name];
+    for (const connections of settings.connections) {
+      const measurement = await measure(scenario.target(context), {
+        connections,
+        seconds: settings.seconds,
+        warmupSeconds: settings.warmupSeconds,
+        writesHistory: scenario.writesHistory,
+        watched,
+      });
+      rows.push({ scenario: name, title: scenario.title, connections, measurement });
+      const { load } = measurement;
+      log(
+        `${scenario.title.padEnd(32)} c=${String(connections).padStart(2)}: ${load.requestsPerSecond.toFixed(0).padStart(6)} req/s, ` +
+          `p50 ${load.p50Ms.toFixed(2)} ms, p99 ${load.p99Ms.toFixed(2)} ms, Callboard CPU ${measurement.serverCpuMs.toFixed(3)} ms/req` +
+          (scenario.usesUpstream ? `, upstream CPU ${measurement.upstreamCpuMs.toFixed(3)} ms/req` : '') +
+          (measurement.historyLagMs !== null ? `, history lag ${measurement.historyLagMs.toFixed(0)} ms` : '') +
+          (measurement.historyMissing > 0 ? `, ${measurement.historyMissing} HISTORY ROWS MISSING` : '') +
+          `, other load ${measurement.otherCores.toFixed(2)} cores, yardstick ${measurement.referenceMs.toFixed(1)} ms` +
+          (load.failures > 0 ? `, ${load.failures} FAILED (${load.firstFailure ?? 'connection errors or non-2xx'})` : ''),
+      );
+    }
+  }
+
+  let seed: SeedReport | null = null;
+  const stats: StatsRow[] = [];
+  let plan: string | null = null;
+  if (settings.historyRows > 0) {
+    log(`seeding ${settings.historyRows.toLocaleString('en')} history rows`);
+    seed = await seedHistory(databaseUrl, settings.historyRows);
+    log(`seeded in ${seed.seconds.toFixed(1)} s: LlmCall ${(seed.tableBytes / 2 ** 20).toFixed(0)} MiB; ${seed.tables.join(' + ')} with indexes ${(seed.totalBytes / 2 ** 20).toFixed(0)} MiB`);
+    for (const groupBy of statsGroupings) {
+      const body = JSON.stringify({
+        query: `query Stats($groupBy: [CallStatsDimension!]!) { callStats(groupBy: $groupBy) {
+          model day cacheStatus tag calls errors cacheHits cacheMisses hitRate promptTokens completionTokens
+          costUsd tokensSaved costSavedUsd latencyP50Ms latencyP95Ms latencyMaxMs } }`,
+        variables: { groupBy },
+      });
+      let buckets = 0;
+      const durations = await timeRequests(
+        async () => {
+          buckets = (await graphql<{ callStats: unknown[] }>(server.origin, body)).callStats.length;
+        },
+        { runs: settings.statsRuns, warmups: 2 },
+      );
+      stats.push({ groupBy, buckets, durations });
+      log(`callStats(groupBy: [${groupBy.join(', ')}]): ${buckets} buckets, median ${median(durations).toFixed(0)} ms (min ${durations[0]!.toFixed(0)}, max ${durations.at(-1)!.toFixed(0)})`);
+    }
+    const modelDay = stats[0]!;
+    if (median(modelDay.durations) >= targets.callStatsMs) {
+      const { sql, parameters } = await callStatsSql(modelDay.groupBy);
+      const client = await openClient(databaseUrl);
+      try {
+        const explained = await client.query<{ 'QUERY PLAN': string }>(`EXPLAIN (ANALYZE, BUFFERS) ${sql}`, parameters);
+        plan = explained.rows.map((row) => row['QUERY PLAN']).join('\n');
+      } finally {
+        await client.end();
+      }
+    }
+  }
+
+  // LEVEL=warn: whatever Callboard printed is a warning or an error (a failing history write, say).
+  const complaints = server.output.filter((line) => line.trim() !== '');
+  if (complaints.length > 0) log(`Callboard logged ${complaints.length} warning or error lines; the first:\n${complaints.slice(0, 3).join('\n').slice(0, 2000)}`);
+  const postgresVersion = (await admin.query<{ server_version: string }>('SHOW server_version')).rows[0]!.server_version;
+  const report = renderReport({ rows, seed, stats, plan, longTextTokens: longText.tokens, postgresVersion, complaints, loadBefore, loadAfter: loadavg() });
+  console.log(`\n${report}`);
+  writeFileSync(resultsPath, report);
+  log(`written to ${resultsPath}`);
+}
+
+const fixed = (value: number | null | undefined, digits: number) => (value === null || value === undefined || Number.isNaN(value) ? '–' : value.toFixed(digits));
+
+function renderReport(input: {
+  rows: Row[];
+  seed: SeedReport | null;
+  stats: StatsRow[];
+  plan: string | null;
+  longTextTokens: number;
+  postgresVersion: string;
+  complaints: string[];
+  loadBefore: number[];
+  loadAfter: number[];
+}): string {
+  const { rows, seed, stats, plan } = input;
+  const lines: string[] = [];
+  const postgresVersion = input.postgresVersion;
+  lines.push('# Callboard bench results', '');
+  lines.push(
+    `${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC · Node ${process.version} · ${cpus().length} × ${cpus()[0]?.model.trim() ?? 'CPU'} · ` +
+      `Postgres ${postgresVersion} · load average ${input.loadBefore[0]!.toFixed(1)} before, ${input.loadAfter[0]!.toFixed(1)} after · ` +
+      `${settings.warmupSeconds} s warm-up + ${settings.seconds} s per run · bench, Callboard, fake upstream and Postgres share the machine.`,
+    '',
+  );
+  const root = settings.serverRoot ?? fileURLToPath(new URL('..', import.meta.url));
+  const revision = (() => {
+    try {
+      const commit = execFileSync('git', ['-C', root, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim();
+      const dirty = execFileSync('git', ['-C', root, 'status', '--porcelain', '--', 'src', 'prisma'], { encoding: 'utf8' }).trim() !== '';
+      return `commit ${commit}${dirty ? ' with uncommitted changes under src/ or prisma/' : ''}`;
+    } catch {
+      return 'not a git checkout';
+    }
+  })();
+  lines.push(`Callboard from ${settings.serverRoot ? `${settings.serverRoot} (BENCH_SERVER_ROOT)` : 'this checkout'}: ${revision}.`, '');
+  const passed = Object.entries(passedSettings());
+  lines.push(
+    passed.length === 0
+      ? 'Callboard runs with its defaults (project config.ini, LEVEL=warn, BASE_URL = the fake upstream).'
+      : `Callboard runs with these settings from the bench's environment: ${passed.map(([key, value]) => `\`${key}=${value}\``).join(', ')}.`,
+    '',
+  );
+  lines.push(
+    '| Scenario | Connections | req/s | p50 ms | p99 ms | Callboard CPU ms/req | upstream CPU ms/req | Postgres CPU ms/req | history lag ms | failed | other load, cores | yardstick ms |',
+    '|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|',
+  );
+  for (const row of rows) {
+    const { load } = row.measurement;
+    const direct = row.scenario === 'upstream';
+    lines.push(
+      `| ${row.title} | ${row.connections} | ${load.requestsPerSecond.toFixed(0)} | ${fixed(load.p50Ms, 2)} | ${fixed(load.p99Ms, 2)} | ` +
+        `${direct ? '–' : fixed(row.measurement.serverCpuMs, 3)} | ${scenarios[row.scenario].usesUpstream ? fixed(row.measurement.upstreamCpuMs, 3) : '–'} | ` +
+        `${direct ? '–' : fixed(row.measurement.databaseCpuMs, 3)} | ${fixed(row.measurement.historyLagMs, 0)}${row.measurement.historyMissing > 0 ? ` (${row.measurement.historyMissing} rows missing)` : ''} | ${load.failures} | ${row.measurement.otherCores.toFixed(2)} | ${row.measurement.referenceMs.toFixed(1)} |`,
+    );
+  }
+  lines.push('');
+  lines.push(
+    `tokenCount counts a ${input.longTextTokens}-token text (gpt-4o, o200k_base). The embedding scenario returns a ` +
+      `${settings.embeddingDimensions}-dimension vector. CPU is user + system time from /proc/<pid>/stat over the measured run ` +
+      '(10 ms ticks), divided by the responses; the window closes once the write-behind history holds a row per response ' +
+      '("history lag": how long after the last response that took), so its batches are counted. Postgres CPU is that of the bench database\'s backends. ' +
+      '"Other load" is the cores kept busy by everything else on the machine during the run (/proc/stat minus the processes above and the bench): ' +
+      'on a shared machine CPU per request rises with it. "Yardstick" is the CPU time of a fixed piece of work (JSON and SHA-256) in the bench process ' +
+      'just before the run: about 21 ms when the host is quiet; when it is higher the host was slower (a shared VM), and CPU per request is inflated alike.',
+    '',
+  );
+
+  const byKey = (scenario: ScenarioName, connections: number) => rows.find((row) => row.scenario === scenario && row.connections === connections)?.measurement;
+  const verdicts: string[] = [];
+  const verdict = (met: boolean | null, text: string) => verdicts.push(`- ${met === null ? 'NOT MEASURED' : met ? 'MET' : 'MISSED'}: ${text}`);
+
+  const missLines: string[] = [];
+  for (const connections of settings.connections) {
+    const miss = byKey('miss', connections);
+    const direct = byKey('upstream', connections);
+    if (!miss) continue;
+    const added = direct ? miss.load.p50Ms - direct.load.p50Ms : Number.NaN;
+    missLines.push(
+      `| ${connections} | ${fixed(miss.serverCpuMs, 3)} | ${fixed(miss.upstreamCpuMs, 3)} | ${fixed(miss.serverCpuMs - miss.upstreamCpuMs, 3)} | ` +
+        `${fixed(miss.load.p50Ms, 2)} | ${direct ? fixed(direct.load.p50Ms, 2) : '–'} | ${fixed(added, 2)} |`,
+    );
+  }
+  if (missLines.length > 0) {
+    lines.push(
+      '## Cache miss over the upstream',
+      '',
+      '| Connections | Callboard CPU ms/req | upstream CPU ms/req (same run) | Callboard over upstream | miss p50 ms | direct p50 ms | p50 added ms |',
+      '|--:|--:|--:|--:|--:|--:|--:|',
+      ...missLines,
+      '',
+    );
+  }
+
+  if (seed) {
+    lines.push(
+      '## callStats over 1,000,000 history rows'.replace('1,000,000', seed.rows.toLocaleString('en')),
+      '',
+      `Seeded with SQL in ${seed.seconds.toFixed(1)} s (8 models, 30 days, 5% errors, 30% hits, 0 to 2 of 10 tags, bodies stored); ` +
+        `LlmCall (what callStats scans) is ${(seed.tableBytes / 2 ** 20).toFixed(0)} MiB; ${seed.tables.join(' + ')} with indexes ${(seed.totalBytes / 2 ** 20).toFixed(0)} MiB. ` +
+        `Timed over HTTP, ${settings.statsRuns} runs after 2 warm-up runs.`,
+      '',
+      '| groupBy | buckets | median ms | min ms | max ms |',
+      '|---|--:|--:|--:|--:|',
+      ...stats.map((row) => `| [${row.groupBy.join(', ')}] | ${row.buckets} | ${median(row.durations).toFixed(0)} | ${row.durations[0]!.toFixed(0)} | ${row.durations.at(-1)!.toFixed(0)} |`),
+      '',
+    );
+  }
+
+  const hitValues = settings.connections.map((connections) => byKey('hit', connections)).filter((value): value is Measurement => value !== undefined);
+  verdict(
+    hitValues.length > 0 ? hitValues.every((value) => value.serverCpuMs < targets.hitCpuMs) : null,
+    `cache hit < ${targets.hitCpuMs} ms Callboard CPU per request (${hitValues.map((value) => `${fixed(value.serverCpuMs, 3)} ms at ${value.load.connections}`).join(', ') || 'not run'})`,
+  );
+  const missValues = settings.connections.map((connections) => byKey('miss', connections)).filter((value): value is Measurement => value !== undefined);
+  verdict(
+    missValues.length > 0 ? missValues.every((value) => value.serverCpuMs - value.upstreamCpuMs < targets.missCpuOverUpstreamMs) : null,
+    `cache miss < ${targets.missCpuOverUpstreamMs} ms Callboard CPU per request over the upstream's own (${
+      missValues.map((value) => `${fixed(value.serverCpuMs - value.upstreamCpuMs, 3)} ms at ${value.load.connections}`).join(', ') || 'not run'
+    })`,
+  );
+  const missOne = byKey('miss', 1);
+  const directOne = byKey('upstream', 1);
+  const addedOne = missOne && directOne ? missOne.load.p50Ms - directOne.load.p50Ms : null;
+  verdict(addedOne === null ? null : addedOne < targets.missAddedP50Ms, `cache miss adds < ${targets.missAddedP50Ms} ms to p50 at 1 connection (${fixed(addedOne, 2)} ms)`);
+  const modelDay = stats.find((row) => row.groupBy.join() === 'MODEL,DAY');
+  const modelDayMedian = modelDay ? median(modelDay.durations) : null;
+  verdict(
+    modelDayMedian === null || !seed ? null : modelDayMedian < targets.callStatsMs,
+    `callStats [MODEL, DAY] over ${seed ? seed.rows.toLocaleString('en') : '1,000,000'} rows < ${targets.callStatsMs} ms (median ${fixed(modelDayMedian, 0)} ms)`,
+  );
+  lines.push('## Targets', '', ...verdicts, '');
+  if (verdicts.some((line) => line.startsWith('- MISSED: cache'))) {
+    lines.push('Where the time goes: `npx tsx bench/profile.ts miss 1` (or `hit 32`, ...) profiles Callboard under the same load.', '');
+  }
+  if (input.complaints.length > 0) {
+    lines.push(`Callboard logged ${input.complaints.length} warning or error lines during the run; the first:`, '', '```', ...input.complaints.slice(0, 3).map((line) => line.slice(0, 600)), '```', '');
+  }
+  if (plan) lines.push('<details><summary>EXPLAIN (ANALYZE, BUFFERS) of callStats [MODEL, DAY]</summary>', '', '```', plan, '```', '', '</details>', '');
+  return lines.join('\n');
+}
+
+try {
+  await main();
+} catch (error) {
+  console.error('the bench failed:', error instanceof Error ? error.message : error);
+  if (stack.server) console.error(`Callboard's last output:\n${stack.server.output.slice(-20).join('\n')}`);
+  process.exitCode = 1;
+} finally {
+  if (!exiting) {
+    exiting = true;
+    log('stopping the children and dropping the bench database (DROP DATABASE waits for a checkpoint)');
+    await cleanUp();
+    log('children stopped, bench database dropped');
+  }
+}
+process.exit(process.exitCode ?? 0);
