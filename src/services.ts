@@ -51,7 +51,7 @@ export async function createServices(options: ServicesOptions): Promise<Services
     refreshIntervalMs: options.overridesRefreshMs,
     logger,
   });
-  const cache = createResponseCache({ prisma: database.prisma, memoryEntries: config.cache.memoryEntries });
+  const cache = createResponseCache({ database, memoryEntries: config.cache.memoryEntries });
   // Each instance keeps hot entries in memory: an invalidation anywhere must reach all of them.
   const stopListening = await database.listen(
     cacheForgetChannel,
@@ -59,7 +59,7 @@ export async function createServices(options: ServicesOptions): Promise<Services
     () => cache.forget(null),
   );
   const history = createHistoryWriter({
-    prisma: database.prisma,
+    database,
     logger,
     batchSize: config.history.batchSize,
     flushIntervalMs: config.history.flushIntervalMs,

@@ -19,6 +19,8 @@ export interface Database {
   /** Where the data lives, safe to log: a folder, or the Postgres URL without its password. */
   location: string;
   prisma: PrismaClient;
+  /** One statement on any connection, without Prisma's query engine: for the hot paths. */
+  query<Row = Record<string, unknown>>(sql: string, parameters?: unknown[]): Promise<Row[]>;
   /** Lends one connection for the duration of `work`. */
   withSession<T>(work: (session: SqlSession) => Promise<T>): Promise<T>;
   /** True when a trivial query answers. */
@@ -65,6 +67,7 @@ async function openPglite(dataDir: string): Promise<Database> {
     kind: 'pglite',
     location: inMemory ? 'memory' : dataDir,
     prisma,
+    query: session.query,
     withSession: (work) => work(session),
     isReachable: () => isReachable(prisma),
     notify: async (channel, payload) => {
@@ -92,6 +95,7 @@ async function openPostgres(url: string, poolSize: number): Promise<Database> {
     kind: 'postgres',
     location: redactUrlPassword(url),
     prisma,
+    query: async <Row,>(sql: string, parameters?: unknown[]) => (await pool.query(sql, parameters)).rows as Row[],
     withSession: async (work) => {
       const client = await pool.connect();
       try {

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import { stringify } from 'safe-stable-stringify';
-import type { PrismaClient } from '../db/generated/client.ts';
+import type { Database } from '../db/database.ts';
 import type { ProviderUsage } from './providers/provider.ts';
 
 /** Bumped whenever what goes into a key changes, so old entries stop matching instead of lying. */
@@ -54,8 +54,25 @@ export interface ResponseCache {
   size(): number;
 }
 
+interface CacheEntryRow {
+  key: string;
+  kind: CallKind;
+  apiType: string;
+  model: string;
+  request: unknown;
+  response: unknown;
+  promptTokens: number | null;
+  completionTokens: number | null;
+  totalTokens: number | null;
+  costUsd: number | null;
+  createdAt: Date | string;
+  expiresAt: Date | string | null;
+  createdByCallId: string | null;
+}
+
 export interface ResponseCacheOptions {
-  prisma: PrismaClient;
+  /** Plain SQL, not Prisma: a miss's lookup sits on the caller's path. */
+  database: Pick<Database, 'query'>;
   /** @default 10000 */
   memoryEntries: number;
   now?: () => number;
@@ -81,7 +98,11 @@ export function createResponseCache(options: ResponseCacheOptions): ResponseCach
     async get(key) {
       const remembered = peek(key);
       if (remembered) return remembered;
-      const row = await options.prisma.cacheEntry.findUnique({ where: { key } });
+      const [row] = await options.database.query<CacheEntryRow>(
+        `SELECT "key", "kind"::text AS "kind", "apiType", "model", "request", "response", "promptTokens", "completionTokens", "totalTokens",
+           "costUsd", "createdAt", "expiresAt", "createdByCallId" FROM "CacheEntry" WHERE "key" = $1`,
+        [key],
+      );
       if (!row) return undefined;
       const entry: CacheEntryValue = {
         key: row.key,
@@ -95,8 +116,8 @@ export function createResponseCache(options: ResponseCacheOptions): ResponseCach
             ? null
             : { promptTokens: row.promptTokens, completionTokens: row.completionTokens ?? 0, totalTokens: row.totalTokens ?? row.promptTokens },
         costUsd: row.costUsd,
-        createdAt: row.createdAt,
-        expiresAt: row.expiresAt,
+        createdAt: new Date(row.createdAt),
+        expiresAt: row.expiresAt === null ? null : new Date(row.expiresAt),
         createdByCallId: row.createdByCallId,
       };
       if (!isFresh(entry)) return undefined;

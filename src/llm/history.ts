@@ -1,6 +1,7 @@
-import type { PrismaClient } from '../db/generated/client.ts';
+import { v7 as uuidv7 } from 'uuid';
+import type { Database } from '../db/database.ts';
 import type { Logger } from '../logger.ts';
-import type { CacheEntryValue, CacheStatus, CallKind } from './cache.ts';
+import { cacheKeyVersion, type CacheEntryValue, type CacheStatus, type CallKind } from './cache.ts';
 
 /** One upstream attempt of a call, as the audit keeps it. */
 export interface AttemptRow {
@@ -62,7 +63,7 @@ export interface HistoryWriter {
 }
 
 export interface HistoryWriterOptions {
-  prisma: PrismaClient;
+  database: Pick<Database, 'query'>;
   logger: Logger;
   /** @default 200 */
   batchSize?: number;
@@ -73,8 +74,6 @@ export interface HistoryWriterOptions {
   /** @default 10000 */
   closeTimeoutMs?: number;
 }
-
-const jsonOrUndefined = (value: unknown) => (value === null || value === undefined ? undefined : (value as object));
 
 /** Postgres stores no NUL character in text or jsonb; one in a prompt would fail its whole batch at every retry. */
 function storable<T>(value: T): T {
@@ -95,8 +94,57 @@ function estimateSafely(estimate: NonNullable<HistoryWriterOptions['estimateProm
   }
 }
 
+/**
+ * One statement writes a whole batch, atomically and in one round trip: cache entries (upserted),
+ * hit counts, calls, their bodies and their attempts, each table's rows passed as one JSON array.
+ * Attempts may reference calls inserted by the same statement: foreign keys are checked at its end.
+ */
+const writeBatchSql = `
+WITH entry_rows AS (
+  SELECT * FROM jsonb_to_recordset($1::jsonb) AS r("key" text, "keyVersion" int, "kind" "CallKind", "apiType" text, "model" text,
+    "request" jsonb, "response" jsonb, "promptTokens" int, "completionTokens" int, "totalTokens" int, "costUsd" float8,
+    "hitCount" int, "createdAt" timestamptz, "lastHitAt" timestamptz, "expiresAt" timestamptz, "createdByCallId" uuid)
+), written_entries AS (
+  INSERT INTO "CacheEntry" ("key", "keyVersion", "kind", "apiType", "model", "request", "response", "promptTokens", "completionTokens",
+    "totalTokens", "costUsd", "hitCount", "createdAt", "lastHitAt", "expiresAt", "createdByCallId")
+  SELECT * FROM entry_rows
+  ON CONFLICT ("key") DO UPDATE SET "keyVersion" = EXCLUDED."keyVersion", "kind" = EXCLUDED."kind", "apiType" = EXCLUDED."apiType",
+    "model" = EXCLUDED."model", "request" = EXCLUDED."request", "response" = EXCLUDED."response", "promptTokens" = EXCLUDED."promptTokens",
+    "completionTokens" = EXCLUDED."completionTokens", "totalTokens" = EXCLUDED."totalTokens", "costUsd" = EXCLUDED."costUsd",
+    "hitCount" = EXCLUDED."hitCount", "createdAt" = EXCLUDED."createdAt", "lastHitAt" = EXCLUDED."lastHitAt",
+    "expiresAt" = EXCLUDED."expiresAt", "createdByCallId" = EXCLUDED."createdByCallId"
+  RETURNING 1
+), counted_hits AS (
+  UPDATE "CacheEntry" e SET "hitCount" = e."hitCount" + h."count", "lastHitAt" = GREATEST(e."lastHitAt", h."lastHitAt")
+  FROM jsonb_to_recordset($2::jsonb) AS h("key" text, "count" int, "lastHitAt" timestamptz)
+  WHERE e."key" = h."key"
+  RETURNING 1
+), written_calls AS (
+  INSERT INTO "LlmCall" ("id", "createdAt", "kind", "apiType", "model", "status", "cacheStatus", "cacheKey", "errorCode", "errorMessage",
+    "attemptCount", "latencyMs", "promptTokens", "completionTokens", "totalTokens", "estimatedPromptTokens", "costUsd", "templateName",
+    "templateHash", "tags")
+  SELECT * FROM jsonb_to_recordset($3::jsonb) AS c("id" uuid, "createdAt" timestamptz, "kind" "CallKind", "apiType" text, "model" text,
+    "status" "CallStatus", "cacheStatus" "CacheStatus", "cacheKey" text, "errorCode" text, "errorMessage" text, "attemptCount" int,
+    "latencyMs" float8, "promptTokens" int, "completionTokens" int, "totalTokens" int, "estimatedPromptTokens" int, "costUsd" float8,
+    "templateName" text, "templateHash" text, "tags" text[])
+  ON CONFLICT DO NOTHING
+  RETURNING 1
+), written_bodies AS (
+  INSERT INTO "LlmCallBody" ("callId", "metadata", "requestBody", "responseBody")
+  SELECT * FROM jsonb_to_recordset($4::jsonb) AS b("callId" uuid, "metadata" jsonb, "requestBody" jsonb, "responseBody" jsonb)
+  ON CONFLICT DO NOTHING
+  RETURNING 1
+), written_attempts AS (
+  INSERT INTO "LlmAttempt" ("id", "callId", "number", "startedAt", "latencyMs", "httpStatus", "errorCode", "errorMessage", "waitMs", "requestId")
+  SELECT * FROM jsonb_to_recordset($5::jsonb) AS a("id" uuid, "callId" uuid, "number" int, "startedAt" timestamptz, "latencyMs" float8,
+    "httpStatus" int, "errorCode" text, "errorMessage" text, "waitMs" int, "requestId" text)
+  ON CONFLICT DO NOTHING
+  RETURNING 1
+)
+SELECT (SELECT count(*) FROM written_calls) AS "calls"`;
+
 export function createHistoryWriter(options: HistoryWriterOptions): HistoryWriter {
-  const { prisma, logger } = options;
+  const { database, logger } = options;
   const batchSize = options.batchSize ?? 200;
   const flushIntervalMs = options.flushIntervalMs ?? 50;
   const calls: { call: CallRecord; prompt: unknown }[] = [];
@@ -128,72 +176,40 @@ export function createHistoryWriter(options: HistoryWriterOptions): HistoryWrite
           item.call.estimatedPromptTokens = estimateSafely(options.estimatePromptTokens, item.call, item.prompt);
         }
       }
-      await prisma.$transaction([
-        // Entries first: a hit recorded in this batch may be on an entry written in it.
-        ...entryBatch.map((entry) => {
-          const data = storable({
-            keyVersion: 1,
-            kind: entry.kind,
-            apiType: entry.apiType,
-            model: entry.model,
-            request: entry.request as object,
-            response: entry.response as object,
-            promptTokens: entry.usage?.promptTokens ?? null,
-            completionTokens: entry.usage?.completionTokens ?? null,
-            totalTokens: entry.usage?.totalTokens ?? null,
-            costUsd: entry.costUsd,
-            createdAt: entry.createdAt,
-            expiresAt: entry.expiresAt,
-            createdByCallId: entry.createdByCallId,
-          });
-          return prisma.cacheEntry.upsert({ where: { key: entry.key }, create: { key: entry.key, ...data }, update: { ...data, hitCount: 0, lastHitAt: null } });
-        }),
-        ...hitBatch.map(([key, hit]) =>
-          prisma.cacheEntry.updateMany({ where: { key }, data: { hitCount: { increment: hit.count }, lastHitAt: hit.lastHitAt } }),
-        ),
-        prisma.llmCall.createMany({
-          data: batch.map(({ call }) => storable({
-            id: call.id,
-            createdAt: call.createdAt,
-            kind: call.kind,
-            apiType: call.apiType,
-            model: call.model,
-            status: call.status,
-            cacheStatus: call.cacheStatus,
-            cacheKey: call.cacheKey,
-            errorCode: call.errorCode,
-            errorMessage: call.errorMessage,
-            attemptCount: call.attemptCount,
-            latencyMs: call.latencyMs,
-            promptTokens: call.promptTokens,
-            completionTokens: call.completionTokens,
-            totalTokens: call.totalTokens,
-            estimatedPromptTokens: call.estimatedPromptTokens,
-            costUsd: call.costUsd,
-            templateName: call.templateName,
-            templateHash: call.templateHash,
-            tags: call.tags,
-          })),
-          skipDuplicates: true,
-        }),
-        prisma.llmCallBody.createMany({
-          data: batch
-            .filter(({ call }) => call.metadata !== null || call.requestBody !== null || call.responseBody !== null)
-            .map(({ call }) =>
-              storable({
-                callId: call.id,
-                metadata: jsonOrUndefined(call.metadata),
-                requestBody: jsonOrUndefined(call.requestBody),
-                responseBody: jsonOrUndefined(call.responseBody),
-              }),
-            ),
-          skipDuplicates: true,
-        }),
-        prisma.llmAttempt.createMany({
-          data: batch.flatMap(({ call }) => call.attempts.map((attempt) => storable({ callId: call.id, ...attempt }))),
-          skipDuplicates: true,
-        }),
-      ]);
+      // Hits on an entry written in this batch go into its row: one statement cannot touch a row twice.
+      const hitsByKey = new Map(hitBatch);
+      const entryRows = entryBatch.map((entry) => {
+        const pendingHit = hitsByKey.get(entry.key);
+        return {
+          key: entry.key,
+          keyVersion: cacheKeyVersion,
+          kind: entry.kind,
+          apiType: entry.apiType,
+          model: entry.model,
+          request: entry.request,
+          response: entry.response,
+          promptTokens: entry.usage?.promptTokens ?? null,
+          completionTokens: entry.usage?.completionTokens ?? null,
+          totalTokens: entry.usage?.totalTokens ?? null,
+          costUsd: entry.costUsd,
+          hitCount: pendingHit?.count ?? 0,
+          createdAt: entry.createdAt,
+          lastHitAt: pendingHit?.lastHitAt ?? null,
+          expiresAt: entry.expiresAt,
+          createdByCallId: entry.createdByCallId,
+        };
+      });
+      const entryKeys = new Set(entryBatch.map((entry) => entry.key));
+      const hitRows = hitBatch.filter(([key]) => !entryKeys.has(key)).map(([key, hit]) => ({ key, ...hit }));
+      const callRows = batch.map(({ call }) => {
+        const { attempts: _attempts, metadata: _metadata, requestBody: _requestBody, responseBody: _responseBody, ...row } = call;
+        return row;
+      });
+      const bodyRows = batch
+        .filter(({ call }) => call.metadata !== null || call.requestBody !== null || call.responseBody !== null)
+        .map(({ call }) => ({ callId: call.id, metadata: call.metadata, requestBody: call.requestBody, responseBody: call.responseBody }));
+      const attemptRows = batch.flatMap(({ call }) => call.attempts.map((attempt) => ({ id: uuidv7(), callId: call.id, ...attempt })));
+      await database.query(writeBatchSql, [entryRows, hitRows, callRows, bodyRows, attemptRows].map((rows) => JSON.stringify(storable(rows))));
       failures = 0;
     } catch (error) {
       // Put everything back in front, newer hits and entries winning over the failed batch's.
