@@ -12,6 +12,8 @@ export type App = YogaServerInstance<Record<string, never>, GraphQLContext>;
 
 const actorHeader = 'x-callboard-actor';
 
+type DropFirst<T extends unknown[]> = T extends [unknown, ...infer Rest] ? Rest : never;
+
 /** Builds the HTTP application (GraphQL at /graphql, /health, /ready). It does not listen: tests call `app.fetch`. */
 export function createApp(services: Services): App {
   const { loaded, database, logger } = services;
@@ -20,7 +22,7 @@ export function createApp(services: Services): App {
     services,
     calls: createCallQueries(prisma),
     cacheEntries: createCacheEntryQueries(prisma, services.forgetCacheEverywhere),
-    callStats: (filter: Parameters<typeof callStats>[1], groupBy: Parameters<typeof callStats>[2]) => callStats(prisma, filter, groupBy),
+    callStats: (...args: DropFirst<Parameters<typeof callStats>>) => callStats(database, ...args),
   };
   return createYoga<Record<string, never>, GraphQLContext>({
     schema,

@@ -1,3 +1,4 @@
+import { LRUCache } from 'lru-cache';
 import type { LoadedConfig } from './config/config.ts';
 import type { Database } from './db/database.ts';
 import { createResponseCache, type ResponseCache } from './llm/cache.ts';
@@ -58,6 +59,7 @@ export async function createServices(options: ServicesOptions): Promise<Services
     (payload) => cache.forget(payload === '*' ? null : payload.split(',')),
     () => cache.forget(null),
   );
+  const estimates = new LRUCache<string, number>({ max: 10_000 });
   const history = createHistoryWriter({
     database,
     logger,
@@ -65,9 +67,15 @@ export async function createServices(options: ServicesOptions): Promise<Services
     flushIntervalMs: config.history.flushIntervalMs,
     estimatePromptTokens: (call, prompt) => {
       if (!Array.isArray(prompt)) return null;
-      return call.kind === 'CHAT'
-        ? countMessageTokens(prompt as TokenMessage[], call.model).tokens
-        : (prompt as string[]).reduce((sum, text) => sum + countTextTokens(text, call.model).tokens, 0);
+      // Calls that share a cache key share a prompt: count it once.
+      const known = call.cacheKey === null ? undefined : estimates.get(call.cacheKey);
+      if (known !== undefined) return known;
+      const tokens =
+        call.kind === 'CHAT'
+          ? countMessageTokens(prompt as TokenMessage[], call.model).tokens
+          : (prompt as string[]).reduce((sum, text) => sum + countTextTokens(text, call.model).tokens, 0);
+      if (call.cacheKey !== null) estimates.set(call.cacheKey, tokens);
+      return tokens;
     },
   });
   const llm = createLlmClient({

@@ -154,7 +154,7 @@ export interface ServerOptions {
 }
 
 /**
- * Starts Callboard as production does (`node --import tsx src/main.ts`, from the repository root
+ * Starts Callboard as `npm start` does (`NODE_ENV=production node --import tsx src/main.ts`, from the repository root
  * so the project's config.ini applies) and waits until GET /ready answers 200.
  */
 export async function startServer(options: ServerOptions): Promise<Server> {
@@ -165,6 +165,8 @@ export async function startServer(options: ServerOptions): Promise<Server> {
     env: {
       PATH: process.env.PATH ?? '',
       HOME: process.env.HOME ?? '/tmp',
+      // As `npm start` sets it.
+      NODE_ENV: 'production',
       DATABASE_URL: options.databaseUrl,
       PORT: String(port),
       CALLBOARD_LOGGING__LEVEL: 'warn',

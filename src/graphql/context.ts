@@ -1,5 +1,5 @@
 import type { CacheEntryQueries } from '../analytics/cache-entries.ts';
-import type { CallStatsBucket, CallStatsDimension } from '../analytics/call-stats.ts';
+import type { CallStatsBucket, CallStatsDimension, CallStatsOptions } from '../analytics/call-stats.ts';
 import type { CallFilter, CallQueries } from '../analytics/calls.ts';
 import type { Services } from '../services.ts';
 
@@ -8,7 +8,7 @@ export interface GraphQLContext {
   services: Services;
   calls: CallQueries;
   cacheEntries: CacheEntryQueries;
-  callStats(filter: CallFilter | null, groupBy: readonly CallStatsDimension[]): Promise<CallStatsBucket[]>;
+  callStats(filter: CallFilter | null, groupBy: readonly CallStatsDimension[], options?: CallStatsOptions): Promise<CallStatsBucket[]>;
   /** Who is asking, recorded with every admin change: the `x-callboard-actor` header, else "anonymous". */
   actor: string;
   /** Lets a caller that goes away abort its upstream call. */

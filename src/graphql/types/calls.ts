@@ -1,5 +1,6 @@
 import type { CallStatsBucket } from '../../analytics/call-stats.ts';
 import type { CallFilter } from '../../analytics/calls.ts';
+import { selectsField } from '../selection.ts';
 import type { AttemptRow } from '../../llm/history.ts';
 import { countMessageTokens, countTextTokens, type TokenMessage } from '../../llm/tokens.ts';
 import { builder } from '../builder.ts';
@@ -207,6 +208,7 @@ builder.queryField('callStats', (t) =>
       filter: t.arg({ type: CallFilterInput, description: 'Which calls.' }),
       groupBy: t.arg({ type: [CallStatsDimension], required: true, description: 'Dimensions to group by, in order.' }),
     },
-    resolve: (_root, args, context) => context.callStats(args.filter as CallFilter | null, args.groupBy),
+    resolve: (_root, args, context, info) =>
+      context.callStats(args.filter as CallFilter | null, args.groupBy, { percentiles: selectsField(info, ['latencyP50Ms', 'latencyP95Ms']) }),
   }),
 );
