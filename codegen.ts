@@ -1,19 +1,28 @@
 import type { CodegenConfig } from '@graphql-codegen/cli';
 
-// Typed operations from the committed schema.graphql: for the tests (test/gql) and for dashboards.
+const sharedConfig = {
+  useTypeImports: true,
+  scalars: { JSON: 'unknown', DateTime: 'string' },
+  enumsAsTypes: true,
+};
+
+// Typed operations from the committed schema.graphql: for the tests (test/gql/, from the graphql()
+// calls in test files) and for dashboards (src/client/generated/, from src/client/operations.graphql).
 const config: CodegenConfig = {
   schema: 'schema.graphql',
-  documents: ['test/**/*.ts', '!test/gql/**'],
   ignoreNoDocuments: true,
   emitLegacyCommonJSImports: false,
   generates: {
     'test/gql/': {
+      documents: ['test/**/*.ts', '!test/gql/**'],
       preset: 'client',
-      config: {
-        useTypeImports: true,
-        scalars: { JSON: 'unknown', DateTime: 'string' },
-        enumsAsTypes: true,
-      },
+      config: sharedConfig,
+      presetConfig: { fragmentMasking: false },
+    },
+    'src/client/generated/': {
+      documents: ['src/client/operations.graphql'],
+      preset: 'client',
+      config: sharedConfig,
       presetConfig: { fragmentMasking: false },
     },
   },

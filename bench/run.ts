@@ -35,7 +35,13 @@ const settings = {
 for (const name of settings.scenarios) if (!(name in scenarios)) throw new Error(`BENCH_SCENARIOS: unknown scenario "${name}"`);
 
 const targets = { hitCpuMs: 0.5, missCpuOverUpstreamMs: 1, missAddedP50Ms: 1, callStatsMs: 300 };
-const statsGroupings: CallStatsDimension[][] = [['MODEL', 'DAY'], ['CACHE_STATUS'], ['TAG']];
+/** The latency percentiles cost a sort of every row; dashboards that do not ask for them do not pay for it. */
+const statsGroupings: { groupBy: CallStatsDimension[]; percentiles: boolean }[] = [
+  { groupBy: ['MODEL', 'DAY'], percentiles: true },
+  { groupBy: ['MODEL', 'DAY'], percentiles: false },
+  { groupBy: ['CACHE_STATUS'], percentiles: true },
+  { groupBy: ['TAG'], percentiles: true },
+];
 const resultsPath = fileURLToPath(new URL('./results.md', import.meta.url));
 
 const stack = createStack(stackOptions);
@@ -70,6 +76,7 @@ interface Row {
 
 interface StatsRow {
   groupBy: CallStatsDimension[];
+  percentiles: boolean;
   buckets: number;
   durations: number[];
 }
@@ -122,11 +129,11 @@ async function main(): Promise<void> {
     log(`seeding ${settings.historyRows.toLocaleString('en')} history rows`);
     seed = await seedHistory(databaseUrl, settings.historyRows);
     log(`seeded in ${seed.seconds.toFixed(1)} s: LlmCall ${(seed.tableBytes / 2 ** 20).toFixed(0)} MiB; ${seed.tables.join(' + ')} with indexes ${(seed.totalBytes / 2 ** 20).toFixed(0)} MiB`);
-    for (const groupBy of statsGroupings) {
+    for (const { groupBy, percentiles } of statsGroupings) {
       const body = JSON.stringify({
         query: `query Stats($groupBy: [CallStatsDimension!]!) { callStats(groupBy: $groupBy) {
           model day cacheStatus tag calls errors cacheHits cacheMisses hitRate promptTokens completionTokens
-          costUsd tokensSaved costSavedUsd latencyP50Ms latencyP95Ms latencyMaxMs } }`,
+          costUsd tokensSaved costSavedUsd ${percentiles ? 'latencyP50Ms latencyP95Ms' : ''} latencyMaxMs } }`,
         variables: { groupBy },
       });
       let buckets = 0;
@@ -136,8 +143,8 @@ async function main(): Promise<void> {
         },
         { runs: settings.statsRuns, warmups: 2 },
       );
-      stats.push({ groupBy, buckets, durations });
-      log(`callStats(groupBy: [${groupBy.join(', ')}]): ${buckets} buckets, median ${median(durations).toFixed(0)} ms (min ${durations[0]!.toFixed(0)}, max ${durations.at(-1)!.toFixed(0)})`);
+      stats.push({ groupBy, percentiles, buckets, durations });
+      log(`callStats(groupBy: [${groupBy.join(', ')}])${percentiles ? '' : ' without percentiles'}: ${buckets} buckets, median ${median(durations).toFixed(0)} ms (min ${durations[0]!.toFixed(0)}, max ${durations.at(-1)!.toFixed(0)})`);
     }
     const modelDay = stats[0]!;
     if (median(modelDay.durations) >= targets.callStatsMs) {
@@ -262,9 +269,9 @@ function renderReport(input: {
         `LlmCall (what callStats scans) is ${(seed.tableBytes / 2 ** 20).toFixed(0)} MiB; ${seed.tables.join(' + ')} with indexes ${(seed.totalBytes / 2 ** 20).toFixed(0)} MiB. ` +
         `Timed over HTTP, ${settings.statsRuns} runs after 2 warm-up runs.`,
       '',
-      '| groupBy | buckets | median ms | min ms | max ms |',
-      '|---|--:|--:|--:|--:|',
-      ...stats.map((row) => `| [${row.groupBy.join(', ')}] | ${row.buckets} | ${median(row.durations).toFixed(0)} | ${row.durations[0]!.toFixed(0)} | ${row.durations.at(-1)!.toFixed(0)} |`),
+      '| groupBy | latency p50/p95 asked | buckets | median ms | min ms | max ms |',
+      '|---|---|--:|--:|--:|--:|',
+      ...stats.map((row) => `| [${row.groupBy.join(', ')}] | ${row.percentiles ? 'yes' : 'no'} | ${row.buckets} | ${median(row.durations).toFixed(0)} | ${row.durations[0]!.toFixed(0)} | ${row.durations.at(-1)!.toFixed(0)} |`),
       '',
     );
   }
@@ -285,7 +292,7 @@ function renderReport(input: {
   const directOne = byKey('upstream', 1);
   const addedOne = missOne && directOne ? missOne.load.p50Ms - directOne.load.p50Ms : null;
   verdict(addedOne === null ? null : addedOne < targets.missAddedP50Ms, `cache miss adds < ${targets.missAddedP50Ms} ms to p50 at 1 connection (${fixed(addedOne, 2)} ms)`);
-  const modelDay = stats.find((row) => row.groupBy.join() === 'MODEL,DAY');
+  const modelDay = stats.find((row) => row.groupBy.join() === 'MODEL,DAY' && row.percentiles);
   const modelDayMedian = modelDay ? median(modelDay.durations) : null;
   verdict(
     modelDayMedian === null || !seed ? null : modelDayMedian < targets.callStatsMs,

@@ -40,9 +40,9 @@ export interface CallStatsBucket {
 const dimensionColumns: Record<CallStatsDimension, { group: string; select?: string; alias: keyof CallStatsBucket }> = {
   MODEL: { group: 'c."model"', alias: 'model' },
   API_TYPE: { group: 'c."apiType"', alias: 'apiType' },
-  KIND: { group: 'c."kind"', select: 'c."kind"::text', alias: 'kind' },
-  STATUS: { group: 'c."status"', select: 'c."status"::text', alias: 'status' },
-  CACHE_STATUS: { group: 'c."cacheStatus"', select: 'c."cacheStatus"::text', alias: 'cacheStatus' },
+  KIND: { group: 'c."kind"::text', alias: 'kind' },
+  STATUS: { group: 'c."status"::text', alias: 'status' },
+  CACHE_STATUS: { group: 'c."cacheStatus"::text', alias: 'cacheStatus' },
   TEMPLATE: { group: 'c."templateName"', alias: 'template' },
   TAG: { group: 'tag', alias: 'tag' },
   DAY: { group: `date_trunc('day', c."createdAt" AT TIME ZONE 'UTC')`, select: `date_trunc('day', c."createdAt" AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'`, alias: 'day' },

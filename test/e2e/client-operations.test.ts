@@ -1,0 +1,52 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  CacheEntriesDocument,
+  CallDetailDocument,
+  CallStatsDocument,
+  ProvidersAndOverridesDocument,
+  RecentCallsDocument,
+} from '../../src/client/generated/graphql.ts';
+import { createTestApp, testConfig, type TestApp } from '../support/app.ts';
+import { startFakeOpenAI, type FakeOpenAI } from '../support/fake-openai.ts';
+
+// The typed operations shipped for dashboards must keep working against the server as it is.
+describe('the dashboard client operations (src/client)', () => {
+  let fake: FakeOpenAI;
+  let testApp: TestApp;
+
+  beforeAll(async () => {
+    fake = await startFakeOpenAI();
+    testApp = await createTestApp('pglite', testConfig(`[OpenAI]\nBASE_URL=${fake.openaiBaseURL}\nCACHE_API_CALLS=True\n[Prices]\ngpt-4o-mini=0.15, 0.60\n`, { OPENAI_API_KEY: 'sk-client-test' }));
+    const ask = () => testApp.services.llm.sendMessage({ messages: [{ role: 'user', content: 'dashboards' }], tags: ['dashboard'] });
+    await ask();
+    await ask();
+    await testApp.services.history.flush();
+  });
+  afterAll(async () => {
+    await testApp?.dispose();
+    await fake?.close();
+  });
+
+  it('RecentCalls and CallDetail show the calls with their attempts', async () => {
+    const recent = await testApp.execute(RecentCallsDocument, { filter: { tags: ['dashboard'] } });
+    expect(recent.errors).toBeUndefined();
+    const edges = recent.data!.calls.edges;
+    expect(edges.map((edge) => edge.node.cacheStatus)).toEqual(['HIT', 'MISS']);
+    const detail = await testApp.execute(CallDetailDocument, { id: edges[1]!.node.id });
+    expect(detail.data!.call!.attempts.map((attempt) => attempt.httpStatus)).toEqual([200]);
+    expect(detail.data!.call!.cacheEntry!.hitCount).toBe(1);
+  });
+
+  it('CallStats, CacheEntries and ProvidersAndOverrides answer without errors', async () => {
+    const stats = await testApp.execute(CallStatsDocument, { groupBy: ['CACHE_STATUS'], filter: { tags: ['dashboard'] } });
+    expect(stats.errors).toBeUndefined();
+    expect(stats.data!.callStats.map((bucket) => [bucket.cacheStatus, bucket.calls])).toEqual([
+      ['HIT', 1],
+      ['MISS', 1],
+    ]);
+    const entries = await testApp.execute(CacheEntriesDocument, { orderBy: { field: 'HIT_COUNT' } });
+    expect(entries.data!.cacheEntries.edges[0]!.node.hitCount).toBe(1);
+    const providers = await testApp.execute(ProvidersAndOverridesDocument);
+    expect(providers.data!.providers.find((provider) => provider.active)?.apiType).toBe('openai');
+  });
+});
