@@ -1,3 +1,4 @@
+import { renderGraphiQL } from '@graphql-yoga/render-graphiql';
 import { createYoga, useReadinessCheck, type YogaServerInstance } from 'graphql-yoga';
 import { createCacheEntryQueries } from './analytics/cache-entries.ts';
 import { callStats } from './analytics/call-stats.ts';
@@ -35,6 +36,9 @@ export function createApp(services: Services): App {
     healthCheckEndpoint: '/health',
     landingPage: false,
     graphiql: loaded.config.server.graphiql ? { title: 'Callboard', defaultQuery: exampleOperations } : false,
+    // GraphiQL's scripts come with the package: Yoga's default page loads them from a CDN, which a
+    // machine without internet access (or a strict content policy) never reaches.
+    renderGraphiQL,
     logging: {
       debug: (...args) => logger.debug(args.map(String).join(' ')),
       info: (...args) => logger.info(args.map(String).join(' ')),
