@@ -14,10 +14,7 @@ export type ErrorCode =
   | 'ABORTED'
   | 'RETRY_EXHAUSTED'
   | 'TEMPLATE_ERROR'
-  | 'NOT_FOUND'
-  | 'UNAUTHENTICATED'
-  | 'FORBIDDEN'
-  | 'DATABASE_UNAVAILABLE';
+  | 'NOT_FOUND';
 
 /** The base of every error Callboard raises on purpose: a code and details safe to show a client. */
 export class CallboardError extends Error {

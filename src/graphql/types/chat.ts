@@ -46,16 +46,10 @@ const SendMessagePayload = builder.objectRef<SendMessageResult>('SendMessagePayl
   }),
 });
 
-const callOptionFields = {
-  apiType: 'The provider to use. Default: API_TYPE (or its override).',
-  cache: 'How to use the cache. Default: USE when CACHE_API_CALLS (or force_api_cache) is on, else BYPASS.',
-  tags: 'Labels recorded in the history, for filtering and grouping.',
-  metadata: 'Any JSON recorded in the history.',
-} as const;
-
+/** The parameters shared by sendMessage and sendTemplatedMessage. */
 const sendFields = (t: PothosSchemaTypes.InputFieldBuilder<PothosSchemaTypes.ExtendDefaultTypes<SchemaTypesOf<typeof builder>>, 'InputObject'>) => ({
   model: t.string({ description: 'The model (for Azure: the deployment). Default: MODEL.' }),
-  apiType: t.string({ description: callOptionFields.apiType }),
+  apiType: t.string({ description: 'The provider to use. Default: API_TYPE (or its override).' }),
   temperature: t.float({ description: 'Sampling temperature, 0 to 2. Default: TEMPERATURE. Not sent to reasoning models.' }),
   maxTokens: t.int({ description: 'Longest answer in tokens. Default: MAX_TOKENS (sent as max_completion_tokens to reasoning models).' }),
   topP: t.float({ description: 'Nucleus sampling, 0 to 1. Default: TOP_P; not sent when unset.' }),
@@ -67,9 +61,9 @@ const sendFields = (t: PothosSchemaTypes.InputFieldBuilder<PothosSchemaTypes.Ext
     description: 'OpenAI response_format: {"type": "json_object"} for JSON mode, or {"type": "json_schema", "json_schema": {...}}.',
   }),
   reasoningEffort: t.string({ description: 'minimal, low, medium or high; reasoning models only. Default: REASONING_EFFORT.' }),
-  cache: t.field({ type: CacheMode, description: callOptionFields.cache }),
-  tags: t.stringList({ description: callOptionFields.tags }),
-  metadata: t.field({ type: 'JSON', description: callOptionFields.metadata }),
+  cache: t.field({ type: CacheMode, description: 'How to use the cache. Default: USE when CACHE_API_CALLS (or force_api_cache) is on, else BYPASS.' }),
+  tags: t.stringList({ description: 'Labels recorded in the history, for filtering and grouping.' }),
+  metadata: t.field({ type: 'JSON', description: 'Any JSON recorded in the history.' }),
 });
 
 const SendMessageInput = builder.inputType('SendMessageInput', {
