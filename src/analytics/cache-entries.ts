@@ -1,5 +1,5 @@
 import type { PrismaClient } from '../db/generated/client.ts';
-import type { CacheEntryValue, CallKind } from '../llm/cache.ts';
+import { cacheEntryColumns, cacheEntryFromRow, type CacheEntryRow, type CacheEntryValue, type CallKind } from '../llm/cache.ts';
 import { decodeCursor, encodeCursor, pageSize, textCondition, type OrderDirection, type Page, type PageArguments } from './calls.ts';
 
 export interface CacheEntryFilter {
@@ -56,37 +56,19 @@ function entryWhere(filter: CacheEntryFilter | null | undefined, now: Date): { s
   return { sql: conditions.length > 0 ? conditions.join(' AND ') : 'TRUE', parameters };
 }
 
-const entryColumns = `e."key", e."keyVersion", e."kind"::text AS "kind", e."apiType", e."model", e."request", e."response",
-  e."promptTokens", e."completionTokens", e."totalTokens", e."costUsd", e."hitCount", e."createdAt", e."lastHitAt", e."expiresAt", e."createdByCallId"`;
+const entryColumns = `${cacheEntryColumns('e')}, e."keyVersion", e."hitCount", e."lastHitAt"`;
 
-function toView(row: Record<string, unknown>): CacheEntryView {
-  const promptTokens = row.promptTokens as number | null;
-  return {
-    key: row.key as string,
-    keyVersion: row.keyVersion as number,
-    kind: row.kind as CallKind,
-    apiType: row.apiType as string,
-    model: row.model as string,
-    request: row.request,
-    response: row.response,
-    usage:
-      promptTokens === null
-        ? null
-        : { promptTokens, completionTokens: (row.completionTokens as number | null) ?? 0, totalTokens: (row.totalTokens as number | null) ?? promptTokens },
-    costUsd: row.costUsd as number | null,
-    hitCount: row.hitCount as number,
-    createdAt: row.createdAt as Date,
-    lastHitAt: row.lastHitAt as Date | null,
-    expiresAt: row.expiresAt as Date | null,
-    createdByCallId: row.createdByCallId as string | null,
-  };
+type CacheEntryViewRow = CacheEntryRow & { keyVersion: number; hitCount: number; lastHitAt: Date | null };
+
+function toView(row: CacheEntryViewRow): CacheEntryView {
+  return { ...cacheEntryFromRow(row), keyVersion: row.keyVersion, hitCount: row.hitCount, lastHitAt: row.lastHitAt };
 }
 
 /** `forget` drops deleted entries from the memory of every instance. */
 export function createCacheEntryQueries(prisma: PrismaClient, forget: (keys: readonly string[] | null) => Promise<void>) {
   return {
     async find(key: string): Promise<CacheEntryView | null> {
-      const rows = await prisma.$queryRawUnsafe<Record<string, unknown>[]>(`SELECT ${entryColumns} FROM "CacheEntry" e WHERE e."key" = $1`, key);
+      const rows = await prisma.$queryRawUnsafe<CacheEntryViewRow[]>(`SELECT ${entryColumns} FROM "CacheEntry" e WHERE e."key" = $1`, key);
       return rows[0] ? toView(rows[0]) : null;
     },
 
@@ -102,13 +84,13 @@ export function createCacheEntryQueries(prisma: PrismaClient, forget: (keys: rea
         parameters.push(order.parse(value), key);
         keyset = ` AND (${order.sql}, e."key") ${direction === 'DESC' ? '<' : '>'} ($${parameters.length - 1}${order.cast}, $${parameters.length}::text)`;
       }
-      const rows = await prisma.$queryRawUnsafe<Record<string, unknown>[]>(
+      const rows = await prisma.$queryRawUnsafe<(CacheEntryViewRow & { sortValue: unknown })[]>(
         `SELECT ${entryColumns}, ${order.sql} AS "sortValue" FROM "CacheEntry" e WHERE ${where.sql}${keyset}
          ORDER BY ${order.sql} ${direction}, e."key" ${direction} LIMIT ${size + 1}`,
         ...parameters,
       );
       return {
-        nodes: rows.slice(0, size).map((row) => ({ node: toView(row), cursor: encodeCursor(row.sortValue, row.key as string) })),
+        nodes: rows.slice(0, size).map((row) => ({ node: toView(row), cursor: encodeCursor(row.sortValue, row.key) })),
         hasNextPage: rows.length > size,
         totalCount: async () => {
           const [row] = await prisma.$queryRawUnsafe<{ count: bigint }[]>(`SELECT count(*) AS "count" FROM "CacheEntry" e WHERE ${where.sql}`, ...where.parameters);

@@ -54,7 +54,14 @@ export interface ResponseCache {
   size(): number;
 }
 
-interface CacheEntryRow {
+/** The columns of a CacheEntry row as cacheEntryFromRow reads them, the table aliased `alias`. */
+export function cacheEntryColumns(alias: string): string {
+  const columns = ['key', 'apiType', 'model', 'request', 'response', 'promptTokens', 'completionTokens', 'totalTokens', 'costUsd', 'createdAt', 'expiresAt', 'createdByCallId'];
+  return [`${alias}."kind"::text AS "kind"`, ...columns.map((column) => `${alias}."${column}"`)].join(', ');
+}
+
+/** A CacheEntry row as the database answers it (selected with cacheEntryColumns). */
+export interface CacheEntryRow {
   key: string;
   kind: CallKind;
   apiType: string;
@@ -68,6 +75,25 @@ interface CacheEntryRow {
   createdAt: Date | string;
   expiresAt: Date | string | null;
   createdByCallId: string | null;
+}
+
+export function cacheEntryFromRow(row: CacheEntryRow): CacheEntryValue {
+  return {
+    key: row.key,
+    kind: row.kind,
+    apiType: row.apiType,
+    model: row.model,
+    request: row.request,
+    response: row.response,
+    usage:
+      row.promptTokens === null
+        ? null
+        : { promptTokens: row.promptTokens, completionTokens: row.completionTokens ?? 0, totalTokens: row.totalTokens ?? row.promptTokens },
+    costUsd: row.costUsd,
+    createdAt: new Date(row.createdAt),
+    expiresAt: row.expiresAt === null ? null : new Date(row.expiresAt),
+    createdByCallId: row.createdByCallId,
+  };
 }
 
 export interface ResponseCacheOptions {
@@ -98,28 +124,9 @@ export function createResponseCache(options: ResponseCacheOptions): ResponseCach
     async get(key) {
       const remembered = peek(key);
       if (remembered) return remembered;
-      const [row] = await options.database.query<CacheEntryRow>(
-        `SELECT "key", "kind"::text AS "kind", "apiType", "model", "request", "response", "promptTokens", "completionTokens", "totalTokens",
-           "costUsd", "createdAt", "expiresAt", "createdByCallId" FROM "CacheEntry" WHERE "key" = $1`,
-        [key],
-      );
+      const [row] = await options.database.query<CacheEntryRow>(`SELECT ${cacheEntryColumns('e')} FROM "CacheEntry" e WHERE e."key" = $1`, [key]);
       if (!row) return undefined;
-      const entry: CacheEntryValue = {
-        key: row.key,
-        kind: row.kind,
-        apiType: row.apiType,
-        model: row.model,
-        request: row.request,
-        response: row.response,
-        usage:
-          row.promptTokens === null
-            ? null
-            : { promptTokens: row.promptTokens, completionTokens: row.completionTokens ?? 0, totalTokens: row.totalTokens ?? row.promptTokens },
-        costUsd: row.costUsd,
-        createdAt: new Date(row.createdAt),
-        expiresAt: row.expiresAt === null ? null : new Date(row.expiresAt),
-        createdByCallId: row.createdByCallId,
-      };
+      const entry = cacheEntryFromRow(row);
       if (!isFresh(entry)) return undefined;
       memory?.set(key, entry);
       return entry;
