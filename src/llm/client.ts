@@ -443,23 +443,22 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
           hitKeys.push(entry.key);
         });
       }
-      const missing = [...new Set(input.texts.filter((_text, index) => vectors[index] === undefined))];
+      // Sorted, so that concurrent calls missing the same texts share one upstream request.
+      const missing = [...new Set(input.texts.filter((_text, index) => vectors[index] === undefined))].sort();
       let attempts: AttemptRow[] = [];
       let upstream: ProviderEmbeddingResponse | null = null;
-      if (missing.length > 0) {
-        const result = await callUpstream(settings, (signal) => provider.embed({ model, input: missing }, { timeoutMs: settings.timeout * 1000, signal }), input.signal);
-        upstream = result.value;
-        attempts = result.attempts;
-        attempts.at(-1)!.requestId = upstream.requestId;
+      const fetchMissing = async (signal: AbortSignal | undefined) => {
+        const result = await callUpstream(settings, (attemptSignal) => provider.embed({ model, input: missing }, { timeoutMs: settings.timeout * 1000, signal: attemptSignal }), signal);
+        result.attempts.at(-1)!.requestId = result.value.requestId;
+        if (mode !== 'BYPASS') storeEmbeddings(result.value);
+        return result;
+      };
+      const storeEmbeddings = (response: ProviderEmbeddingResponse) => {
         const totalLength = missing.reduce((sum, text) => sum + text.length, 0);
         missing.forEach((text, index) => {
-          const vector = upstream!.vectors[index]!;
-          input.texts.forEach((candidate, position) => {
-            if (candidate === text) vectors[position] = vector;
-          });
-          if (mode === 'BYPASS') return;
+          const vector = response.vectors[index]!;
           // The provider reports usage for the whole batch: each text gets its share by length.
-          const share = upstream!.usage ? Math.round((upstream!.usage.promptTokens * text.length) / totalLength) : null;
+          const share = response.usage ? Math.round((response.usage.promptTokens * text.length) / totalLength) : null;
           const usage = share === null ? null : { promptTokens: share, completionTokens: 0, totalTokens: share };
           const entry: CacheEntryValue = {
             key: cacheKey('EMBEDDING', apiType, { model, input: text }),
@@ -467,7 +466,7 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
             apiType,
             model,
             request: redact({ model, input: text }),
-            response: { vector, model: upstream!.model, dimensions: vector.length } satisfies StoredEmbedding,
+            response: { vector, model: response.model, dimensions: vector.length } satisfies StoredEmbedding,
             usage,
             costUsd: costOf(dependencies.prices, model, usage),
             createdAt: new Date(),
@@ -476,6 +475,30 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
           };
           cache.remember(entry);
           history.saveCacheEntry(entry);
+        });
+      };
+      if (missing.length > 0) {
+        let sharedFromAnother = false;
+        if (mode === 'USE') {
+          const flight = await untilAborted(
+            cache.singleFlight(cacheKey('EMBEDDING', apiType, { model, inputs: missing }), () => fetchMissing(undefined)),
+            input.signal,
+          );
+          sharedFromAnother = !flight.leader;
+          upstream = flight.value.value;
+          attempts = sharedFromAnother ? [] : flight.value.attempts;
+        } else {
+          const result = await fetchMissing(input.signal);
+          upstream = result.value;
+          attempts = result.attempts;
+        }
+        missing.forEach((text, index) => {
+          input.texts.forEach((candidate, position) => {
+            if (candidate !== text) return;
+            vectors[position] = upstream!.vectors[index]!;
+            // Answered by another caller's request: for this call, as good as the cache.
+            if (sharedFromAnother) statuses[position] = 'HIT';
+          });
         });
       }
       for (const key of hitKeys) history.recordCacheHit(key, new Date());
@@ -487,7 +510,7 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
       record.promptTokens = usage?.promptTokens ?? null;
       record.completionTokens = usage ? 0 : null;
       record.totalTokens = usage?.totalTokens ?? null;
-      record.costUsd = allHits ? cachedCost : costOf(dependencies.prices, model, usage);
+      record.costUsd = upstream ? costOf(dependencies.prices, model, usage) : cachedCost;
       record.responseBody = { model: upstream?.model ?? model, dimensions: vectors[0]?.length ?? null, count: vectors.length };
       finish(record, started, input.texts);
       const responseModel = upstream?.model ?? model;

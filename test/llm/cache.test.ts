@@ -2,7 +2,7 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import { cacheKey } from '../../src/llm/cache.ts';
 import type { ChatMessage } from '../../src/llm/client.ts';
 import { databaseKinds } from '../support/database.ts';
-import { chatCompletion, embeddingVector } from '../support/fake-openai.ts';
+import { chatCompletion, embeddingsResponse, embeddingVector } from '../support/fake-openai.ts';
 import { failure, historyRow, useLlmHarness, user } from './harness.ts';
 
 describe('cacheKey', () => {
@@ -262,6 +262,25 @@ describe.each(databaseKinds)('the cache on %s', (kind) => {
       expect(harness.fake.requestsTo('chat')).toHaveLength(1);
       const later = await llm.sendMessage({ messages: user('a slow question'), cache: 'USE' });
       expect(later.cacheStatus).toBe('HIT');
+    });
+
+    it('makes one upstream request for 20 concurrent embeddings of the same texts, in any order', async () => {
+      const { llm } = await harness.start();
+      harness.fake.script('embeddings', (request) => ({ json: embeddingsResponse({ inputs: request.body.input, model: 'text-embedding-3-small', dimensions: 8 }), delayMs: 100 }));
+
+      const results = await Promise.all(
+        Array.from({ length: 20 }, (_unused, index) => llm.embed({ texts: index % 2 === 0 ? ['together one', 'together two'] : ['together two', 'together one'], cache: 'USE' })),
+      );
+
+      expect(harness.fake.requestsTo('embeddings')).toHaveLength(1);
+      expect(results.filter((result) => result.cacheStatus === 'MISS')).toHaveLength(1);
+      expect(results.filter((result) => result.cacheStatus === 'HIT')).toHaveLength(19);
+      const one = embeddingVector('together one', 8);
+      for (const [index, result] of results.entries()) {
+        expect(result.embeddings[index % 2 === 0 ? 0 : 1]!.vector).toEqual(one);
+      }
+      expect(results.find((result) => result.cacheStatus === 'MISS')!.attempts).toBe(1);
+      expect(results.filter((result) => result.attempts === 0)).toHaveLength(19);
     });
 
     it("shares one upstream failure among concurrent callers, each with its own history row", async () => {
