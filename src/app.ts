@@ -22,7 +22,7 @@ export function createApp(services: Services): App {
   const shared = {
     services,
     calls: createCallQueries(prisma),
-    cacheEntries: createCacheEntryQueries(prisma, services.forgetCacheEverywhere),
+    cacheEntries: createCacheEntryQueries({ prisma, cache: services.cache, forget: services.forgetCacheEverywhere }),
     callStats: (...args: DropFirst<Parameters<typeof callStats>>) => callStats(database, ...args),
   };
   return createYoga<Record<string, never>, GraphQLContext>({

@@ -1,5 +1,5 @@
 import type { PrismaClient } from '../db/generated/client.ts';
-import { cacheEntryColumns, cacheEntryFromRow, type CacheEntryRow, type CacheEntryValue, type CallKind } from '../llm/cache.ts';
+import { cacheEntryColumns, cacheEntryFromRow, cacheKeyVersion, type CacheEntryRow, type CacheEntryValue, type CallKind, type ResponseCache } from '../llm/cache.ts';
 import { decodeCursor, encodeCursor, pageSize, textCondition, type OrderDirection, type Page, type PageArguments } from './calls.ts';
 
 export interface CacheEntryFilter {
@@ -64,12 +64,21 @@ function toView(row: CacheEntryViewRow): CacheEntryView {
   return { ...cacheEntryFromRow(row), keyVersion: row.keyVersion, hitCount: row.hitCount, lastHitAt: row.lastHitAt };
 }
 
-/** `forget` drops deleted entries from the memory of every instance. */
-export function createCacheEntryQueries(prisma: PrismaClient, forget: (keys: readonly string[] | null) => Promise<void>) {
+export interface CacheEntryQueriesOptions {
+  prisma: PrismaClient;
+  cache: Pick<ResponseCache, 'peek'>;
+  /** Drops deleted entries from the memory of every instance. */
+  forget: (keys: readonly string[] | null) => Promise<void>;
+}
+
+export function createCacheEntryQueries({ prisma, cache, forget }: CacheEntryQueriesOptions) {
   return {
+    /** An entry from the database, else one still waiting in memory to be written (with no hits yet). */
     async find(key: string): Promise<CacheEntryView | null> {
       const rows = await prisma.$queryRawUnsafe<CacheEntryViewRow[]>(`SELECT ${entryColumns} FROM "CacheEntry" e WHERE e."key" = $1`, key);
-      return rows[0] ? toView(rows[0]) : null;
+      if (rows[0]) return toView(rows[0]);
+      const pending = cache.peek(key);
+      return pending ? { ...pending, keyVersion: cacheKeyVersion, hitCount: 0, lastHitAt: null } : null;
     },
 
     async list(options: PageArguments & { filter?: CacheEntryFilter | null; orderBy?: { field: CacheEntryOrderField; direction: OrderDirection } | null }): Promise<Page<CacheEntryView>> {
