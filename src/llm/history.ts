@@ -75,14 +75,15 @@ export interface HistoryWriterOptions {
   closeTimeoutMs?: number;
 }
 
-/** Postgres stores no NUL character in text or jsonb; one in a prompt would fail its whole batch at every retry. */
-function storable<T>(value: T): T {
-  if (typeof value === 'string') return (value.includes('\u0000') ? value.replaceAll('\u0000', '\uFFFD') : value) as T;
-  if (Array.isArray(value)) return value.map(storable) as T;
-  if (value && typeof value === 'object' && !(value instanceof Date)) {
-    return Object.fromEntries(Object.entries(value).map(([key, inner]) => [storable(key), storable(inner)])) as T;
-  }
-  return value;
+/**
+ * JSON for Postgres, which stores no NUL character in text or jsonb: one in a prompt would fail its
+ * whole batch at every retry. A NUL can only appear escaped in JSON text, as \u0000 after an even
+ * run of backslashes (an odd run would be an escaped backslash followed by the letters), so it is
+ * replaced there rather than by walking every value.
+ */
+function storableJson(value: unknown): string {
+  const json = JSON.stringify(value);
+  return json.includes('\\u0000') ? json.replace(/(?<!\\)((?:\\\\)*)\\u0000/g, '$1\\ufffd') : json;
 }
 
 function estimateSafely(estimate: NonNullable<HistoryWriterOptions['estimatePromptTokens']>, call: CallRecord, prompt: unknown): number | null {
@@ -209,7 +210,7 @@ export function createHistoryWriter(options: HistoryWriterOptions): HistoryWrite
         .filter(({ call }) => call.metadata !== null || call.requestBody !== null || call.responseBody !== null)
         .map(({ call }) => ({ callId: call.id, metadata: call.metadata, requestBody: call.requestBody, responseBody: call.responseBody }));
       const attemptRows = batch.flatMap(({ call }) => call.attempts.map((attempt) => ({ id: uuidv7(), callId: call.id, ...attempt })));
-      await database.query(writeBatchSql, [entryRows, hitRows, callRows, bodyRows, attemptRows].map((rows) => JSON.stringify(storable(rows))));
+      await database.query(writeBatchSql, [entryRows, hitRows, callRows, bodyRows, attemptRows].map(storableJson));
       failures = 0;
     } catch (error) {
       // Put everything back in front, newer hits and entries winning over the failed batch's.
