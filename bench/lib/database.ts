@@ -1,21 +1,7 @@
 import pg from 'pg';
 
-/** The URL of `database` on the server of `adminUrl`. */
-export function databaseUrlFor(adminUrl: string, database: string): string {
-  const url = new URL(adminUrl);
-  url.pathname = `/${database}`;
-  return url.toString();
-}
+import { databaseUrlFor, withClient } from '../../test/support/database.ts';
 
-async function withClient<T>(url: string, work: (client: pg.Client) => Promise<T>): Promise<T> {
-  const client = new pg.Client({ connectionString: url });
-  await client.connect();
-  try {
-    return await work(client);
-  } finally {
-    await client.end();
-  }
-}
 
 const quoted = (name: string) => `"${name.replace(/"/g, '""')}"`;
 
