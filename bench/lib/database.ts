@@ -1,7 +1,5 @@
 import pg from 'pg';
-
 import { databaseUrlFor, withClient } from '../../test/support/database.ts';
-
 
 const quoted = (name: string) => `"${name.replace(/"/g, '""')}"`;
 
