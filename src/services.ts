@@ -88,7 +88,6 @@ export async function createServices(options: ServicesOptions): Promise<Services
     cacheTtlSeconds: config.cache.ttlSeconds,
     storeBodies: config.history.storeBodies,
     secrets: Object.values(config.secrets).filter((secret): secret is string => secret !== null),
-    logger,
     sleep: options.sleep,
     random: options.random,
   });

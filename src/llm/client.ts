@@ -2,7 +2,6 @@ import pLimit from 'p-limit';
 import { v7 as uuidv7 } from 'uuid';
 import type { Config, OpenAiConfig } from '../config/config.ts';
 import { badUserInput, CallboardError, isCallboardError, ProviderError } from '../errors.ts';
-import type { Logger } from '../logger.ts';
 import { cacheKey, type CacheEntryValue, type CacheMode, type CacheStatus, type CallKind, type ResponseCache } from './cache.ts';
 import type { AttemptRow, CallRecord, HistoryWriter } from './history.ts';
 import type { OverrideStore } from './overrides.ts';
@@ -104,7 +103,6 @@ export interface LlmClientDependencies {
   storeBodies: boolean;
   /** Values that must never reach a stored row (API keys). */
   secrets: readonly string[];
-  logger: Logger;
   /** Injected for tests on a fake clock. */
   sleep?: (ms: number, signal?: AbortSignal) => Promise<void>;
   random?: () => number;
@@ -127,7 +125,7 @@ const roles = new Set<ChatRole>(['system', 'user', 'assistant', 'developer', 'to
 const maxEmbeddingBatch = 2048;
 
 export function createLlmClient(dependencies: LlmClientDependencies): LlmClient {
-  const { registry, overrides, cache, history, logger } = dependencies;
+  const { registry, overrides, cache, history } = dependencies;
   const limiters = new Map<number, ReturnType<typeof pLimit>>();
   const limiterFor = (concurrency: number) => {
     let limiter = limiters.get(concurrency);
@@ -241,8 +239,8 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
       copy.stack = error.stack;
       throw copy;
     }
-    logger.error({ err: error, callId: record.id }, 'unexpected failure of an LLM call');
-    throw new CallboardError('PROVIDER_ERROR', 'The call failed unexpectedly.', { details: { callId: record.id }, cause: error });
+    // A bug, not a provider's answer: the API masks it as "Unexpected error." and logs the cause.
+    throw error;
   }
 
   function cacheModeOf(input: CallOptions, settings: OpenAiConfig): CacheMode {
