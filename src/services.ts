@@ -30,7 +30,7 @@ export interface ServicesOptions {
   loaded: LoadedConfig;
   database: Database;
   logger: Logger;
-  /** How often runtime overrides made by other instances are picked up. @default 2000 */
+  /** How often runtime overrides are read again in case a change announcement was missed. @default 30000 */
   overridesRefreshMs?: number;
   /** Injected by tests on a fake clock. */
   sleep?: LlmClientDependencies['sleep'];
@@ -38,6 +38,7 @@ export interface ServicesOptions {
 }
 
 const cacheForgetChannel = 'callboard_cache_forget';
+const overridesChangedChannel = 'callboard_overrides_changed';
 
 /** The composition of the LLM layer over a database: registry, overrides, cache, history, client. */
 export async function createServices(options: ServicesOptions): Promise<Services> {
@@ -49,9 +50,16 @@ export async function createServices(options: ServicesOptions): Promise<Services
     base: config.openai,
     validate: (field, value) =>
       field === 'apiType' && !registry.has(value as string) ? `unknown API type "${String(value)}"; registered: ${registry.apiTypes().join(', ')}` : null,
+    announce: () => database.notify(overridesChangedChannel, ''),
     refreshIntervalMs: options.overridesRefreshMs,
     logger,
   });
+  // Every instance applies an override as soon as any instance changes it.
+  const stopOverridesListening = await database.listen(
+    overridesChangedChannel,
+    () => void overrides.refresh().catch((error: unknown) => logger.warn({ err: error }, 'could not reload runtime overrides')),
+    () => void overrides.refresh().catch(() => {}),
+  );
   const cache = createResponseCache({ database, memoryEntries: config.cache.memoryEntries });
   // Each instance keeps hot entries in memory: an invalidation anywhere must reach all of them.
   const stopListening = await database.listen(
@@ -109,6 +117,7 @@ export async function createServices(options: ServicesOptions): Promise<Services
     async close() {
       overrides.close();
       await stopListening();
+      await stopOverridesListening();
       await history.close();
     },
   };

@@ -44,7 +44,9 @@ export interface OverrideStoreOptions {
   base: OpenAiConfig;
   /** Extra checks on a parsed value (e.g. that an API type is registered); returns a problem or null. */
   validate?: (field: keyof OpenAiConfig, value: unknown) => string | null;
-  /** How often other instances' changes are picked up; 0 disables polling. @default 2000 */
+  /** Tells the other instances after a change (they call refresh()). */
+  announce?: () => Promise<void>;
+  /** How often the database is read again, in case an announcement was missed; 0 disables it. @default 30000 */
   refreshIntervalMs?: number;
   logger: Logger;
 }
@@ -89,7 +91,11 @@ export async function createOverrideStore(options: OverrideStoreOptions): Promis
   });
 
   await load();
-  const interval = options.refreshIntervalMs ?? 2000;
+  const interval = options.refreshIntervalMs ?? 30_000;
+  const changed = async () => {
+    await load();
+    await options.announce?.().catch((error: unknown) => logger.warn({ err: error }, 'could not announce an override change'));
+  };
   const timer =
     interval > 0
       ? setInterval(() => load().catch((error: unknown) => logger.warn({ err: error }, 'could not refresh runtime overrides')), interval).unref()
@@ -112,7 +118,7 @@ export async function createOverrideStore(options: OverrideStoreOptions): Promis
           data: { key, oldValue: previous === null ? undefined : (previous.value as string), newValue: value, changedBy: actor },
         });
       });
-      await load();
+      await changed();
       return toRecord(change);
     },
     async reset(rawKey, actor) {
@@ -125,7 +131,7 @@ export async function createOverrideStore(options: OverrideStoreOptions): Promis
           rows.map((row) => transaction.overrideChange.create({ data: { key: row.key, oldValue: row.value as string, changedBy: actor } })),
         );
       });
-      await load();
+      await changed();
       return changes.map(toRecord);
     },
     async changes({ key, first }) {

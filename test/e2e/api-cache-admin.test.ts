@@ -443,6 +443,26 @@ describe.each(databaseKinds)('the cache and the admin levers through the API on 
     });
   });
 
+  describe('several instances on one database, overrides', () => {
+    it('an override set through one instance is in force on another at once, without polling', async () => {
+      const { url } = testApp.testDatabase;
+      const otherDatabase = url ? await createDatabase({ url, dataDir: 'unused', poolSize: 2 }) : testApp.testDatabase.database;
+      const other = await createServices({ loaded: testApp.services.loaded, database: otherDatabase, logger: createLogger('silent'), overridesRefreshMs: 0 });
+      try {
+        expect(other.overrides.settings().model).toBe('gpt-4o-mini');
+        const forced = await testApp.execute(ForceDefaultValueMutation, { key: 'MODEL', value: 'gpt-4.1-nano' });
+        expect(forced.errors).toBeUndefined();
+        await waitUntil(() => other.overrides.settings().model === 'gpt-4.1-nano');
+
+        await other.overrides.reset('MODEL', 'the other instance');
+        await waitUntil(() => testApp.services.overrides.settings().model === 'gpt-4o-mini');
+      } finally {
+        await other.close();
+        if (url) await otherDatabase.close();
+      }
+    });
+  });
+
   describe('providers, overrides and settings', () => {
     it('lists the providers, the active one and what the others miss', async () => {
       const providers = dataOf(await testApp.execute(ProvidersQuery)).providers;
