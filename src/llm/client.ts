@@ -315,7 +315,9 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
     try {
       validateCallOptions(input);
       const request = chatRequest(input, settings, model);
-      record.requestBody = redact(request);
+      // Redacted once: the history row and a cache entry store the same copy.
+      const storedRequest = redact(request);
+      record.requestBody = storedRequest;
       const provider = registry.providerFor(apiType, settings);
       const mode = cacheModeOf(input, settings);
       record.cacheStatus = mode === 'USE' ? 'MISS' : mode;
@@ -356,7 +358,7 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
           kind: 'CHAT',
           apiType,
           model,
-          request: redact(request),
+          request: storedRequest,
           response: redact(stored),
           usage: response.usage,
           costUsd: costOf(dependencies.prices, response.model || model, response.usage),

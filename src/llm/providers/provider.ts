@@ -1,5 +1,4 @@
-import type { OpenAiConfig } from '../../config/config.ts';
-import type { Config } from '../../config/config.ts';
+import type { Config, OpenAiConfig } from '../../config/config.ts';
 
 /** A chat message as the OpenAI chat completions API takes it. */
 export interface ProviderMessage {
