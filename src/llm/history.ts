@@ -59,7 +59,6 @@ export interface HistoryWriter {
   flush(): Promise<void>;
   /** Stops the timer and writes everything pending, retrying for up to `closeTimeoutMs`. */
   close(): Promise<void>;
-  pendingCount(): number;
 }
 
 export interface HistoryWriterOptions {
@@ -272,6 +271,5 @@ export function createHistoryWriter(options: HistoryWriterOptions): HistoryWrite
       }
       if (pendingCount() > 0) logger.error({ lost: pendingCount() }, 'history rows could not be written before shutdown');
     },
-    pendingCount,
   };
 }
