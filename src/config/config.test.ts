@@ -81,12 +81,13 @@ describe('loadConfig', () => {
 
   it('reads secrets only from the environment and shows them only as set or unset', () => {
     const { config, settings } = loadConfig([], { OPENAI_API_KEY: 'sk-secret-value', AZURE_OPENAI_ENDPOINT: 'https://x.openai.azure.com' });
-    expect(config.secrets).toEqual({ openaiApiKey: 'sk-secret-value', azureOpenaiEndpoint: 'https://x.openai.azure.com', azureOpenaiKey: null });
+    expect(config.secrets).toEqual({ openaiApiKey: 'sk-secret-value', azureOpenaiEndpoint: 'https://x.openai.azure.com', azureOpenaiKey: null, masterKey: null });
     const secrets = settings.filter((setting) => setting.secret);
     expect(secrets.map((setting) => [setting.key, setting.value])).toEqual([
       ['OPENAI_API_KEY', 'set'],
       ['AZURE_OPENAI_ENDPOINT', 'set'],
       ['AZURE_OPENAI_KEY', null],
+      ['CALLBOARD_MASTER_KEY', null],
     ]);
     expect(JSON.stringify(settings)).not.toContain('sk-secret-value');
   });

@@ -52,7 +52,7 @@ export interface Config {
   prompts: { dir: string };
   prices: Record<string, ModelPrice>;
   /** From the environment only; never logged, stored or answered. */
-  secrets: { openaiApiKey: string | null; azureOpenaiEndpoint: string | null; azureOpenaiKey: string | null };
+  secrets: { openaiApiKey: string | null; azureOpenaiEndpoint: string | null; azureOpenaiKey: string | null; masterKey: string | null };
 }
 
 export type SettingSource = 'DEFAULT' | 'FILE' | 'ENVIRONMENT';
@@ -215,6 +215,7 @@ const secretVariables = {
   openaiApiKey: 'OPENAI_API_KEY',
   azureOpenaiEndpoint: 'AZURE_OPENAI_ENDPOINT',
   azureOpenaiKey: 'AZURE_OPENAI_KEY',
+  masterKey: 'CALLBOARD_MASTER_KEY',
 } as const satisfies Record<keyof Config['secrets'], string>;
 
 /** Conventional variables that set a key without the `CALLBOARD_` prefix. */
@@ -229,8 +230,8 @@ export function environmentVariableFor(section: string, key: string): string {
   return `${environmentPrefix}${section.toUpperCase()}__${key.toUpperCase()}`;
 }
 
-/** Names the environment may hold that are not settings: `CALLBOARD_CONFIG` names a file. */
-const environmentNotSettings = new Set(['CALLBOARD_CONFIG']);
+/** Names the environment may hold that are not settings: `CALLBOARD_CONFIG` names a file, `CALLBOARD_MASTER_KEY` is a secret. */
+const environmentNotSettings = new Set(['CALLBOARD_CONFIG', 'CALLBOARD_MASTER_KEY']);
 
 interface RawValue {
   value: string;
