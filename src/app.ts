@@ -2,7 +2,9 @@ import { renderGraphiQL } from '@graphql-yoga/render-graphiql';
 import { createYoga, useReadinessCheck, type YogaServerInstance } from 'graphql-yoga';
 import { createCacheEntryQueries } from './analytics/cache-entries.ts';
 import { callStats } from './analytics/call-stats.ts';
-import { createCallQueries } from './analytics/calls.ts';
+import { createCallQueries, withinTenant } from './analytics/calls.ts';
+import { createDoor } from './auth/door.ts';
+import { readScope } from './auth/identity.ts';
 import type { GraphQLContext } from './graphql/context.ts';
 import { maskError } from './graphql/errors.ts';
 import { exampleOperations } from './graphql/examples.ts';
@@ -19,19 +21,24 @@ type DropFirst<T extends unknown[]> = T extends [unknown, ...infer Rest] ? Rest 
 export function createApp(services: Services): App {
   const { loaded, database, logger } = services;
   const prisma = database.prisma;
-  const shared = {
-    services,
-    calls: createCallQueries(prisma),
-    cacheEntries: createCacheEntryQueries({ prisma, cache: services.cache, forget: services.forgetCacheEverywhere }),
-    callStats: (...args: DropFirst<Parameters<typeof callStats>>) => callStats(database, ...args),
-  };
+  const door = createDoor(services.authenticator);
   return createYoga<Record<string, never>, GraphQLContext>({
     schema,
-    context: ({ request }) => ({
-      ...shared,
-      actor: request.headers.get(actorHeader)?.trim().slice(0, 200) || 'anonymous',
-      signal: request.signal,
-    }),
+    context: ({ request }): GraphQLContext => {
+      const identity = door.identityOf(request);
+      const tenant = readScope(identity);
+      const note = request.headers.get(actorHeader)?.trim().slice(0, 200);
+      return {
+        services,
+        identity,
+        caller: { tenant: identity.tenant, apiKeyId: identity.apiKey?.id ?? null, limits: identity.limits },
+        calls: createCallQueries(prisma, tenant),
+        cacheEntries: createCacheEntryQueries({ prisma, tenant, cache: services.cache, forget: services.forgetCacheEverywhere }),
+        callStats: (filter, ...rest: DropFirst<DropFirst<Parameters<typeof callStats>>>) => callStats(database, withinTenant(filter, tenant), ...rest),
+        actor: note ? `${identity.label} (note: ${note})` : identity.label,
+        signal: request.signal,
+      };
+    },
     graphqlEndpoint: '/graphql',
     healthCheckEndpoint: '/health',
     landingPage: false,
@@ -49,6 +56,6 @@ export function createApp(services: Services): App {
       },
     },
     maskedErrors: { maskError },
-    plugins: [useReadinessCheck({ endpoint: '/ready', check: () => database.isReachable() })],
+    plugins: [door.plugin, useReadinessCheck({ endpoint: '/ready', check: () => database.isReachable() })],
   });
 }

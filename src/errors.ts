@@ -14,7 +14,9 @@ export type ErrorCode =
   | 'ABORTED'
   | 'RETRY_EXHAUSTED'
   | 'TEMPLATE_ERROR'
-  | 'NOT_FOUND';
+  | 'NOT_FOUND'
+  | 'UNAUTHENTICATED'
+  | 'FORBIDDEN';
 
 /** The base of every error Callboard raises on purpose: a code and details safe to show a client. */
 export class CallboardError extends Error {

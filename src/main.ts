@@ -1,9 +1,9 @@
-import { existsSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { fileURLToPath } from 'node:url';
 import { resolve } from 'node:path';
 import { createApp } from './app.ts';
-import { loadConfig, type ConfigFile } from './config/config.ts';
+import { loadConfig } from './config/config.ts';
+import { readConfigFiles } from './config/files.ts';
 import { createDatabase } from './db/database.ts';
 import { migrate, readMigrations } from './db/migrate.ts';
 import { ConfigError } from './errors.ts';
@@ -11,24 +11,14 @@ import { createLogger } from './logger.ts';
 import { builtInProviders } from './llm/registry.ts';
 import { createServices } from './services.ts';
 import { countTextTokens } from './llm/tokens.ts';
+import { isLoopbackHost } from './auth/hosts.ts';
 
 const repositoryRoot = fileURLToPath(new URL('..', import.meta.url));
-
-/** The config files in layering order: the project's own, then the working directory's or CALLBOARD_CONFIG's. */
-function readConfigFiles(environment: NodeJS.ProcessEnv): ConfigFile[] {
-  const projectFile = resolve(repositoryRoot, 'config.ini');
-  const userFile = environment.CALLBOARD_CONFIG ? resolve(environment.CALLBOARD_CONFIG) : resolve('config.ini');
-  if (environment.CALLBOARD_CONFIG && !existsSync(userFile)) {
-    throw new ConfigError([{ source: 'CALLBOARD_CONFIG', section: '', key: 'CALLBOARD_CONFIG', message: `no such file: ${userFile}` }]);
-  }
-  const paths = [projectFile, ...(userFile === projectFile ? [] : [userFile])].filter((path) => existsSync(path));
-  return paths.map((path) => ({ path, text: readFileSync(path, 'utf8') }));
-}
 
 async function main(): Promise<void> {
   let loaded;
   try {
-    loaded = loadConfig(readConfigFiles(process.env), process.env, { apiTypes: builtInProviders.map((provider) => provider.apiType) });
+    loaded = loadConfig(readConfigFiles(process.env, repositoryRoot), process.env, { apiTypes: builtInProviders.map((provider) => provider.apiType) });
   } catch (error) {
     if (error instanceof ConfigError) {
       console.error(error.message);
@@ -38,12 +28,22 @@ async function main(): Promise<void> {
   }
   const { config, settings } = loaded;
   const logger = createLogger(config.logging.level);
+  if (config.secrets.masterKey === null && !isLoopbackHost(config.server.host)) {
+    console.error(
+      `Refusing to listen on ${config.server.host} without keys: anyone who can reach it would be an ADMIN. ` +
+        'Set CALLBOARD_MASTER_KEY in the environment (then create API keys with `npm run keys -- create`), or bind [Server] HOST to 127.0.0.1.',
+    );
+    process.exit(1);
+  }
 
   const database = await createDatabase({ url: config.database.url, dataDir: resolve(config.database.dataDir) });
   const { applied } = await migrate(database, await readMigrations(resolve(repositoryRoot, 'prisma/migrations')));
   logger.info({ database: database.kind, location: database.location, applied }, 'database ready');
 
   const services = await createServices({ loaded: { config, settings }, database, logger });
+  if (services.authenticator.openMode) {
+    logger.warn('open mode: no CALLBOARD_MASTER_KEY is set, so requests without a key act as an ADMIN of tenant "default" (loopback only)');
+  }
   const app = createApp(services);
   const server = createServer(app);
   server.listen(config.server.port, config.server.host, () => {

@@ -1,4 +1,6 @@
 import { LRUCache } from 'lru-cache';
+import { createAuthenticator, type Authenticator } from './auth/identity.ts';
+import { createKeyStore, keyChangedChannel, type KeyStore } from './auth/keys.ts';
 import type { LoadedConfig } from './config/config.ts';
 import type { Database } from './db/database.ts';
 import { createResponseCache, type ResponseCache } from './llm/cache.ts';
@@ -20,6 +22,10 @@ export interface Services {
   cache: ResponseCache;
   history: HistoryWriter;
   llm: LlmClient;
+  keys: KeyStore;
+  authenticator: Authenticator;
+  /** Tells every instance that a key changed, so none trusts what it remembers of it. */
+  announceKeyChange(id: string): Promise<void>;
   /** Drops cache entries (all when null) from the memory of every instance on this database, this one included. */
   forgetCacheEverywhere(keys: readonly string[] | null): Promise<void>;
   /** Writes what is pending and stops background work; the database stays open. */
@@ -67,6 +73,13 @@ export async function createServices(options: ServicesOptions): Promise<Services
     (payload) => cache.forget(payload === '*' ? null : payload.split(',')),
     () => cache.forget(null),
   );
+  const keys = createKeyStore({ database });
+  // A revoked key stops working on every instance at once; the lookup cache's one second is the fallback.
+  const stopKeysListening = await database.listen(
+    keyChangedChannel,
+    (id) => keys.forget(id),
+    () => keys.forget(),
+  );
   const estimates = new LRUCache<string, number>({ max: 10_000 });
   const history = createHistoryWriter({
     database,
@@ -95,6 +108,7 @@ export async function createServices(options: ServicesOptions): Promise<Services
     prices: config.prices,
     cacheTtlSeconds: config.cache.ttlSeconds,
     storeBodies: config.history.storeBodies,
+    sharedAcrossTenants: config.cache.sharedAcrossTenants,
     secrets: Object.values(config.secrets).filter((secret): secret is string => secret !== null),
     sleep: options.sleep,
     random: options.random,
@@ -108,6 +122,12 @@ export async function createServices(options: ServicesOptions): Promise<Services
     cache,
     history,
     llm,
+    keys,
+    authenticator: createAuthenticator({ masterKey: config.secrets.masterKey, keys }),
+    async announceKeyChange(id) {
+      keys.forget(id);
+      await database.notify(keyChangedChannel, id);
+    },
     async forgetCacheEverywhere(keys) {
       cache.forget(keys);
       const payload = keys === null ? '*' : keys.join(',');
@@ -118,6 +138,7 @@ export async function createServices(options: ServicesOptions): Promise<Services
       overrides.close();
       await stopListening();
       await stopOverridesListening();
+      await stopKeysListening();
       await history.close();
     },
   };

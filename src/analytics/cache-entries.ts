@@ -1,6 +1,6 @@
 import type { PrismaClient } from '../db/generated/client.ts';
 import { cacheEntryColumns, cacheEntryFromRow, cacheKeyVersion, type CacheEntryRow, type CacheEntryValue, type CallKind, type ResponseCache } from '../llm/cache.ts';
-import { decodeCursor, encodeCursor, pageSize, textCondition, type OrderDirection, type Page, type PageArguments } from './calls.ts';
+import { decodeCursor, encodeCursor, pageSize, textCondition, withinTenant, type OrderDirection, type Page, type PageArguments } from './calls.ts';
 
 export interface CacheEntryFilter {
   keys?: readonly string[] | null;
@@ -16,6 +16,8 @@ export interface CacheEntryFilter {
   /** True: only expired entries; false: only live ones. */
   expired?: boolean | null;
   minHitCount?: number | null;
+  /** Entries filled by calls of any of these tenants. */
+  tenants?: readonly string[] | null;
 }
 
 export type CacheEntryOrderField = 'CREATED_AT' | 'LAST_HIT_AT' | 'HIT_COUNT' | 'COST';
@@ -47,6 +49,7 @@ function entryWhere(filter: CacheEntryFilter | null | undefined, now: Date): { s
   anyOf('e."kind"::text', filter?.kinds);
   anyOf('e."model"', filter?.models);
   anyOf('e."apiType"', filter?.apiTypes);
+  anyOf('e."tenant"', filter?.tenants);
   if (filter?.from) conditions.push(`e."createdAt" >= ${parameter(filter.from)}`);
   if (filter?.to) conditions.push(`e."createdAt" < ${parameter(filter.to)}`);
   if (filter?.text) conditions.push(textCondition('e."request"', parameter(`%${filter.text.replace(/[\\%_]/g, '\\$&')}%`)));
@@ -66,26 +69,32 @@ function toView(row: CacheEntryViewRow): CacheEntryView {
 
 export interface CacheEntryQueriesOptions {
   prisma: PrismaClient;
+  /** The tenant whose entries the caller may see and invalidate; null: every tenant (ADMIN). */
+  tenant: string | null;
   cache: Pick<ResponseCache, 'peek'>;
   /** Drops deleted entries from the memory of every instance. */
   forget: (keys: readonly string[] | null) => Promise<void>;
 }
 
-export function createCacheEntryQueries({ prisma, cache, forget }: CacheEntryQueriesOptions) {
+export function createCacheEntryQueries({ prisma, tenant, cache, forget }: CacheEntryQueriesOptions) {
   return {
     /** An entry from the database, else one still waiting in memory to be written (with no hits yet). */
     async find(key: string): Promise<CacheEntryView | null> {
-      const rows = await prisma.$queryRawUnsafe<CacheEntryViewRow[]>(`SELECT ${entryColumns} FROM "CacheEntry" e WHERE e."key" = $1`, key);
+      const rows = await prisma.$queryRawUnsafe<CacheEntryViewRow[]>(
+        `SELECT ${entryColumns} FROM "CacheEntry" e WHERE e."key" = $1 AND ($2::text IS NULL OR e."tenant" = $2)`,
+        key,
+        tenant,
+      );
       if (rows[0]) return toView(rows[0]);
       const pending = cache.peek(key);
-      return pending ? { ...pending, keyVersion: cacheKeyVersion, hitCount: 0, lastHitAt: null } : null;
+      return pending && (tenant === null || pending.tenant === tenant) ? { ...pending, keyVersion: cacheKeyVersion, hitCount: 0, lastHitAt: null } : null;
     },
 
     async list(options: PageArguments & { filter?: CacheEntryFilter | null; orderBy?: { field: CacheEntryOrderField; direction: OrderDirection } | null }): Promise<Page<CacheEntryView>> {
       const size = pageSize(options.first);
       const order = orderColumns[options.orderBy?.field ?? 'CREATED_AT'];
       const direction = options.orderBy?.direction ?? 'DESC';
-      const where = entryWhere(options.filter, new Date());
+      const where = entryWhere(withinTenant(options.filter, tenant), new Date());
       const parameters = [...where.parameters];
       let keyset = '';
       if (options.after) {
@@ -108,14 +117,19 @@ export function createCacheEntryQueries({ prisma, cache, forget }: CacheEntryQue
       };
     },
 
-    /** Counts the entries a filter matches and, unless dryRun, deletes them (database and memory). */
-    async invalidate(filter: CacheEntryFilter | null | undefined, dryRun: boolean): Promise<{ matched: number; deleted: number }> {
+    /**
+     * Counts the entries a filter matches and, unless dryRun, deletes them (database and memory) and
+     * records the invalidation, with `actor`, in CacheInvalidation.
+     */
+    async invalidate(requested: CacheEntryFilter | null | undefined, dryRun: boolean, actor: string): Promise<{ matched: number; deleted: number }> {
+      const filter = withinTenant(requested, tenant);
       const where = entryWhere(filter, new Date());
       if (dryRun) {
         const [row] = await prisma.$queryRawUnsafe<{ count: bigint }[]>(`SELECT count(*) AS "count" FROM "CacheEntry" e WHERE ${where.sql}`, ...where.parameters);
         return { matched: Number(row!.count), deleted: 0 };
       }
       const rows = await prisma.$queryRawUnsafe<{ key: string }[]>(`DELETE FROM "CacheEntry" e WHERE ${where.sql} RETURNING e."key"`, ...where.parameters);
+      await prisma.cacheInvalidation.create({ data: { tenant, filter: (requested ?? {}) as object, count: rows.length, invalidatedBy: actor } });
       await forget(filter && Object.values(filter).some((value) => value !== null && value !== undefined) ? rows.map((row) => row.key) : null);
       return { matched: rows.length, deleted: rows.length };
     },

@@ -2,7 +2,7 @@ import type { Database } from '../db/database.ts';
 import { badUserInput } from '../errors.ts';
 import { callWhere, type CallFilter } from './calls.ts';
 
-export type CallStatsDimension = 'MODEL' | 'API_TYPE' | 'KIND' | 'STATUS' | 'CACHE_STATUS' | 'TEMPLATE' | 'TAG' | 'DAY' | 'HOUR';
+export type CallStatsDimension = 'MODEL' | 'API_TYPE' | 'KIND' | 'STATUS' | 'CACHE_STATUS' | 'TEMPLATE' | 'TAG' | 'DAY' | 'HOUR' | 'TENANT' | 'API_KEY';
 
 /** One group of calls and what they did. Spent tokens and cost leave out cache hits; saved ones are the hits'. */
 export interface CallStatsBucket {
@@ -13,6 +13,8 @@ export interface CallStatsBucket {
   cacheStatus: string | null;
   template: string | null;
   tag: string | null;
+  tenant: string | null;
+  apiKeyId: string | null;
   /** Start of the UTC day or hour. */
   day: Date | null;
   hour: Date | null;
@@ -45,6 +47,8 @@ const dimensionColumns: Record<CallStatsDimension, { group: string; select?: str
   CACHE_STATUS: { group: 'c."cacheStatus"::text', alias: 'cacheStatus' },
   TEMPLATE: { group: 'c."templateName"', alias: 'template' },
   TAG: { group: 'tag', alias: 'tag' },
+  TENANT: { group: 'c."tenant"', alias: 'tenant' },
+  API_KEY: { group: 'c."apiKeyId"', alias: 'apiKeyId' },
   DAY: { group: `date_trunc('day', c."createdAt" AT TIME ZONE 'UTC')`, select: `date_trunc('day', c."createdAt" AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'`, alias: 'day' },
   HOUR: { group: `date_trunc('hour', c."createdAt" AT TIME ZONE 'UTC')`, select: `date_trunc('hour', c."createdAt" AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'`, alias: 'hour' },
 };
@@ -105,6 +109,8 @@ export async function callStats(
       cacheStatus: (row.cacheStatus as string | undefined) ?? null,
       template: (row.template as string | undefined) ?? null,
       tag: (row.tag as string | undefined) ?? null,
+      tenant: (row.tenant as string | undefined) ?? null,
+      apiKeyId: (row.apiKeyId as string | undefined) ?? null,
       day: (row.day as Date | undefined) ?? null,
       hour: (row.hour as Date | undefined) ?? null,
       calls,

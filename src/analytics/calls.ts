@@ -20,6 +20,20 @@ export interface CallFilter {
   cacheKeys?: readonly string[] | null;
   /** Text contained in the request (messages or embedded texts), case-insensitive. */
   text?: string | null;
+  /** Calls of any of these tenants. */
+  tenants?: readonly string[] | null;
+  /** Calls made with any of these API keys. */
+  apiKeyIds?: readonly string[] | null;
+  /** Hits served by the entries these calls filled. */
+  servedByCallIds?: readonly string[] | null;
+}
+
+/**
+ * A filter narrowed to what a caller may read: its own tenant, or anything it asks for when `tenant`
+ * is null (ADMIN). Every read of the history and the cache passes through here.
+ */
+export function withinTenant<T extends { tenants?: readonly string[] | null }>(filter: T | null | undefined, tenant: string | null): T | null | undefined {
+  return tenant === null ? filter : ({ ...filter, tenants: [tenant] } as unknown as T);
 }
 
 /** A SQL condition with its parameters, numbered from `offset + 1`. */
@@ -49,6 +63,12 @@ export function callWhere(filter: CallFilter | null | undefined, offset = 0): Sq
   anyOf('c."templateName"', filter?.templateNames);
   anyOf('c."errorCode"', filter?.errorCodes);
   anyOf('c."cacheKey"', filter?.cacheKeys);
+  anyOf('c."tenant"', filter?.tenants);
+  const anyUuid = (column: string, values: readonly string[] | null | undefined) => {
+    if (values && values.length > 0) conditions.push(`${column} = ANY(${parameter(values.filter((id) => /^[0-9a-f-]{36}$/i.test(id)))}::uuid[])`);
+  };
+  anyUuid('c."apiKeyId"', filter?.apiKeyIds);
+  anyUuid('c."servedByCallId"', filter?.servedByCallIds);
   if (filter?.tags && filter.tags.length > 0) conditions.push(`c."tags" && ${parameter([...filter.tags])}::text[]`);
   if (filter?.text) {
     const pattern = parameter(`%${filter.text.replace(/[\\%_]/g, '\\$&')}%`);
@@ -80,7 +100,7 @@ const callOrderColumns: Record<CallOrderField, string> = {
   COST: 'COALESCE(c."costUsd", -1)',
 };
 
-const callColumns = `c."id", c."createdAt", c."kind"::text AS "kind", c."apiType", c."model", c."status"::text AS "status",
+const callColumns = `c."id", c."createdAt", c."tenant", c."apiKeyId", c."servedByCallId", c."kind"::text AS "kind", c."apiType", c."model", c."status"::text AS "status",
   c."cacheStatus"::text AS "cacheStatus", c."cacheKey", c."errorCode", c."errorMessage", c."attemptCount", c."latencyMs",
   c."promptTokens", c."completionTokens", c."totalTokens", c."estimatedPromptTokens", c."costUsd", c."templateName",
   c."templateHash", c."tags", body."metadata", body."requestBody", body."responseBody"`;
@@ -124,13 +144,18 @@ export function decodeCursor(cursor: string): [value: unknown, id: string] {
   throw badUserInput('The cursor is not valid; use a cursor from a previous page of the same query.', { field: 'after' });
 }
 
-export function createCallQueries(prisma: PrismaClient) {
+/** The history as one caller may read it: `tenant` null reads every tenant (ADMIN). */
+export function createCallQueries(prisma: PrismaClient, tenant: string | null) {
   const mapRow = (row: Record<string, unknown>): CallView => row as unknown as CallView;
 
   return {
     async find(id: string): Promise<CallView | null> {
       if (!/^[0-9a-f-]{36}$/i.test(id)) throw badUserInput(`"${id}" is not a call id.`, { field: 'id' });
-      const rows = await prisma.$queryRawUnsafe<Record<string, unknown>[]>(`SELECT ${callColumns} FROM ${callTables} WHERE c."id" = $1::uuid`, id);
+      const rows = await prisma.$queryRawUnsafe<Record<string, unknown>[]>(
+        `SELECT ${callColumns} FROM ${callTables} WHERE c."id" = $1::uuid AND ($2::text IS NULL OR c."tenant" = $2)`,
+        id,
+        tenant,
+      );
       return rows[0] ? mapRow(rows[0]) : null;
     },
 
@@ -148,7 +173,7 @@ export function createCallQueries(prisma: PrismaClient) {
       const field = options.orderBy?.field ?? 'CREATED_AT';
       const direction = options.orderBy?.direction ?? 'DESC';
       const column = callOrderColumns[field];
-      const where = callWhere(options.filter);
+      const where = callWhere(withinTenant(options.filter, tenant));
       const parameters = [...where.parameters];
       let keyset = '';
       if (options.after) {

@@ -47,7 +47,7 @@ export interface Config {
   database: { url: string | null; dataDir: string };
   logging: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };
   /** `ttlSeconds` null means entries never expire. */
-  cache: { ttlSeconds: number | null; memoryEntries: number };
+  cache: { ttlSeconds: number | null; memoryEntries: number; sharedAcrossTenants: boolean };
   history: { storeBodies: boolean; batchSize: number; flushIntervalMs: number };
   prompts: { dir: string };
   prices: Record<string, ModelPrice>;
@@ -187,6 +187,7 @@ const sections: Record<string, Record<string, KeySpec>> = {
   Cache: {
     TTL: { path: ['cache', 'ttlSeconds'], default: '', schema: optional(configNumber((schema) => schema.positive())) },
     MEMORY_ENTRIES: { path: ['cache', 'memoryEntries'], default: '10000', schema: integer(0) },
+    SHARED_ACROSS_TENANTS: { path: ['cache', 'sharedAcrossTenants'], default: 'False', schema: configBoolean },
   },
   History: {
     STORE_BODIES: { path: ['history', 'storeBodies'], default: 'True', schema: configBoolean },
@@ -382,12 +383,21 @@ function unknownKeyMessage(section: string, key: string): string {
   return `unknown key; known keys in [${section}]: ${Object.keys(sections[section] ?? {}).join(', ')}`;
 }
 
+/**
+ * Where requests and their credentials go: set in config.ini or the environment only. An override
+ * that could change them would let an API caller send the provider's key to a host of its choice.
+ */
+export const configOnlyKeys: readonly string[] = ['BASE_URL', 'AZURE_API_VERSION', 'AZURE_EMBEDDING_MODEL_API_VERSION'];
+
 /** The settings a runtime override (force_default_value) may change, by TinyTroupe's key name. */
-export const overridableKeys: readonly string[] = Object.keys(sections.OpenAI!);
+export const overridableKeys: readonly string[] = Object.keys(sections.OpenAI!).filter((key) => !configOnlyKeys.includes(key));
 
 /** Parses one `[OpenAI]` value as the config file would, for runtime overrides. */
 export function parseOpenAiValue(key: string, value: string): { ok: true; value: unknown; field: keyof OpenAiConfig } | { ok: false; message: string } {
   const name = findKey('OpenAI', key);
+  if (name !== undefined && configOnlyKeys.includes(name)) {
+    return { ok: false, message: `${name} decides where requests and the provider's key go: it can be set only in config.ini or the environment` };
+  }
   if (name === undefined) return { ok: false, message: `unknown key "${key}"; known keys: ${overridableKeys.join(', ')}` };
   const spec = sections.OpenAI![name]!;
   const parsed = spec.schema.safeParse(value);

@@ -1,12 +1,60 @@
 import SchemaBuilder from '@pothos/core';
+import ScopeAuthPlugin, { AuthScopeFailureType, type AuthFailure } from '@pothos/plugin-scope-auth';
+import type { ApiKeyRole } from '../auth/keys.ts';
+import { CallboardError } from '../errors.ts';
 import type { GraphQLContext } from './context.ts';
+
+/**
+ * The roles, as scopes: each names the least role that holds it. ADMIN holds all three, MEMBER
+ * `member` and `viewer`, VIEWER only `viewer`. Fields declare the scope they need where they are
+ * defined; nothing else in a resolver checks a role.
+ */
+const scopeRoles = { admin: 'ADMIN', member: 'MEMBER', viewer: 'VIEWER' } as const satisfies Record<string, ApiKeyRole>;
+const roleRank: Record<ApiKeyRole, number> = { VIEWER: 0, MEMBER: 1, ADMIN: 2 };
+
+function neededRole(failure: AuthFailure): ApiKeyRole {
+  if (failure.kind === AuthScopeFailureType.AuthScope) return scopeRoles[failure.scope as keyof typeof scopeRoles] ?? 'ADMIN';
+  if (failure.kind === AuthScopeFailureType.AnyAuthScopes || failure.kind === AuthScopeFailureType.AllAuthScopes) {
+    const roles = failure.failures.map(neededRole);
+    return roles.sort((a, b) => roleRank[a] - roleRank[b])[0] ?? 'ADMIN';
+  }
+  return 'ADMIN';
+}
 
 // Fields are non-null unless they say `nullable: true`: a dashboard can trust what the schema promises.
 export const builder = new SchemaBuilder<{
   Context: GraphQLContext;
   DefaultFieldNullability: false;
+  AuthScopes: { admin: boolean; member: boolean; viewer: boolean };
   Scalars: {
     JSON: { Input: unknown; Output: unknown };
     DateTime: { Input: Date; Output: Date | string };
   };
-}>({ defaultFieldNullability: false });
+}>({
+  defaultFieldNullability: false,
+  plugins: [ScopeAuthPlugin],
+  scopeAuth: {
+    authScopes: ({ identity }) => ({
+      admin: roleRank[identity.role] >= roleRank.ADMIN,
+      member: roleRank[identity.role] >= roleRank.MEMBER,
+      viewer: true,
+    }),
+    unauthorizedError: (_parent, context, info, result) => {
+      const role = neededRole(result.failure);
+      return new CallboardError('FORBIDDEN', `${info.parentType.name}.${info.fieldName} needs the ${role} role; this key is ${context.identity.role}.`, {
+        details: { requiredRole: role, role: context.identity.role },
+      });
+    },
+  },
+});
+
+/**
+ * Every root field needs ADMIN unless it says otherwise (Query and Mutation carry `admin` as their
+ * type scope): a new field is closed until someone opens it here, on purpose.
+ */
+export const access = {
+  /** Any key: reads of its tenant's history and stats, without bodies. */
+  viewer: { skipTypeScopes: true, authScopes: { viewer: true } },
+  /** MEMBER or ADMIN: calls, and reads of its tenant's bodies and cache. */
+  member: { skipTypeScopes: true, authScopes: { member: true } },
+} as const;

@@ -1,15 +1,24 @@
 import type { CacheEntryQueries } from '../analytics/cache-entries.ts';
 import type { CallStatsBucket, CallStatsDimension, CallStatsOptions } from '../analytics/call-stats.ts';
 import type { CallFilter, CallQueries } from '../analytics/calls.ts';
+import type { Identity } from '../auth/identity.ts';
+import type { Caller } from '../llm/client.ts';
 import type { Services } from '../services.ts';
 
-/** What resolvers may use. The Prisma client stays out: resolvers go through services and queries. */
+/**
+ * What resolvers may use. The Prisma client stays out: resolvers go through services and queries,
+ * and the history and cache queries are already narrowed to what the caller's identity may read.
+ */
 export interface GraphQLContext {
   services: Services;
   calls: CallQueries;
   cacheEntries: CacheEntryQueries;
   callStats(filter: CallFilter | null, groupBy: readonly CallStatsDimension[], options?: CallStatsOptions): Promise<CallStatsBucket[]>;
-  /** Who is asking, recorded with every admin change: the `x-callboard-actor` header, else "anonymous". */
+  /** Who is calling, decided once at the door. */
+  identity: Identity;
+  /** The identity as the client records calls: tenant, key and limits. */
+  caller: Caller;
+  /** How audits name the caller: its identity, with the `x-callboard-actor` header as a note. */
   actor: string;
   /** Lets a caller that goes away abort its upstream call. */
   signal: AbortSignal;

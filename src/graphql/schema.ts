@@ -7,8 +7,10 @@ import './types/calls.ts';
 import './types/cache.ts';
 import './types/embeddings.ts';
 import './types/providers.ts';
+import './types/keys.ts';
 
-builder.queryType({ description: 'Reads: token counts, embeddings, the cache, the call history and its analytics, settings and providers.' });
-builder.mutationType({ description: 'Calls to models, and the admin operations that change Callboard state.' });
+// Root fields need ADMIN unless they open themselves with `access.viewer` or `access.member` (builder.ts).
+builder.queryType({ description: 'Reads: token counts, embeddings, the cache, the call history and its analytics, settings and providers.', authScopes: { admin: true } });
+builder.mutationType({ description: 'Calls to models, and the admin operations that change Callboard state.', authScopes: { admin: true } });
 
 export const schema = builder.toSchema({ sortSchema: false });

@@ -5,20 +5,30 @@ import type { Database } from '../db/database.ts';
 import type { ProviderUsage } from './providers/provider.ts';
 
 /** Bumped whenever what goes into a key changes, so old entries stop matching instead of lying. */
-export const cacheKeyVersion = 1;
+export const cacheKeyVersion = 2;
 
 export type CallKind = 'CHAT' | 'EMBEDDING';
 export type CacheMode = 'USE' | 'REFRESH' | 'BYPASS';
 export type CacheStatus = 'HIT' | 'MISS' | 'REFRESH' | 'BYPASS';
 
+/** Whose answers a key may serve, besides the request itself. */
+export interface CacheScope {
+  apiType: string;
+  /** The provider's base URL or endpoint and API version (Provider.endpoint): no answer crosses servers. */
+  endpoint: string;
+  /** The caller's tenant; null when [Cache] SHARED_ACROSS_TENANTS lets tenants share answers. */
+  tenant: string | null;
+}
+
 /**
- * The cache key: SHA-256 of the canonical (sorted-key) JSON of the key version, the kind, the API
- * type and the request body exactly as sent upstream. The body holds what determines the answer
- * (model, messages, sampling parameters, response format, reasoning effort; for embeddings the
- * model and the one input text); `timeout` and `stream` are never part of it.
+ * The cache key: SHA-256 of the canonical (sorted-key) JSON of the key version, the kind, the scope
+ * (API type, provider endpoint, tenant) and the request body exactly as sent upstream. The body holds
+ * what determines the answer (model, messages, sampling parameters, response format, reasoning
+ * effort; for embeddings the model and the one input text); `timeout` and `stream` are never part of it.
  */
-export function cacheKey(kind: CallKind, apiType: string, request: object): string {
-  return createHash('sha256').update(stringify({ version: cacheKeyVersion, kind, apiType, request })!).digest('hex');
+export function cacheKey(kind: CallKind, scope: CacheScope, request: object): string {
+  const { apiType, endpoint, tenant } = scope;
+  return createHash('sha256').update(stringify({ version: cacheKeyVersion, kind, apiType, endpoint, tenant, request })!).digest('hex');
 }
 
 /** A stored response and what it cost to make. */
@@ -34,6 +44,9 @@ export interface CacheEntryValue {
   createdAt: Date;
   expiresAt: Date | null;
   createdByCallId: string | null;
+  /** The tenant and API key of the call that filled it. */
+  tenant: string;
+  apiKeyId: string | null;
 }
 
 export interface ResponseCache {
@@ -56,7 +69,7 @@ export interface ResponseCache {
 
 /** The columns of a CacheEntry row as cacheEntryFromRow reads them, the table aliased `alias`. */
 export function cacheEntryColumns(alias: string): string {
-  const columns = ['key', 'apiType', 'model', 'request', 'response', 'promptTokens', 'completionTokens', 'totalTokens', 'costUsd', 'createdAt', 'expiresAt', 'createdByCallId'];
+  const columns = ['key', 'apiType', 'model', 'request', 'response', 'promptTokens', 'completionTokens', 'totalTokens', 'costUsd', 'createdAt', 'expiresAt', 'createdByCallId', 'tenant', 'apiKeyId'];
   return [`${alias}."kind"::text AS "kind"`, ...columns.map((column) => `${alias}."${column}"`)].join(', ');
 }
 
@@ -75,6 +88,8 @@ export interface CacheEntryRow {
   createdAt: Date | string;
   expiresAt: Date | string | null;
   createdByCallId: string | null;
+  tenant: string;
+  apiKeyId: string | null;
 }
 
 export function cacheEntryFromRow(row: CacheEntryRow): CacheEntryValue {
@@ -93,6 +108,8 @@ export function cacheEntryFromRow(row: CacheEntryRow): CacheEntryValue {
     createdAt: new Date(row.createdAt),
     expiresAt: row.expiresAt === null ? null : new Date(row.expiresAt),
     createdByCallId: row.createdByCallId,
+    tenant: row.tenant,
+    apiKeyId: row.apiKeyId,
   };
 }
 

@@ -1,8 +1,9 @@
 import pLimit from 'p-limit';
 import { v7 as uuidv7 } from 'uuid';
 import type { Config, OpenAiConfig } from '../config/config.ts';
+import { noLimits, type KeyLimits } from '../auth/keys.ts';
 import { badUserInput, CallboardError, isCallboardError, ProviderError } from '../errors.ts';
-import { cacheKey, type CacheEntryValue, type CacheMode, type CacheStatus, type CallKind, type ResponseCache } from './cache.ts';
+import { cacheKey, type CacheEntryValue, type CacheScope, type CacheMode, type CacheStatus, type CallKind, type ResponseCache } from './cache.ts';
 import type { AttemptRow, CallRecord, HistoryWriter } from './history.ts';
 import type { OverrideStore } from './overrides.ts';
 import { costOf } from './prices.ts';
@@ -21,8 +22,20 @@ import { renderCall, type TemplatedCallInput, type TemplateStore } from './templ
 export type ChatRole = ProviderMessage['role'];
 export type ChatMessage = ProviderMessage;
 
+/** Who makes a call, as the door decided: its tenant and key are recorded, its limits applied. */
+export interface Caller {
+  tenant: string;
+  /** null for the master key and open mode. */
+  apiKeyId: string | null;
+  limits: KeyLimits;
+}
+
+/** Open mode's caller, for code that calls the client without a request (tests, scripts). */
+export const defaultCaller: Caller = { tenant: 'default', apiKeyId: null, limits: noLimits };
+
 /** What a caller may attach to any call: its tags and metadata land in the history. */
 export interface CallOptions {
+  caller?: Caller | null;
   apiType?: string | null;
   cache?: CacheMode | null;
   tags?: readonly string[] | null;
@@ -101,6 +114,8 @@ export interface LlmClientDependencies {
   /** Seconds an entry lives; null: forever. */
   cacheTtlSeconds: number | null;
   storeBodies: boolean;
+  /** [Cache] SHARED_ACROSS_TENANTS: one tenant's answers may serve another's identical requests. */
+  sharedAcrossTenants?: boolean;
   /** Values that must never reach a stored row (API keys). */
   secrets: readonly string[];
   /** Injected for tests on a fake clock. */
@@ -179,9 +194,13 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
   }
 
   function baseRecord(kind: CallKind, apiType: string, model: string, input: CallOptions & { template?: SendMessageInput['template'] }): CallRecord {
+    const caller = input.caller ?? defaultCaller;
     return {
       id: uuidv7(),
       createdAt: new Date(),
+      tenant: caller.tenant,
+      apiKeyId: caller.apiKeyId,
+      servedByCallId: null,
       kind,
       apiType,
       model,
@@ -241,6 +260,15 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
     }
     // A bug, not a provider's answer: the API masks it as "Unexpected error." and logs the cause.
     throw error;
+  }
+
+  function cacheScope(input: CallOptions, apiType: string, endpoint: string): CacheScope {
+    return { apiType, endpoint, tenant: dependencies.sharedAcrossTenants ? null : (input.caller ?? defaultCaller).tenant };
+  }
+
+  /** Who an entry belongs to: the tenant and key of the call that filled it. */
+  function ownerOf(record: CallRecord): Pick<CacheEntryValue, 'tenant' | 'apiKeyId'> {
+    return { tenant: record.tenant, apiKeyId: record.apiKeyId };
   }
 
   function cacheModeOf(input: CallOptions, settings: OpenAiConfig): CacheMode {
@@ -328,8 +356,10 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
         attempts.at(-1)!.requestId = value.requestId;
         return { response: value, attempts };
       };
-      const useResponse = (response: ProviderChatResponse | StoredChat, attempts: AttemptRow[], status: CacheStatus, entryCost: number | null) => {
+      const useResponse = (response: ProviderChatResponse | StoredChat, attempts: AttemptRow[], status: CacheStatus, servedBy: CacheEntryValue | null) => {
         record.cacheStatus = status;
+        record.servedByCallId = servedBy?.createdByCallId ?? null;
+        const entryCost = servedBy ? servedBy.costUsd : null;
         record.attempts = attempts;
         record.attemptCount = attempts.length;
         record.model = response.model || model;
@@ -365,6 +395,7 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
           createdAt: new Date(),
           expiresAt: expiresAt(),
           createdByCallId: record.id,
+          ...ownerOf(record),
         };
         cache.remember(entry);
         history.saveCacheEntry(entry);
@@ -375,7 +406,7 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
         const { response, attempts } = await fromUpstream(input.signal);
         return useResponse(response, attempts, 'BYPASS', null);
       }
-      const key = cacheKey('CHAT', apiType, request);
+      const key = cacheKey('CHAT', cacheScope(input, apiType, provider.endpoint.chat), request);
       record.cacheKey = key;
       if (mode === 'REFRESH') {
         const { response, attempts } = await fromUpstream(input.signal);
@@ -385,7 +416,7 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
       const remembered = cache.peek(key);
       if (remembered) {
         history.recordCacheHit(key, new Date());
-        return useResponse(remembered.response as StoredChat, [], 'HIT', remembered.costUsd);
+        return useResponse(remembered.response as StoredChat, [], 'HIT', remembered);
       }
       // The shared upstream call ignores any one caller's abort: each caller stops waiting on its own
       // signal, and the others (and the cache) still get the answer.
@@ -401,7 +432,7 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
       // The leader answers with the response itself; the stored copy has secrets redacted.
       if (leader && value.fresh) return useResponse(value.fresh.response, value.fresh.attempts, 'MISS', null);
       history.recordCacheHit(key, new Date());
-      return useResponse(value.entry.response as StoredChat, [], 'HIT', value.entry.costUsd);
+      return useResponse(value.entry.response as StoredChat, [], 'HIT', value.entry);
     } catch (error) {
       finish(record, started, input.messages, error, calledUpstream);
       return failWith(error, record);
@@ -422,7 +453,8 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
       record.requestBody = redact({ model, input: input.texts });
       const provider: Provider = registry.providerFor(apiType, settings);
       const mode = cacheModeOf(input, settings);
-      const keys = input.texts.map((text) => cacheKey('EMBEDDING', apiType, { model, input: text }));
+      const scope = cacheScope(input, apiType, provider.endpoint.embeddings);
+      const keys = input.texts.map((text) => cacheKey('EMBEDDING', scope, { model, input: text }));
       // As for chat: the entry this call read or wrote, none when it bypassed the cache.
       record.cacheKey = keys.length === 1 && mode !== 'BYPASS' ? keys[0]! : null;
 
@@ -461,7 +493,7 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
           const share = response.usage ? Math.round((response.usage.promptTokens * text.length) / totalLength) : null;
           const usage = share === null ? null : { promptTokens: share, completionTokens: 0, totalTokens: share };
           const entry: CacheEntryValue = {
-            key: cacheKey('EMBEDDING', apiType, { model, input: text }),
+            key: cacheKey('EMBEDDING', scope, { model, input: text }),
             kind: 'EMBEDDING',
             apiType,
             model,
@@ -472,6 +504,7 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
             createdAt: new Date(),
             expiresAt: expiresAt(),
             createdByCallId: record.id,
+            ...ownerOf(record),
           };
           cache.remember(entry);
           history.saveCacheEntry(entry);
@@ -481,7 +514,7 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
         let sharedFromAnother = false;
         if (mode === 'USE') {
           const flight = await untilAborted(
-            cache.singleFlight(cacheKey('EMBEDDING', apiType, { model, inputs: missing }), () => fetchMissing(undefined)),
+            cache.singleFlight(cacheKey('EMBEDDING', scope, { model, inputs: missing }), () => fetchMissing(undefined)),
             input.signal,
           );
           sharedFromAnother = !flight.leader;

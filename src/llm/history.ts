@@ -20,6 +20,11 @@ export interface AttemptRow {
 export interface CallRecord {
   id: string;
   createdAt: Date;
+  tenant: string;
+  /** The API key that made the call; null for the master key and open mode. */
+  apiKeyId: string | null;
+  /** For a hit: the call that filled the entry that served it. */
+  servedByCallId: string | null;
   kind: CallKind;
   apiType: string;
   model: string;
@@ -103,16 +108,16 @@ const writeBatchSql = `
 WITH entry_rows AS (
   SELECT * FROM jsonb_to_recordset($1::jsonb) AS r("key" text, "keyVersion" int, "kind" "CallKind", "apiType" text, "model" text,
     "request" jsonb, "response" jsonb, "promptTokens" int, "completionTokens" int, "totalTokens" int, "costUsd" float8,
-    "hitCount" int, "createdAt" timestamptz, "lastHitAt" timestamptz, "expiresAt" timestamptz, "createdByCallId" uuid)
+    "hitCount" int, "createdAt" timestamptz, "lastHitAt" timestamptz, "expiresAt" timestamptz, "createdByCallId" uuid, "tenant" text, "apiKeyId" uuid)
 ), written_entries AS (
   INSERT INTO "CacheEntry" ("key", "keyVersion", "kind", "apiType", "model", "request", "response", "promptTokens", "completionTokens",
-    "totalTokens", "costUsd", "hitCount", "createdAt", "lastHitAt", "expiresAt", "createdByCallId")
+    "totalTokens", "costUsd", "hitCount", "createdAt", "lastHitAt", "expiresAt", "createdByCallId", "tenant", "apiKeyId")
   SELECT * FROM entry_rows
   ON CONFLICT ("key") DO UPDATE SET "keyVersion" = EXCLUDED."keyVersion", "kind" = EXCLUDED."kind", "apiType" = EXCLUDED."apiType",
     "model" = EXCLUDED."model", "request" = EXCLUDED."request", "response" = EXCLUDED."response", "promptTokens" = EXCLUDED."promptTokens",
     "completionTokens" = EXCLUDED."completionTokens", "totalTokens" = EXCLUDED."totalTokens", "costUsd" = EXCLUDED."costUsd",
     "hitCount" = EXCLUDED."hitCount", "createdAt" = EXCLUDED."createdAt", "lastHitAt" = EXCLUDED."lastHitAt",
-    "expiresAt" = EXCLUDED."expiresAt", "createdByCallId" = EXCLUDED."createdByCallId"
+    "expiresAt" = EXCLUDED."expiresAt", "createdByCallId" = EXCLUDED."createdByCallId", "tenant" = EXCLUDED."tenant", "apiKeyId" = EXCLUDED."apiKeyId"
   RETURNING 1
 ), counted_hits AS (
   UPDATE "CacheEntry" e SET "hitCount" = e."hitCount" + h."count", "lastHitAt" = GREATEST(e."lastHitAt", h."lastHitAt")
@@ -120,10 +125,11 @@ WITH entry_rows AS (
   WHERE e."key" = h."key"
   RETURNING 1
 ), written_calls AS (
-  INSERT INTO "LlmCall" ("id", "createdAt", "kind", "apiType", "model", "status", "cacheStatus", "cacheKey", "errorCode", "errorMessage",
-    "attemptCount", "latencyMs", "promptTokens", "completionTokens", "totalTokens", "estimatedPromptTokens", "costUsd", "templateName",
-    "templateHash", "tags")
-  SELECT * FROM jsonb_to_recordset($3::jsonb) AS c("id" uuid, "createdAt" timestamptz, "kind" "CallKind", "apiType" text, "model" text,
+  INSERT INTO "LlmCall" ("id", "createdAt", "tenant", "apiKeyId", "servedByCallId", "kind", "apiType", "model", "status", "cacheStatus", "cacheKey",
+    "errorCode", "errorMessage", "attemptCount", "latencyMs", "promptTokens", "completionTokens", "totalTokens", "estimatedPromptTokens", "costUsd",
+    "templateName", "templateHash", "tags")
+  SELECT * FROM jsonb_to_recordset($3::jsonb) AS c("id" uuid, "createdAt" timestamptz, "tenant" text, "apiKeyId" uuid, "servedByCallId" uuid,
+    "kind" "CallKind", "apiType" text, "model" text,
     "status" "CallStatus", "cacheStatus" "CacheStatus", "cacheKey" text, "errorCode" text, "errorMessage" text, "attemptCount" int,
     "latencyMs" float8, "promptTokens" int, "completionTokens" int, "totalTokens" int, "estimatedPromptTokens" int, "costUsd" float8,
     "templateName" text, "templateHash" text, "tags" text[])
@@ -135,8 +141,8 @@ WITH entry_rows AS (
   ON CONFLICT DO NOTHING
   RETURNING 1
 ), written_attempts AS (
-  INSERT INTO "LlmAttempt" ("id", "callId", "number", "startedAt", "latencyMs", "httpStatus", "errorCode", "errorMessage", "waitMs", "requestId")
-  SELECT * FROM jsonb_to_recordset($5::jsonb) AS a("id" uuid, "callId" uuid, "number" int, "startedAt" timestamptz, "latencyMs" float8,
+  INSERT INTO "LlmAttempt" ("id", "callId", "tenant", "apiKeyId", "number", "startedAt", "latencyMs", "httpStatus", "errorCode", "errorMessage", "waitMs", "requestId")
+  SELECT * FROM jsonb_to_recordset($5::jsonb) AS a("id" uuid, "callId" uuid, "tenant" text, "apiKeyId" uuid, "number" int, "startedAt" timestamptz, "latencyMs" float8,
     "httpStatus" int, "errorCode" text, "errorMessage" text, "waitMs" int, "requestId" text)
   ON CONFLICT DO NOTHING
   RETURNING 1
@@ -197,6 +203,8 @@ export function createHistoryWriter(options: HistoryWriterOptions): HistoryWrite
           lastHitAt: pendingHit?.lastHitAt ?? null,
           expiresAt: entry.expiresAt,
           createdByCallId: entry.createdByCallId,
+          tenant: entry.tenant,
+          apiKeyId: entry.apiKeyId,
         };
       });
       const entryKeys = new Set(entryBatch.map((entry) => entry.key));
@@ -208,7 +216,7 @@ export function createHistoryWriter(options: HistoryWriterOptions): HistoryWrite
       const bodyRows = batch
         .filter(({ call }) => call.metadata !== null || call.requestBody !== null || call.responseBody !== null)
         .map(({ call }) => ({ callId: call.id, metadata: call.metadata, requestBody: call.requestBody, responseBody: call.responseBody }));
-      const attemptRows = batch.flatMap(({ call }) => call.attempts.map((attempt) => ({ id: uuidv7(), callId: call.id, ...attempt })));
+      const attemptRows = batch.flatMap(({ call }) => call.attempts.map((attempt) => ({ id: uuidv7(), callId: call.id, tenant: call.tenant, apiKeyId: call.apiKeyId, ...attempt })));
       await database.query(writeBatchSql, [entryRows, hitRows, callRows, bodyRows, attemptRows].map(storableJson));
       failures = 0;
     } catch (error) {

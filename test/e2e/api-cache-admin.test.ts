@@ -306,7 +306,7 @@ describe.each(databaseKinds)('the cache and the admin levers through the API on 
       const stored = await entry(miss.call.cacheKey!);
       expect(stored).toMatchObject({
         key: miss.call.cacheKey,
-        keyVersion: 1,
+        keyVersion: 2,
         kind: 'CHAT',
         apiType: 'openai',
         model: 'gpt-4o-mini',
@@ -476,7 +476,7 @@ describe.each(databaseKinds)('the cache and the admin levers through the API on 
 
     it('forceApiType switches the provider of calls that name none, for whoever set it', async () => {
       const forced = dataOf(await testApp.execute(ForceApiTypeMutation, { apiType: 'openai-compatible' }, { 'x-callboard-actor': 'alice' })).forceApiType;
-      expect(forced).toMatchObject({ key: 'API_TYPE', value: 'openai-compatible', updatedBy: 'alice' });
+      expect(forced).toMatchObject({ key: 'API_TYPE', value: 'openai-compatible', updatedBy: 'open mode (note: alice)' });
       expect(Date.parse(forced.updatedAt)).not.toBeNaN();
 
       const providers = dataOf(await testApp.execute(ProvidersQuery)).providers;
@@ -485,7 +485,7 @@ describe.each(databaseKinds)('the cache and the admin levers through the API on 
       expect((await send(question('Named provider', { apiType: 'openai' }))).call.apiType).toBe('openai');
 
       const apiType = dataOf(await testApp.execute(SettingsQuery)).settings.find((setting) => setting.key === 'API_TYPE');
-      expect(apiType).toMatchObject({ section: 'OpenAI', value: 'openai-compatible', source: 'OVERRIDE', origin: 'alice' });
+      expect(apiType).toMatchObject({ section: 'OpenAI', value: 'openai-compatible', source: 'OVERRIDE', origin: 'open mode (note: alice)' });
     });
 
     it('forceApiCache turns the cache on and off for calls that do not say', async () => {
@@ -494,7 +494,7 @@ describe.each(databaseKinds)('the cache and the admin levers through the API on 
         ['CACHE_API_CALLS', 'True'],
         ['CACHE_FILE_NAME', 'my_cache.pickle'],
       ]);
-      expect(on.every((override) => override.updatedBy === 'anonymous')).toBe(true);
+      expect(on.every((override) => override.updatedBy === 'open mode')).toBe(true);
       expect((await send(question('Cache me by default'))).cacheStatus).toBe('MISS');
       expect((await send(question('Cache me by default'))).cacheStatus).toBe('HIT');
       expect(fake.requestsTo('chat')).toHaveLength(1);
@@ -508,7 +508,7 @@ describe.each(databaseKinds)('the cache and the admin levers through the API on 
     it('forceDefaultValue changes what goes upstream, shows in settings, overrides and their audit, until reset', async () => {
       const ops = { 'x-callboard-actor': 'ops@example.com' };
       const model = dataOf(await testApp.execute(ForceDefaultValueMutation, { key: 'MODEL', value: 'gpt-4o' }, ops)).forceDefaultValue;
-      expect(model).toEqual({ key: 'MODEL', value: 'gpt-4o', updatedBy: 'ops@example.com' });
+      expect(model).toEqual({ key: 'MODEL', value: 'gpt-4o', updatedBy: 'open mode (note: ops@example.com)' });
 
       const answered = await send(question('Which model?'));
       expect(fake.requestsTo('chat').at(-1)!.body.model).toBe('gpt-4o');
@@ -519,7 +519,7 @@ describe.each(databaseKinds)('the cache and the admin levers through the API on 
         key: 'MODEL',
         value: 'gpt-4o',
         source: 'OVERRIDE',
-        origin: 'ops@example.com',
+        origin: 'open mode (note: ops@example.com)',
         secret: false,
       });
 
@@ -531,27 +531,27 @@ describe.each(databaseKinds)('the cache and the admin levers through the API on 
 
       const overrides = dataOf(await testApp.execute(OverridesQuery)).overrides;
       expect(overrides.map(({ key, value, updatedBy }) => ({ key, value, updatedBy }))).toEqual([
-        { key: 'MODEL', value: 'gpt-4.1', updatedBy: 'ops@example.com' },
-        { key: 'TEMPERATURE', value: '0.5', updatedBy: 'bob' },
+        { key: 'MODEL', value: 'gpt-4.1', updatedBy: 'open mode (note: ops@example.com)' },
+        { key: 'TEMPERATURE', value: '0.5', updatedBy: 'open mode (note: bob)' },
       ]);
       const changes = dataOf(await testApp.execute(OverrideChangesQuery, { key: 'MODEL' })).overrideChanges;
       expect(changes.slice(0, 2).map(({ oldValue, newValue, changedBy }) => ({ oldValue, newValue, changedBy }))).toEqual([
-        { oldValue: 'gpt-4o', newValue: 'gpt-4.1', changedBy: 'ops@example.com' },
-        { oldValue: null, newValue: 'gpt-4o', changedBy: 'ops@example.com' },
+        { oldValue: 'gpt-4o', newValue: 'gpt-4.1', changedBy: 'open mode (note: ops@example.com)' },
+        { oldValue: null, newValue: 'gpt-4o', changedBy: 'open mode (note: ops@example.com)' },
       ]);
       const newest = dataOf(await testApp.execute(OverrideChangesQuery, { first: 1 })).overrideChanges;
       expect(newest).toHaveLength(1);
       expect(newest[0]).toMatchObject({ key: 'MODEL', newValue: 'gpt-4.1' });
 
       const reset = dataOf(await testApp.execute(ResetOverridesMutation, { key: 'MODEL' }, { 'x-callboard-actor': 'carol' })).resetOverrides;
-      expect(reset).toEqual([{ key: 'MODEL', oldValue: 'gpt-4.1', newValue: null, changedBy: 'carol' }]);
+      expect(reset).toEqual([{ key: 'MODEL', oldValue: 'gpt-4.1', newValue: null, changedBy: 'open mode (note: carol)' }]);
       const restored = dataOf(await testApp.execute(SettingsQuery)).settings.find((setting) => setting.key === 'MODEL');
       expect(restored).toMatchObject({ value: 'gpt-4o-mini', source: 'FILE', origin: 'test.ini' });
       await send(question('Back to the file'));
       expect(fake.requestsTo('chat').at(-1)!.body.model).toBe('gpt-4o-mini');
 
       const all = dataOf(await testApp.execute(ResetOverridesMutation, {})).resetOverrides;
-      expect(all).toEqual([{ key: 'TEMPERATURE', oldValue: '0.5', newValue: null, changedBy: 'anonymous' }]);
+      expect(all).toEqual([{ key: 'TEMPERATURE', oldValue: '0.5', newValue: null, changedBy: 'open mode' }]);
       expect(dataOf(await testApp.execute(OverridesQuery)).overrides).toEqual([]);
       expect(dataOf(await testApp.execute(ResetOverridesMutation, {})).resetOverrides).toEqual([]);
       const unknown = await testApp.execute(ResetOverridesMutation, { key: 'MODLE' });

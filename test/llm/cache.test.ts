@@ -6,24 +6,28 @@ import { chatCompletion, embeddingsResponse, embeddingVector } from '../support/
 import { failure, historyRow, useLlmHarness, user } from './harness.ts';
 
 describe('cacheKey', () => {
+  const openai = { apiType: 'openai', endpoint: 'https://api.openai.com/v1', tenant: 'default' };
   const request = { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'hi' }], temperature: 1.5, max_tokens: 4000 };
 
   it('does not depend on the order of keys', () => {
     const reordered = { max_tokens: 4000, temperature: 1.5, messages: [{ content: 'hi', role: 'user' }], model: 'gpt-4o-mini' };
 
-    expect(cacheKey('CHAT', 'openai', reordered)).toBe(cacheKey('CHAT', 'openai', request));
+    expect(cacheKey('CHAT', openai, reordered)).toBe(cacheKey('CHAT', openai, request));
   });
 
-  it('changes with messages, model, temperature, response format, API type and kind', () => {
+  it('changes with messages, model, temperature, response format, API type, provider endpoint, tenant and kind', () => {
     const keys = [
-      cacheKey('CHAT', 'openai', request),
-      cacheKey('CHAT', 'openai', { ...request, messages: [{ role: 'user', content: 'hi!' }] }),
-      cacheKey('CHAT', 'openai', { ...request, messages: [{ role: 'system', content: 'hi' }] }),
-      cacheKey('CHAT', 'openai', { ...request, model: 'gpt-4o' }),
-      cacheKey('CHAT', 'openai', { ...request, temperature: 1 }),
-      cacheKey('CHAT', 'openai', { ...request, response_format: { type: 'json_object' } }),
-      cacheKey('CHAT', 'azure', request),
-      cacheKey('EMBEDDING', 'openai', request),
+      cacheKey('CHAT', openai, request),
+      cacheKey('CHAT', openai, { ...request, messages: [{ role: 'user', content: 'hi!' }] }),
+      cacheKey('CHAT', openai, { ...request, messages: [{ role: 'system', content: 'hi' }] }),
+      cacheKey('CHAT', openai, { ...request, model: 'gpt-4o' }),
+      cacheKey('CHAT', openai, { ...request, temperature: 1 }),
+      cacheKey('CHAT', openai, { ...request, response_format: { type: 'json_object' } }),
+      cacheKey('CHAT', { ...openai, apiType: 'azure' }, request),
+      cacheKey('CHAT', { ...openai, endpoint: 'http://127.0.0.1:11434/v1' }, request),
+      cacheKey('CHAT', { ...openai, tenant: 'team-b' }, request),
+      cacheKey('CHAT', { ...openai, tenant: null }, request),
+      cacheKey('EMBEDDING', openai, request),
     ];
 
     expect(new Set(keys).size).toBe(keys.length);

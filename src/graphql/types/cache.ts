@@ -1,8 +1,7 @@
 import type { CacheEntryFilter } from '../../analytics/cache-entries.ts';
-import { builder } from '../builder.ts';
+import { access, builder } from '../builder.ts';
 import { connectionOf } from './connection.ts';
 import { CallKind, OrderDirection, Usage } from './enums.ts';
-import { adminMutationField } from './admin.ts';
 import { LlmCallConnection } from './calls.ts';
 import { CacheEntry, LlmCall } from './refs.ts';
 
@@ -30,10 +29,10 @@ CacheEntry.implement({
     }),
     servedCalls: t.field({
       type: LlmCallConnection,
-      description: 'The calls this entry answered (cache hits), newest first.',
+      description: 'The calls this entry answered (cache hits), newest first: this entry as it is, not an earlier answer stored under the same key.',
       args: { first: t.arg.int({ description: 'Page size, 0 to 100. Default 20.' }), after: t.arg.string({ description: 'The endCursor of the previous page.' }) },
       resolve: async (entry, args, context) => ({
-        page: await context.calls.list({ first: args.first, after: args.after, filter: { cacheKeys: [entry.key], cacheStatuses: ['HIT'] } }),
+        page: await context.calls.list({ first: args.first, after: args.after, filter: { cacheKeys: [entry.key], cacheStatuses: ['HIT'], servedByCallIds: entry.createdByCallId ? [entry.createdByCallId] : null } }),
         after: args.after,
       }),
     }),
@@ -77,6 +76,7 @@ const CacheEntryOrderInput = builder.inputType('CacheEntryOrder', {
 
 builder.queryFields((t) => ({
   cacheEntry: t.field({
+    ...access.member,
     type: CacheEntry,
     nullable: true,
     description: 'One cache entry; null when no entry has that key.',
@@ -84,6 +84,7 @@ builder.queryFields((t) => ({
     resolve: (_root, args, context) => context.cacheEntries.find(args.key),
   }),
   cacheEntries: t.field({
+    ...access.member,
     type: CacheEntryConnection,
     description: 'The cache, filtered and sorted, a page at a time.',
     args: {
@@ -113,7 +114,7 @@ const InvalidateCachePayload = builder.objectRef<{ matched: number; deleted: num
   }),
 });
 
-adminMutationField('invalidateCache', (t) =>
+builder.mutationField('invalidateCache', (t) =>
   t.field({
     type: InvalidateCachePayload,
     description: 'Deletes the cache entries a filter matches (all of them without a filter), from the database and from memory. With dryRun, only counts them.',
@@ -125,7 +126,7 @@ adminMutationField('invalidateCache', (t) =>
       const dryRun = args.dryRun ?? false;
       // Entries are written behind the callers' backs: one still queued would come back after the delete.
       await context.services.history.flush();
-      const result = await context.cacheEntries.invalidate(args.filter as CacheEntryFilter | null, dryRun);
+      const result = await context.cacheEntries.invalidate(args.filter as CacheEntryFilter | null, dryRun, context.actor);
       context.services.logger.info({ actor: context.actor, filter: args.filter, ...result, dryRun }, 'cache invalidated');
       return { ...result, dryRun };
     },

@@ -3,7 +3,7 @@ import type { CallFilter } from '../../analytics/calls.ts';
 import { selectsField } from '../selection.ts';
 import type { AttemptRow } from '../../llm/history.ts';
 import { countMessageTokens, countTextTokens, type TokenMessage } from '../../llm/tokens.ts';
-import { builder } from '../builder.ts';
+import { access, builder } from '../builder.ts';
 import { connectionOf } from './connection.ts';
 import { CacheStatus, CallKind, CallStatus, OrderDirection, Usage } from './enums.ts';
 import { CacheEntry, LlmCall } from './refs.ts';
@@ -27,6 +27,8 @@ LlmCall.implement({
   description: 'One logical call (chat or embedding) as a caller made it, from the audit history: a cache hit, a provider answer, or a failure.',
   fields: (t) => ({
     id: t.exposeID('id', { description: 'The call id (a UUIDv7, so ids sort by time).' }),
+    tenant: t.exposeString('tenant', { description: 'The tenant of the key that made it ("default" in open mode and for the master key).' }),
+    apiKeyId: t.exposeID('apiKeyId', { nullable: true, description: 'The API key that made it; null for the master key and open mode.' }),
     createdAt: t.field({ type: 'DateTime', resolve: (call) => call.createdAt, description: 'When the call started.' }),
     kind: t.field({ type: CallKind, resolve: (call) => call.kind, description: 'Chat or embedding.' }),
     apiType: t.exposeString('apiType', { description: 'The provider that served it: openai, azure, openai-compatible, ...' }),
@@ -35,6 +37,7 @@ LlmCall.implement({
     cacheStatus: t.field({ type: CacheStatus, resolve: (call) => call.cacheStatus, description: 'What the cache did.' }),
     cacheKey: t.exposeString('cacheKey', { nullable: true, description: 'The cache entry it read or wrote (null for bypassed calls and batches of several texts).' }),
     cacheEntry: t.field({
+      authScopes: { member: true },
       type: CacheEntry,
       nullable: true,
       description: 'The cache entry it read or wrote, while it exists.',
@@ -74,14 +77,15 @@ LlmCall.implement({
     templateName: t.exposeString('templateName', { nullable: true, description: 'The template(s) of a templated call, system first.' }),
     templateHash: t.exposeString('templateHash', { nullable: true, description: "SHA-256 of the templates' text: changes when a template changes." }),
     tags: t.exposeStringList('tags', { description: "The caller's tags." }),
-    metadata: t.field({ type: 'JSON', nullable: true, resolve: (call) => call.metadata ?? null, description: "The caller's metadata." }),
+    metadata: t.field({ authScopes: { member: true }, type: 'JSON', nullable: true, resolve: (call) => call.metadata ?? null, description: "The caller's metadata." }),
     requestBody: t.field({
+      authScopes: { member: true },
       type: 'JSON',
       nullable: true,
       resolve: (call) => call.requestBody ?? null,
       description: 'What was sent upstream (null when [History] STORE_BODIES is off). Never holds API keys.',
     }),
-    responseBody: t.field({ type: 'JSON', nullable: true, resolve: (call) => call.responseBody ?? null, description: 'What the provider answered (null when not stored).' }),
+    responseBody: t.field({ authScopes: { member: true }, type: 'JSON', nullable: true, resolve: (call) => call.responseBody ?? null, description: 'What the provider answered (null when not stored).' }),
   }),
 });
 
@@ -102,6 +106,8 @@ export const CallFilterInput = builder.inputType('CallFilter', {
     errorCodes: t.stringList({ description: 'Calls that failed with any of these codes.' }),
     cacheKeys: t.stringList({ description: 'Calls that read or wrote any of these cache entries.' }),
     text: t.string({ description: 'Text contained in the request (messages or texts), case-insensitive.' }),
+    tenants: t.stringList({ description: "Calls of any of these tenants (only an ADMIN reads other tenants than its key's)." }),
+    apiKeyIds: t.idList({ description: 'Calls made with any of these API keys.' }),
   }),
 });
 
@@ -125,6 +131,7 @@ const CallOrderInput = builder.inputType('CallOrder', {
 
 builder.queryFields((t) => ({
   call: t.field({
+    ...access.viewer,
     type: LlmCall,
     nullable: true,
     description: 'One call of the history with its attempts; null when no call has that id.',
@@ -132,6 +139,7 @@ builder.queryFields((t) => ({
     resolve: (_root, args, context) => context.calls.find(String(args.id)),
   }),
   calls: t.field({
+    ...access.viewer,
     type: LlmCallConnection,
     description: 'The call history, filtered and sorted, a page at a time.',
     args: {
@@ -164,6 +172,8 @@ const CallStatsDimension = builder.enumType('CallStatsDimension', {
     TAG: { description: 'By tag: a call counts once in each of its tags; untagged calls are left out.' },
     DAY: { description: 'By UTC day.' },
     HOUR: { description: 'By UTC hour.' },
+    TENANT: { description: 'By tenant.' },
+    API_KEY: { description: 'By API key (null: the master key and open mode).' },
   } as const,
 });
 
@@ -182,6 +192,8 @@ const CallStatsBucketRef = builder.objectRef<CallStatsBucket>('CallStatsBucket')
     }),
     template: t.exposeString('template', { nullable: true, description: 'The template name, when grouped by TEMPLATE.' }),
     tag: t.exposeString('tag', { nullable: true, description: 'The tag, when grouped by TAG.' }),
+    tenant: t.exposeString('tenant', { nullable: true, description: 'The tenant, when grouped by TENANT.' }),
+    apiKeyId: t.exposeID('apiKeyId', { nullable: true, description: 'The API key, when grouped by API_KEY.' }),
     day: t.field({ type: 'DateTime', nullable: true, resolve: (bucket) => bucket.day, description: 'Start of the UTC day, when grouped by DAY.' }),
     hour: t.field({ type: 'DateTime', nullable: true, resolve: (bucket) => bucket.hour, description: 'Start of the UTC hour, when grouped by HOUR.' }),
     calls: t.exposeInt('calls', { description: 'Calls in the group.' }),
@@ -202,6 +214,7 @@ const CallStatsBucketRef = builder.objectRef<CallStatsBucket>('CallStatsBucket')
 
 builder.queryField('callStats', (t) =>
   t.field({
+    ...access.viewer,
     type: [CallStatsBucketRef],
     description: 'Aggregates of the call history, computed in the database: one bucket per combination of the groupBy dimensions (one bucket for all when empty).',
     args: {

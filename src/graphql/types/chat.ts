@@ -1,5 +1,5 @@
 import type { SendMessageResult } from '../../llm/client.ts';
-import { builder } from '../builder.ts';
+import { access, builder } from '../builder.ts';
 import { CacheMode, CacheStatus, Usage } from './enums.ts';
 import { LlmCall } from './refs.ts';
 
@@ -89,17 +89,19 @@ const SendTemplatedMessageInput = builder.inputType('SendTemplatedMessageInput',
 
 builder.mutationFields((t) => ({
   sendMessage: t.field({
+    ...access.member,
     type: SendMessagePayload,
     description: "Sends a chat call through the cache, the provider (with retries) and the history, and returns the first choice's message.",
     args: { input: t.arg({ type: SendMessageInput, required: true, description: 'The call.' }) },
-    resolve: (_root, { input }, context) => context.services.llm.sendMessage({ ...input, messages: input.messages.map(toMessage), signal: context.signal }),
+    resolve: (_root, { input }, context) => context.services.llm.sendMessage({ ...input, messages: input.messages.map(toMessage), caller: context.caller, signal: context.signal }),
   }),
   sendTemplatedMessage: t.field({
+    ...access.member,
     type: SendMessagePayload,
     description: 'Renders the templates or prompts, then sends the chat call as sendMessage does; the history records the template name and hash.',
     args: { input: t.arg({ type: SendTemplatedMessageInput, required: true, description: 'The call.' }) },
     resolve: (_root, { input }, context) =>
-      context.services.llm.templatedCall({ ...input, variables: input.variables as Record<string, unknown> | null, signal: context.signal }),
+      context.services.llm.templatedCall({ ...input, variables: input.variables as Record<string, unknown> | null, caller: context.caller, signal: context.signal }),
   }),
 }));
 

@@ -1,5 +1,5 @@
 import type { EmbedResult, EmbeddingResult } from '../../llm/client.ts';
-import { builder } from '../builder.ts';
+import { access, builder } from '../builder.ts';
 import { CacheMode, CacheStatus, Usage } from './enums.ts';
 import { LlmCall } from './refs.ts';
 
@@ -34,20 +34,22 @@ const commonArguments = (t: Parameters<Parameters<typeof builder.queryFields>[0]
 
 builder.queryFields((t) => ({
   embedding: t.field({
+    ...access.member,
     type: Embedding,
     description: "TinyTroupe's get_embedding: the vector of one text, with the cache, retries and history of chat calls.",
     args: { text: t.arg.string({ required: true, description: 'The text to embed.' }), ...commonArguments(t) },
     resolve: async (_root, args, context) => {
-      const result = await context.services.llm.embed({ ...args, texts: [args.text], signal: context.signal });
+      const result = await context.services.llm.embed({ ...args, texts: [args.text], caller: context.caller, signal: context.signal });
       return { ...result.embeddings[0]!, usage: result.usage, call: result.call };
     },
   }),
   embeddings: t.field({
+    ...access.member,
     type: [Embedding],
     description: 'The vectors of several texts in one upstream call (only the texts not in the cache are sent), in the order given.',
     args: { texts: t.arg.stringList({ required: true, description: 'The texts to embed, at most 2048.' }), ...commonArguments(t) },
     resolve: async (_root, args, context) => {
-      const result = await context.services.llm.embed({ ...args, signal: context.signal });
+      const result = await context.services.llm.embed({ ...args, caller: context.caller, signal: context.signal });
       return result.embeddings.map((embedding) => ({ ...embedding, usage: result.usage, call: result.call }));
     },
   }),

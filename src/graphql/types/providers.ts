@@ -1,7 +1,6 @@
 import type { Override, OverrideChangeRecord } from '../../llm/overrides.ts';
 import type { ProviderStatus } from '../../llm/registry.ts';
-import { builder } from '../builder.ts';
-import { adminMutationField } from './admin.ts';
+import { access, builder } from '../builder.ts';
 
 const Provider = builder.objectRef<ProviderStatus & { active: boolean }>('Provider').implement({
   description: 'A registered provider (API type). Secrets are never shown: only which settings are missing.',
@@ -10,7 +9,7 @@ const Provider = builder.objectRef<ProviderStatus & { active: boolean }>('Provid
     description: t.exposeString('description', { description: 'What it is and what it needs.' }),
     active: t.exposeBoolean('active', { description: 'True for the provider that serves calls that do not name one (API_TYPE or its override).' }),
     configured: t.boolean({ resolve: (provider) => provider.missing.length === 0, description: 'True when it has what it needs to serve calls.' }),
-    missing: t.exposeStringList('missing', { description: 'The settings or environment variables it still needs.' }),
+    missing: t.exposeStringList('missing', { authScopes: { admin: true }, description: 'The settings or environment variables it still needs (ADMIN only).' }),
   }),
 });
 
@@ -38,6 +37,7 @@ const OverrideChange = builder.objectRef<OverrideChangeRecord>('OverrideChange')
 
 builder.queryFields((t) => ({
   providers: t.field({
+    ...access.viewer,
     type: [Provider],
     description: 'The registered providers, which one is active and which are configured.',
     resolve: (_root, _args, { services }) => {
@@ -61,7 +61,7 @@ builder.queryFields((t) => ({
   }),
 }));
 
-adminMutationField('forceApiType', (t) =>
+builder.mutationField('forceApiType', (t) =>
   t.field({
     type: RuntimeOverride,
     description: "TinyTroupe's force_api_type: the provider that serves calls that do not name one, for every instance, until reset.",
@@ -73,7 +73,7 @@ adminMutationField('forceApiType', (t) =>
   }),
 );
 
-adminMutationField('forceApiCache', (t) =>
+builder.mutationField('forceApiCache', (t) =>
   t.field({
     type: [RuntimeOverride],
     description: "TinyTroupe's force_api_cache: whether calls that do not say use the cache (CACHE_API_CALLS), and optionally CACHE_FILE_NAME (kept for compatibility).",
@@ -90,7 +90,7 @@ adminMutationField('forceApiCache', (t) =>
   }),
 );
 
-adminMutationField('forceDefaultValue', (t) =>
+builder.mutationField('forceDefaultValue', (t) =>
   t.field({
     type: RuntimeOverride,
     description: "TinyTroupe's force_default_value: overrides any [OpenAI] setting (e.g. MODEL, TEMPERATURE) for every instance. Unknown keys and bad values are BAD_USER_INPUT.",
@@ -105,7 +105,7 @@ adminMutationField('forceDefaultValue', (t) =>
   }),
 );
 
-adminMutationField('resetOverrides', (t) =>
+builder.mutationField('resetOverrides', (t) =>
   t.field({
     type: [OverrideChange],
     description: 'Removes one runtime override (or all of them without a key), back to config.ini and the environment; returns the changes made.',

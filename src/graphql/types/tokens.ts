@@ -1,5 +1,5 @@
 import { countTokens, type TokenCountResult } from '../../llm/tokens.ts';
-import { builder } from '../builder.ts';
+import { access, builder } from '../builder.ts';
 import { ChatMessageInput } from './chat.ts';
 
 const TokenCount = builder.objectRef<TokenCountResult>('TokenCount').implement({
@@ -18,6 +18,7 @@ const TokenCount = builder.objectRef<TokenCountResult>('TokenCount').implement({
 
 builder.queryField('tokenCount', (t) =>
   t.field({
+    ...access.member,
     type: TokenCount,
     description: 'Counts the tokens of a text or of a list of chat messages (exactly one of the two).',
     args: {

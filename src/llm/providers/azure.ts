@@ -21,7 +21,13 @@ export const azureProvider: ProviderDefinition = {
         timeout: settings.timeout * 1000,
       });
     const chat = client(settings.azureApiVersion);
-    const embeddingVersion = settings.azureEmbeddingModelApiVersion;
-    return createSdkProvider('azure', chat, embeddingVersion && embeddingVersion !== settings.azureApiVersion ? client(embeddingVersion) : chat);
+    const embeddingVersion = settings.azureEmbeddingModelApiVersion ?? settings.azureApiVersion;
+    const endpoint = (apiVersion: string) => `${secrets.azureOpenaiEndpoint!.replace(/\/+$/, '')}/openai?api-version=${apiVersion}`;
+    return createSdkProvider(
+      'azure',
+      { chat: endpoint(settings.azureApiVersion), embeddings: endpoint(embeddingVersion) },
+      chat,
+      embeddingVersion !== settings.azureApiVersion ? client(embeddingVersion) : chat,
+    );
   },
 };

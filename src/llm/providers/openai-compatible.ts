@@ -10,6 +10,7 @@ export const openaiCompatibleProvider: ProviderDefinition = {
   create: (settings, secrets) =>
     createSdkProvider(
       'openai-compatible',
+      { chat: settings.baseUrl!, embeddings: settings.baseUrl! },
       new OpenAI({
         ...explicitClientOptions,
         // Local servers ignore the key, but the SDK insists on one.

@@ -62,9 +62,10 @@ function usageOf(usage: { prompt_tokens?: number; completion_tokens?: number; to
  * A Provider over one SDK client (OpenAI or AzureOpenAI, which share the API). The client is built
  * by the caller with every option explicit and `maxRetries: 0`: Callboard's retry loop counts attempts.
  */
-export function createSdkProvider(apiType: string, chatClient: OpenAI, embeddingClient: OpenAI = chatClient): Provider {
+export function createSdkProvider(apiType: string, endpoint: Provider['endpoint'], chatClient: OpenAI, embeddingClient: OpenAI = chatClient): Provider {
   const requestOptions = (options: ProviderCallOptions) => ({ timeout: options.timeoutMs, signal: options.signal, maxRetries: 0 });
   return {
+    endpoint,
     async chat(request: ProviderChatRequest, options) {
       try {
         const { data, request_id } = await chatClient.chat.completions

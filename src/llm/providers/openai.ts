@@ -7,14 +7,8 @@ export const openaiProvider: ProviderDefinition = {
   apiType: 'openai',
   description: 'OpenAI (api.openai.com, or BASE_URL when set); needs OPENAI_API_KEY.',
   missing: (_settings, secrets) => (secrets.openaiApiKey ? [] : ['OPENAI_API_KEY']),
-  create: (settings, secrets) =>
-    createSdkProvider(
-      'openai',
-      new OpenAI({
-        ...explicitClientOptions,
-        apiKey: secrets.openaiApiKey!,
-        baseURL: settings.baseUrl ?? 'https://api.openai.com/v1',
-        timeout: settings.timeout * 1000,
-      }),
-    ),
+  create: (settings, secrets) => {
+    const baseURL = settings.baseUrl ?? 'https://api.openai.com/v1';
+    return createSdkProvider('openai', { chat: baseURL, embeddings: baseURL }, new OpenAI({ ...explicitClientOptions, apiKey: secrets.openaiApiKey!, baseURL, timeout: settings.timeout * 1000 }));
+  },
 };

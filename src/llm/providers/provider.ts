@@ -58,6 +58,11 @@ export interface ProviderCallOptions {
 
 /** One upstream: the only code that talks to a model provider. Errors are ProviderErrors. */
 export interface Provider {
+  /**
+   * Where requests go, without secrets: the base URL or endpoint and API version, per operation. Part
+   * of the cache key, so an answer from one server is never served for another.
+   */
+  endpoint: { chat: string; embeddings: string };
   chat(request: ProviderChatRequest, options: ProviderCallOptions): Promise<ProviderChatResponse>;
   embed(request: ProviderEmbeddingRequest, options: ProviderCallOptions): Promise<ProviderEmbeddingResponse>;
 }

@@ -1,0 +1,39 @@
+import type { Plugin } from 'graphql-yoga';
+import { isCallboardError } from '../errors.ts';
+import type { Authenticator, Identity } from './identity.ts';
+
+/**
+ * The door: decides each request's identity once, before anything runs, and answers 401 with a
+ * coded body when it has none. What it decided is read back with `identityOf(request)`.
+ */
+export function createDoor(authenticator: Authenticator) {
+  const identities = new WeakMap<Request, Identity>();
+  /** GraphiQL's page holds no data: it opens without a key, and its requests carry one. */
+  const isGraphiqlPage = (request: Request, url: URL) =>
+    request.method === 'GET' && !url.searchParams.has('query') && (request.headers.get('accept') ?? '').includes('text/html');
+
+  const plugin: Plugin = {
+    async onRequest({ request, url, endResponse }) {
+      if (url.pathname === '/health' || url.pathname === '/ready' || isGraphiqlPage(request, url)) return;
+      try {
+        identities.set(request, await authenticator.authenticate(request.headers.get('authorization')));
+      } catch (error) {
+        if (!isCallboardError(error)) throw error;
+        endResponse(
+          Response.json(
+            { errors: [{ message: error.message, extensions: { code: error.code } }] },
+            { status: 401, headers: { 'www-authenticate': 'Bearer realm="callboard"' } },
+          ),
+        );
+      }
+    },
+  };
+  return {
+    plugin,
+    identityOf(request: Request): Identity {
+      const identity = identities.get(request);
+      if (!identity) throw new Error('No identity for this request: the door plugin did not run.');
+      return identity;
+    },
+  };
+}
