@@ -1,8 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
+  ApiKeysDocument,
   CacheEntriesDocument,
   CallDetailDocument,
   CallStatsDocument,
+  MeDocument,
   ProvidersAndOverridesDocument,
   RecentCallsDocument,
 } from '../../src/client/generated/graphql.ts';
@@ -16,7 +18,10 @@ describe('the dashboard client operations (src/client)', () => {
 
   beforeAll(async () => {
     fake = await startFakeOpenAI();
-    testApp = await createTestApp('pglite', testConfig(`[OpenAI]\nBASE_URL=${fake.openaiBaseURL}\nCACHE_API_CALLS=True\n[Prices]\ngpt-4o-mini=0.15, 0.60\n`, { OPENAI_API_KEY: 'sk-client-test' }));
+    testApp = await createTestApp(
+      'pglite',
+      testConfig(`[OpenAI]\nBASE_URL=${fake.openaiBaseURL}\nCACHE_API_CALLS=True\n[Prices]\ngpt-4o-mini=0.15, 0.60\n`, { OPENAI_API_KEY: 'sk-client-test' }),
+    );
     const ask = () => testApp.services.llm.sendMessage({ messages: [{ role: 'user', content: 'dashboards' }], tags: ['dashboard'] });
     await ask();
     await ask();
@@ -48,5 +53,13 @@ describe('the dashboard client operations (src/client)', () => {
     expect(entries.data!.cacheEntries.edges[0]!.node.hitCount).toBe(1);
     const providers = await testApp.execute(ProvidersAndOverridesDocument);
     expect(providers.data!.providers.find((provider) => provider.active)?.apiType).toBe('openai');
+  });
+
+  it('Me shows the key a dashboard signs in with, and ApiKeys lists the keys for an ADMIN (open mode here)', async () => {
+    const created = await testApp.services.keys.create({ name: 'dashboard', role: 'VIEWER', tenant: 'default', limits: { requestsPerMinute: 60 } }, 'test');
+    const me = await testApp.execute(MeDocument, {}, { authorization: `Bearer ${created.key}` });
+    expect(me.data!.me).toMatchObject({ id: created.record.id, role: 'VIEWER', tenant: 'default', limits: { requestsPerMinute: 60, usdPerDay: null } });
+    const keys = await testApp.execute(ApiKeysDocument);
+    expect(keys.data!.apiKeys.edges.map((edge) => edge.node.id)).toContain(created.record.id);
   });
 });
