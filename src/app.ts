@@ -7,6 +7,7 @@ import type { GraphQLContext } from './graphql/context.ts';
 import { maskError } from './graphql/errors.ts';
 import { exampleOperations } from './graphql/examples.ts';
 import { schema } from './graphql/schema.ts';
+import { createCorsOptions, useBrowserSafety } from './http/browser-safety.ts';
 import type { Services } from './services.ts';
 
 export type App = YogaServerInstance<Record<string, never>, GraphQLContext>;
@@ -25,6 +26,7 @@ export function createApp(services: Services): App {
     cacheEntries: createCacheEntryQueries({ prisma, cache: services.cache, forget: services.forgetCacheEverywhere }),
     callStats: (...args: DropFirst<Parameters<typeof callStats>>) => callStats(database, ...args),
   };
+  const { server } = loaded.config;
   return createYoga<Record<string, never>, GraphQLContext>({
     schema,
     context: ({ request }) => ({
@@ -49,6 +51,12 @@ export function createApp(services: Services): App {
       },
     },
     maskedErrors: { maskError },
-    plugins: [useReadinessCheck({ endpoint: '/ready', check: () => database.isReachable() })],
+    cors: createCorsOptions(server.corsOrigins),
+    // No field takes an upload, and multipart is a body any web page can post.
+    multipart: false,
+    plugins: [
+      useBrowserSafety({ corsOrigins: server.corsOrigins, allowedHosts: server.allowedHosts, checkHost: loaded.config.secrets.masterKey === null }),
+      useReadinessCheck({ endpoint: '/ready', check: () => database.isReachable() }),
+    ],
   });
 }
