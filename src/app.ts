@@ -9,6 +9,7 @@ import type { GraphQLContext } from './graphql/context.ts';
 import { maskError } from './graphql/errors.ts';
 import { exampleOperations } from './graphql/examples.ts';
 import { schema } from './graphql/schema.ts';
+import { createCorsOptions, useBrowserSafety } from './http/browser-safety.ts';
 import type { Services } from './services.ts';
 
 export type App = YogaServerInstance<Record<string, never>, GraphQLContext>;
@@ -22,6 +23,7 @@ export function createApp(services: Services): App {
   const { loaded, database, logger } = services;
   const prisma = database.prisma;
   const door = createDoor(services.authenticator);
+  const { server } = loaded.config;
   return createYoga<Record<string, never>, GraphQLContext>({
     schema,
     context: ({ request }): GraphQLContext => {
@@ -56,6 +58,14 @@ export function createApp(services: Services): App {
       },
     },
     maskedErrors: { maskError },
-    plugins: [door.plugin, useReadinessCheck({ endpoint: '/ready', check: () => database.isReachable() })],
+    cors: createCorsOptions(server.corsOrigins),
+    // No field takes an upload, and multipart is a body any web page can post.
+    multipart: false,
+    plugins: [
+      // A rebound Host is refused before anyone is asked for a key.
+      useBrowserSafety({ corsOrigins: server.corsOrigins, allowedHosts: server.allowedHosts, checkHost: services.authenticator.openMode }),
+      door.plugin,
+      useReadinessCheck({ endpoint: '/ready', check: () => database.isReachable() }),
+    ],
   });
 }

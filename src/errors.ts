@@ -1,6 +1,10 @@
 /** Stable, machine-readable codes of every error Callboard reports. */
 export type ErrorCode =
   | 'BAD_USER_INPUT'
+  // Refusals of what a web page could send without the operator knowing (src/http/browser-safety.ts).
+  | 'UNSUPPORTED_MEDIA_TYPE'
+  | 'CSRF_PREVENTED'
+  | 'HOST_NOT_ALLOWED'
   | 'CONFIG_INVALID'
   | 'UNKNOWN_PROVIDER'
   | 'PROVIDER_NOT_CONFIGURED'

@@ -78,12 +78,12 @@ export function createAuthenticator(options: { masterKey: string | null; keys: P
   return {
     openMode: masterDigest === null,
     async authenticate(authorization) {
-      if (authorization === null || authorization.trim() === '') {
+      // Other schemes (Basic, which a browser attaches by itself) are not Callboard's credentials.
+      const match = /^Bearer\s+(\S+)\s*$/i.exec(authorization ?? '');
+      if (!match) {
         if (masterDigest === null) return openIdentity;
         throw unauthenticated('This server needs an API key: send "Authorization: Bearer <key>".');
       }
-      const match = /^Bearer\s+(\S+)\s*$/i.exec(authorization);
-      if (!match) throw unauthenticated('The Authorization header must be "Bearer <key>".');
       const secret = match[1]!;
       // Digests of equal length, compared in constant time: the comparison tells nothing of the master key.
       if (masterDigest !== null && timingSafeEqual(digest(secret), masterDigest)) return masterIdentity;

@@ -37,7 +37,7 @@ describe('loadConfig', () => {
       baseUrl: null,
       maxConcurrentModelCalls: 0,
     });
-    expect(config.server).toEqual({ host: '127.0.0.1', port: 4000, graphiql: true });
+    expect(config.server).toEqual({ host: '127.0.0.1', port: 4000, graphiql: true, corsOrigins: [], allowedHosts: [] });
     expect(config.database).toEqual({ url: null, dataDir: './.callboard/data' });
     expect(config.prices).toEqual({});
   });
@@ -144,6 +144,24 @@ describe('loadConfig', () => {
     const { config } = loadConfig([], { [environmentVariableFor('Cache', 'TTL')]: '30', [environmentVariableFor('Server', 'GRAPHIQL')]: 'off' });
     expect(config.cache.ttlSeconds).toBe(30);
     expect(config.server.graphiql).toBe(false);
+  });
+
+  it('reads CORS_ORIGINS as exact origins and ALLOWED_HOSTS as host names, both normalised as a browser sends them', () => {
+    const ini = '[Server]\nCORS_ORIGINS=http://LOCALHOST:5173/, https://dashboard.example:443 ,http://localhost:5173\nALLOWED_HOSTS=Callboard.Internal, [FD00::1],10.0.0.7.\n';
+    const { config } = loadConfig([file('a.ini', ini)], {});
+    expect(config.server.corsOrigins).toEqual(['http://localhost:5173', 'https://dashboard.example']);
+    expect(config.server.allowedHosts).toEqual(['callboard.internal', '[fd00::1]', '10.0.0.7']);
+    const problems = problemsOf(() =>
+      loadConfig([file('b.ini', '[Server]\nCORS_ORIGINS=*, http://a.example/path, ftp://b.example\nALLOWED_HOSTS=http://c.example, d.example:8080, e.example/x\n')], {}),
+    );
+    expect(problems.map((problem) => [problem.key, problem.message])).toEqual([
+      ['CORS_ORIGINS', expect.stringContaining('"*" is not accepted')],
+      ['ALLOWED_HOSTS', expect.stringContaining('"http://c.example"')],
+    ]);
+    expect(problems[0]!.message).toContain('"http://a.example/path"');
+    expect(problems[0]!.message).toContain('"ftp://b.example"');
+    expect(problems[1]!.message).toContain('"d.example:8080"');
+    expect(problems[1]!.message).toContain('"e.example/x"');
   });
 
   it('parses prices as input and output USD per million tokens', () => {

@@ -42,7 +42,8 @@ export interface OpenAiConfig {
 
 export interface Config {
   openai: OpenAiConfig;
-  server: { host: string; port: number; graphiql: boolean };
+  /** `corsOrigins`: exact origins answered with CORS headers; `allowedHosts`: names the Host header may carry in open mode. */
+  server: { host: string; port: number; graphiql: boolean; corsOrigins: string[]; allowedHosts: string[] };
   /** `url` null means the embedded PGlite database in `dataDir`. */
   database: { url: string | null; dataDir: string };
   logging: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };
@@ -128,6 +129,35 @@ const databaseUrl = text.refine(
   (value) => /^postgres(ql)?:\/\//.test(value) && URL.canParse(value),
   'expected a Postgres URL such as postgresql://user@127.0.0.1:5432/callboard',
 );
+/** A comma-separated list, each item checked and normalised by `parse`; empty: none. */
+function commaList(parse: (item: string) => { value: string } | { problem: string }) {
+  return z.string().transform((value, context) => {
+    const items: string[] = [];
+    for (const item of value.split(',').map((part) => part.trim()).filter((part) => part !== '')) {
+      const parsed = parse(item);
+      if ('problem' in parsed) context.addIssue({ code: 'custom', message: parsed.problem });
+      else if (!items.includes(parsed.value)) items.push(parsed.value);
+    }
+    return items;
+  });
+}
+/** A bare http(s) origin, in the form browsers send it in the Origin header. */
+const corsOrigins = commaList((item) => {
+  if (item === '*') return { problem: 'expected exact origins such as http://localhost:5173; "*" is not accepted' };
+  const url = URL.canParse(item) ? new URL(item) : null;
+  if (!url || !['http:', 'https:'].includes(url.protocol) || url.pathname !== '/' || url.search || url.hash || url.username) {
+    return { problem: `expected an origin such as http://localhost:5173 (scheme, host and port only), got "${item}"` };
+  }
+  return { value: url.origin };
+});
+/** A host name or IP address without port, as a URL would normalise it. */
+const hostNames = commaList((item) => {
+  const url = URL.canParse(`http://${item}`) ? new URL(`http://${item}`) : null;
+  if (!url || url.port || url.host !== url.hostname || url.pathname !== '/' || url.search || url.hash || url.username || item.includes('/')) {
+    return { problem: `expected a host name without scheme or port such as callboard.internal, got "${item}"` };
+  }
+  return { value: url.hostname.replace(/\.$/, '') };
+});
 const logLevel = z
   .string()
   .transform((value) => value.trim().toLowerCase())
@@ -176,6 +206,8 @@ const sections: Record<string, Record<string, KeySpec>> = {
     HOST: { path: ['server', 'host'], default: '127.0.0.1', schema: text },
     PORT: { path: ['server', 'port'], default: '4000', schema: integer(0, 65535) },
     GRAPHIQL: { path: ['server', 'graphiql'], default: 'True', schema: configBoolean },
+    CORS_ORIGINS: { path: ['server', 'corsOrigins'], default: '', schema: corsOrigins },
+    ALLOWED_HOSTS: { path: ['server', 'allowedHosts'], default: '', schema: hostNames },
   },
   Database: {
     URL: { path: ['database', 'url'], default: '', schema: optional(databaseUrl) },

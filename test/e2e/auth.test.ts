@@ -158,7 +158,7 @@ describe.each(databaseKinds)('keys, roles and tenants on %s', (kind) => {
       ['unknown key', 'cb_not-a-real-key', {}],
       ['revoked key', revoked.key, {}],
       ['expired key', expiring.key, {}],
-      ['not a bearer', null, { authorization: `Basic ${Buffer.from('a:b').toString('base64')}` }],
+      ['Basic, not Bearer', null, { authorization: `Basic ${Buffer.from('a:b').toString('base64')}` }],
     ] as const) {
       const response = await post(testApp, '{ calls(first: 1) { totalCount } }', {}, key, headers);
       expect(response.status, label).toBe(401);

@@ -1,0 +1,18 @@
+import { schema } from './schema.ts';
+
+/**
+ * Root fields that cost money upstream. Over GET (an `<img>` or a link can send one) they run only
+ * with a preflight-forcing header; the mutations among them are refused over GET by Yoga anyway.
+ */
+export const paidFields: ReadonlySet<string> = new Set(['sendMessage', 'sendTemplatedMessage', 'embedding', 'embeddings']);
+
+/**
+ * Root query fields only an ADMIN may run (keys, settings, overrides): those that keep the Query
+ * type's ADMIN scope rather than opening themselves with `access.viewer` or `access.member`. Read
+ * from the schema, so the role rules stay declared in one place.
+ */
+export const adminQueryFields: ReadonlySet<string> = new Set(
+  Object.values(schema.getQueryType()!.getFields())
+    .filter((field) => (field.extensions as { pothosOptions?: { skipTypeScopes?: boolean } }).pothosOptions?.skipTypeScopes !== true)
+    .map((field) => field.name),
+);
