@@ -69,19 +69,21 @@ async function scenarios(kind: DatabaseKind, database: Database, open: (poolSize
       const durable = createLimitStore({ database: pool, waitForWalFlush: true });
       results.push(await measure('reserve, one key, waitForWalFlush', concurrency, calls, async (index) => (reservations[index] = await durable.reserve(oneKey, generous, spend))));
       results.push(await measure('settle, one key, waitForWalFlush', concurrency, calls, (index) => durable.settle(reservations[index], { tokens: 400, usd: 0.004 })));
+      const refuse = (limits: KeyLimits, refusedSpend: typeof spend) => () =>
+        store.reserve(limited, limits, refusedSpend).then(
+          () => {
+            throw new Error('expected a refusal');
+          },
+          () => undefined,
+        );
       const limited = await createKey(database);
       const oneRequestPerMinute = { ...generous, requestsPerMinute: 1 };
       await store.reserve(limited, oneRequestPerMinute, spend);
-      results.push(
-        await measure('reserve refused (RATE_LIMITED)', concurrency, Math.min(calls, 500), () =>
-          store.reserve(limited, oneRequestPerMinute, spend).then(
-            () => {
-              throw new Error('expected a refusal');
-            },
-            () => undefined,
-          ),
-        ),
-      );
+      results.push(await measure('reserve refused, requests per minute (from memory after the first)', concurrency, Math.min(calls, 500), refuse(oneRequestPerMinute, spend)));
+      const thousandTokensPerMinute = { ...generous, requestsPerMinute: null, tokensPerMinute: 1_000 };
+      const sixHundredTokens = { ...spend, tokens: 600 };
+      await store.reserve(limited, thousandTokensPerMinute, sixHundredTokens);
+      results.push(await measure('reserve refused, tokens per minute (two statements)', concurrency, Math.min(calls, 500), refuse(thousandTokensPerMinute, sixHundredTokens)));
     } finally {
       if (pool !== database) await pool.close();
     }

@@ -39,7 +39,9 @@ export interface LimitStore {
   /**
    * Reserves `spend` against every limit of the key in one statement, or reserves nothing and throws
    * RATE_LIMITED (details.retryAfterSeconds) or BUDGET_EXCEEDED (details.limit, maximum, used, requested).
-   * Resolves to null without a round trip when the key has no limit.
+   * Resolves to null without a round trip when the key has no limit. Once refused for its requests per
+   * minute, a key is refused again from memory until its bucket has room: code that ever lowers a
+   * stored "requestsTat" (a usage reset) must know other instances may keep refusing until then.
    */
   reserve(apiKeyId: string, limits: KeyLimits, spend: Spend): Promise<Reservation | null>;
   /** Replaces the reserved tokens and USD by what the call really spent; its request stays counted. */
@@ -133,7 +135,8 @@ RETURNING "day", "month"`;
 /*
  * After a refusal: the row is read under its lock (FOR UPDATE returns the newest version), so the
  * reason given is the state the decision was made on, and a settle that made room in between lets
- * this same statement reserve. Either way no third round trip and no retry loop.
+ * this same statement reserve. Either way no third round trip and no retry loop. The lock alone
+ * writes WAL, so the commit settings sit in the outer query, which runs whether or not it reserves.
  */
 const reserveLockedSql = (commitSettings: string) => `
 WITH u AS (
@@ -141,14 +144,14 @@ WITH u AS (
   FROM "ApiKeyUsage" WHERE "apiKeyId" = $1::uuid FOR UPDATE
 ), reserved AS (
   UPDATE "ApiKeyUsage" AS target SET ${RESERVED_VALUES}
-  FROM u, ${commitSettings}
+  FROM u
   WHERE target."apiKeyId" = u."apiKeyId" AND ${ALL_FIT}
   RETURNING target."day", target."month"
 )
 SELECT u."requestsTat", u."tokensTat", u."day", u."dayUsd", u."month", u."monthUsd",
        reserved."day" AS "reservedDay", reserved."month" AS "reservedMonth",
        ${fits.requests} AS "requestsFit", ${fits.tokens} AS "tokensFit", ${fits.day} AS "dayFits", ${fits.month} AS "monthFits"
-FROM u LEFT JOIN reserved ON true`;
+FROM u LEFT JOIN reserved ON true CROSS JOIN ${commitSettings}`;
 
 /*
  * $1 key, $2 now, $3 token emission interval (null: not limited), $4 tokens spent minus reserved,
@@ -200,6 +203,10 @@ export function createLimitStore(options: LimitStoreOptions): LimitStore {
   const settleStatement = settleSql(commitSettings);
   // A reservation settles once: a settle followed by a release in a `finally` must not give back twice.
   const settled = new WeakSet<Reservation>();
+  // A request tat only grows (settling never gives requests back), so once a key is refused for its
+  // requests per minute, this instance can refuse it again without asking, exactly, until the tat
+  // read then has drained: a client hammering a limited key costs the database nothing.
+  const requestsRefused = new Map<string, { requestsPerMinute: number; tat: number }>();
 
   async function reserve(apiKeyId: string, limits: KeyLimits, spend: Spend): Promise<Reservation | null> {
     if (!hasAnyLimit(limits)) return null;
@@ -209,6 +216,13 @@ export function createLimitStore(options: LimitStoreOptions): LimitStore {
     const tokensInterval = emissionInterval(limits.tokensPerMinute);
     const tracksUsd = tracksUsdOf(limits);
     const time = now();
+    const refused = requestsRefused.get(apiKeyId);
+    if (refused && requestsInterval !== null && cost.requests > 0) {
+      if (refused.requestsPerMinute === limits.requestsPerMinute && Math.max(refused.tat, time) + cost.requests * requestsInterval - time > TAT_CEILING) {
+        throw rateLimited('requestsPerMinute', limits, refused.tat, cost.requests, time);
+      }
+      requestsRefused.delete(apiKeyId);
+    }
     const parameters = [
       apiKeyId,
       time,
@@ -229,6 +243,11 @@ export function createLimitStore(options: LimitStoreOptions): LimitStore {
     // The key was deleted between the two statements.
     if (!locked) throw new CallboardError('NOT_FOUND', 'No such API key.', { details: { apiKeyId } });
     if (locked.reservedDay !== null && locked.reservedMonth !== null) return reservation({ day: locked.reservedDay, month: locked.reservedMonth });
+    if (!locked.requestsFit && limits.requestsPerMinute !== null) {
+      // A bound on the memory a flood of distinct refused keys can take; forgetting only costs round trips.
+      if (requestsRefused.size >= 10_000) requestsRefused.clear();
+      requestsRefused.set(apiKeyId, { requestsPerMinute: limits.requestsPerMinute, tat: locked.requestsTat });
+    }
     throw rejectionFor(locked, limits, cost, time);
   }
 
@@ -352,23 +371,27 @@ function rejectionFor(row: LockedRow, limits: KeyLimits, cost: Spend, time: numb
     );
   }
   const rates = [
-    ['requestsPerMinute', row.requestsFit, row.requestsTat, cost.requests, 'requests'],
-    ['tokensPerMinute', row.tokensFit, row.tokensTat, cost.tokens, 'tokens'],
+    ['requestsPerMinute', row.requestsFit, row.requestsTat, cost.requests],
+    ['tokensPerMinute', row.tokensFit, row.tokensTat, cost.tokens],
   ] as const;
   let rejection: CallboardError | undefined;
-  let longestWait = 0;
-  for (const [limit, fit, tat, requested, unit] of rates) {
-    const interval = emissionInterval(limits[limit]);
-    if (fit || interval === null) continue;
-    const retryAfterSeconds = Math.max(1, Math.ceil((Math.max(tat, time) + requested * interval - time - WINDOW_MS) / 1000));
-    if (retryAfterSeconds <= longestWait) continue;
-    longestWait = retryAfterSeconds;
-    rejection = new CallboardError('RATE_LIMITED', `The API key's limit of ${limits[limit]} ${unit} per minute is reached; retry in ${retryAfterSeconds} s.`, {
-      details: { limit, maximum: limits[limit], used: bucketLevel(tat, interval, time), requested, retryAfterSeconds },
-    });
+  for (const [limit, fit, tat, requested] of rates) {
+    if (fit || emissionInterval(limits[limit]) === null) continue;
+    const candidate = rateLimited(limit, limits, tat, requested, time);
+    if (!rejection || (candidate.details.retryAfterSeconds as number) > (rejection.details.retryAfterSeconds as number)) rejection = candidate;
   }
   if (!rejection) throw new Error('A reservation was refused while every limit had room');
   return rejection;
+}
+
+function rateLimited(limit: 'requestsPerMinute' | 'tokensPerMinute', limits: KeyLimits, tat: number, requested: number, time: number): CallboardError {
+  const maximum = limits[limit]!;
+  const interval = WINDOW_MS / maximum;
+  const unit = limit === 'requestsPerMinute' ? 'requests' : 'tokens';
+  const retryAfterSeconds = Math.max(1, Math.ceil((Math.max(tat, time) + requested * interval - time - WINDOW_MS) / 1000));
+  return new CallboardError('RATE_LIMITED', `The API key's limit of ${maximum} ${unit} per minute is reached; retry in ${retryAfterSeconds} s.`, {
+    details: { limit, maximum, used: bucketLevel(tat, interval, time), requested, retryAfterSeconds },
+  });
 }
 
 /** The units a GCRA bucket holds now: what the sliding minute has counted and not yet drained. */

@@ -72,14 +72,25 @@ describe.each(databaseKinds)('API key limits on %s', (kind) => {
   describe('requests per minute (GCRA)', () => {
     it('lets a burst of the limit through, then one request per emission interval', async () => {
       const key = await createKey({ requestsPerMinute: 10 });
+      const counting = countingDatabase(database);
+      store = createLimitStore({ database: counting, now });
       for (let i = 0; i < 10; i++) await store.reserve(key.id, key.limits, oneRequest);
 
       const refused = await failure(store.reserve(key.id, key.limits, oneRequest));
       expect(refused.code).toBe('RATE_LIMITED');
       expect(refused.details).toMatchObject({ limit: 'requestsPerMinute', maximum: 10, used: 10, retryAfterSeconds: 6 });
-      // Crossing the minute boundary opens no fresh window.
+      // Ten reservations, then a refusal and its explanation.
+      expect(counting.calls).toBe(12);
+      // Crossing the minute boundary opens no fresh window; asked again, this instance knows without a round trip.
       clock += 10;
-      expect((await failure(store.reserve(key.id, key.limits, oneRequest))).details.retryAfterSeconds).toBe(6);
+      expect((await failure(store.reserve(key.id, key.limits, oneRequest))).details).toMatchObject({ limit: 'requestsPerMinute', used: 10, retryAfterSeconds: 6 });
+      expect(counting.calls).toBe(12);
+      // A call that needs no request slot is not refused by it; another limit is asked about again
+      // (and refused: the bucket keeps its time until empty, and 59.99 s of it is a full minute for 11 too).
+      await store.reserve(key.id, key.limits, { requests: 0, tokens: 0, usd: 0 });
+      expect(counting.calls).toBe(13);
+      expect((await failure(store.reserve(key.id, { ...key.limits, requestsPerMinute: 11 }, oneRequest))).code).toBe('RATE_LIMITED');
+      expect(counting.calls).toBe(15);
 
       clock = noon + 6_000;
       await expect(store.reserve(key.id, key.limits, oneRequest)).resolves.toMatchObject({ apiKeyId: key.id });
