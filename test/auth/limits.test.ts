@@ -166,20 +166,23 @@ describe.each(databaseKinds)('API key limits on %s', (kind) => {
 
   describe('USD budgets', () => {
     it('never spends more than the daily budget with 50 concurrent calls from two instances, and resets the next UTC day', async () => {
-      const key = await createKey({ usdPerDay: 5 });
+      const key = await createKey({ usdPerDay: 5, tokensPerMinute: 200_000 });
       const instances = await twoInstances();
       const settledUsd: number[] = [];
+      let settledTokens = 0;
       try {
         const outcomes = await settleAll(
           Array.from({ length: 50 }, (_, i) => async () => {
             const limitStore = instances.stores[i % 2]!;
-            const reservation = await limitStore.reserve(key.id, key.limits, { requests: 1, tokens: 0, usd: 0.3 });
+            const reservation = await limitStore.reserve(key.id, key.limits, { requests: 1, tokens: 2_000, usd: 0.3 });
             await sleep(i % 5);
             // Every seventh call fails upstream and gives its reservation back; the others cost 0.05 to 0.30.
             if (i % 7 === 3) return limitStore.release(reservation);
             const usd = 0.05 + ((i * 37) % 26) / 100;
-            await limitStore.settle(reservation, { tokens: 0, usd });
+            const tokens = 100 + ((i * 53) % 1_900);
+            await limitStore.settle(reservation, { tokens, usd });
             settledUsd.push(usd);
+            settledTokens += tokens;
           }),
         );
         const reasons = outcomes.flatMap((outcome) => (outcome.status === 'rejected' ? [outcome.reason as CallboardError] : []));
@@ -192,6 +195,9 @@ describe.each(databaseKinds)('API key limits on %s', (kind) => {
         const usage = (await store.usage([key.id])).get(key.id)!;
         expect(usage.usdToday).toBeCloseTo(total, 9);
         expect(usage.usdThisMonth).toBeCloseTo(total, 9);
+        // The clock stands still, so the token bucket holds exactly what was settled (float8 noise aside).
+        expect(usage.tokensThisMinute).toBeGreaterThanOrEqual(settledTokens);
+        expect(usage.tokensThisMinute).toBeLessThanOrEqual(settledTokens + 1);
 
         const refused = await failure(store.reserve(key.id, key.limits, { requests: 1, tokens: 0, usd: 5 - total + 0.01 }));
         expect(refused.details).toMatchObject({ limit: 'usdPerDay', maximum: 5, retryAfterSeconds: Math.ceil((Date.UTC(2026, 11, 2) - noon) / 1000) });
