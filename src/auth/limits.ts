@@ -33,8 +33,6 @@ export interface KeyUsage {
   usdThisMonth: number;
 }
 
-export type LimitName = keyof KeyLimits;
-
 export interface LimitStore {
   /**
    * Reserves `spend` against every limit of the key in one statement, or reserves nothing and throws
