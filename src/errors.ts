@@ -20,7 +20,11 @@ export type ErrorCode =
   | 'TEMPLATE_ERROR'
   | 'NOT_FOUND'
   | 'UNAUTHENTICATED'
-  | 'FORBIDDEN';
+  | 'FORBIDDEN'
+  /** An API key's requests or tokens per minute are used up; details.retryAfterSeconds says when to come back. */
+  | 'RATE_LIMITED'
+  /** An API key's USD budget for the day or the month is used up. */
+  | 'BUDGET_EXCEEDED';
 
 /** The base of every error Callboard raises on purpose: a code and details safe to show a client. */
 export class CallboardError extends Error {
