@@ -6,6 +6,7 @@ import { createCallQueries } from './analytics/calls.ts';
 import type { GraphQLContext } from './graphql/context.ts';
 import { maskError } from './graphql/errors.ts';
 import { exampleOperations } from './graphql/examples.ts';
+import { createQueryLimitPlugins } from './graphql/query-limits.ts';
 import { schema } from './graphql/schema.ts';
 import type { Services } from './services.ts';
 
@@ -49,6 +50,6 @@ export function createApp(services: Services): App {
       },
     },
     maskedErrors: { maskError },
-    plugins: [useReadinessCheck({ endpoint: '/ready', check: () => database.isReachable() })],
+    plugins: [useReadinessCheck({ endpoint: '/ready', check: () => database.isReachable() }), ...createQueryLimitPlugins(loaded.config.limits)],
   });
 }

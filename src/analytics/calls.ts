@@ -102,9 +102,10 @@ export interface PageArguments {
 }
 
 const maxPageSize = 100;
+export const defaultPageSize = 20;
 
 export function pageSize(first: number | null | undefined): number {
-  const size = first ?? 20;
+  const size = first ?? defaultPageSize;
   if (!Number.isInteger(size) || size < 0 || size > maxPageSize) throw badUserInput(`first must be between 0 and ${maxPageSize}, got ${size}.`, { field: 'first' });
   return size;
 }

@@ -1,6 +1,6 @@
 import type { CacheEntryFilter } from '../../analytics/cache-entries.ts';
 import { builder } from '../builder.ts';
-import { connectionOf } from './connection.ts';
+import { connectionComplexity, connectionOf } from './connection.ts';
 import { CallKind, OrderDirection, Usage } from './enums.ts';
 import { adminMutationField } from './admin.ts';
 import { LlmCallConnection } from './calls.ts';
@@ -31,6 +31,7 @@ CacheEntry.implement({
     servedCalls: t.field({
       type: LlmCallConnection,
       description: 'The calls this entry answered (cache hits), newest first.',
+      complexity: connectionComplexity,
       args: { first: t.arg.int({ description: 'Page size, 0 to 100. Default 20.' }), after: t.arg.string({ description: 'The endCursor of the previous page.' }) },
       resolve: async (entry, args, context) => ({
         page: await context.calls.list({ first: args.first, after: args.after, filter: { cacheKeys: [entry.key], cacheStatuses: ['HIT'] } }),
@@ -86,6 +87,7 @@ builder.queryFields((t) => ({
   cacheEntries: t.field({
     type: CacheEntryConnection,
     description: 'The cache, filtered and sorted, a page at a time.',
+    complexity: connectionComplexity,
     args: {
       first: t.arg.int({ description: 'Page size, 0 to 100. Default 20.' }),
       after: t.arg.string({ description: 'The endCursor of the previous page.' }),

@@ -4,7 +4,7 @@ import { selectsField } from '../selection.ts';
 import type { AttemptRow } from '../../llm/history.ts';
 import { countMessageTokens, countTextTokens, type TokenMessage } from '../../llm/tokens.ts';
 import { builder } from '../builder.ts';
-import { connectionOf } from './connection.ts';
+import { connectionComplexity, connectionOf } from './connection.ts';
 import { CacheStatus, CallKind, CallStatus, OrderDirection, Usage } from './enums.ts';
 import { CacheEntry, LlmCall } from './refs.ts';
 
@@ -134,6 +134,7 @@ builder.queryFields((t) => ({
   calls: t.field({
     type: LlmCallConnection,
     description: 'The call history, filtered and sorted, a page at a time.',
+    complexity: connectionComplexity,
     args: {
       first: t.arg.int({ description: 'Page size, 0 to 100. Default 20.' }),
       after: t.arg.string({ description: 'The endCursor of the previous page.' }),

@@ -1,5 +1,6 @@
 import type { SendMessageResult } from '../../llm/client.ts';
 import { builder } from '../builder.ts';
+import { paidField } from '../paid-fields.ts';
 import { CacheMode, CacheStatus, Usage } from './enums.ts';
 import { LlmCall } from './refs.ts';
 
@@ -91,12 +92,14 @@ builder.mutationFields((t) => ({
   sendMessage: t.field({
     type: SendMessagePayload,
     description: "Sends a chat call through the cache, the provider (with retries) and the history, and returns the first choice's message.",
+    extensions: paidField,
     args: { input: t.arg({ type: SendMessageInput, required: true, description: 'The call.' }) },
     resolve: (_root, { input }, context) => context.services.llm.sendMessage({ ...input, messages: input.messages.map(toMessage), signal: context.signal }),
   }),
   sendTemplatedMessage: t.field({
     type: SendMessagePayload,
     description: 'Renders the templates or prompts, then sends the chat call as sendMessage does; the history records the template name and hash.',
+    extensions: paidField,
     args: { input: t.arg({ type: SendTemplatedMessageInput, required: true, description: 'The call.' }) },
     resolve: (_root, { input }, context) =>
       context.services.llm.templatedCall({ ...input, variables: input.variables as Record<string, unknown> | null, signal: context.signal }),

@@ -1,5 +1,6 @@
 import type { EmbedResult, EmbeddingResult } from '../../llm/client.ts';
 import { builder } from '../builder.ts';
+import { paidField } from '../paid-fields.ts';
 import { CacheMode, CacheStatus, Usage } from './enums.ts';
 import { LlmCall } from './refs.ts';
 
@@ -36,6 +37,7 @@ builder.queryFields((t) => ({
   embedding: t.field({
     type: Embedding,
     description: "TinyTroupe's get_embedding: the vector of one text, with the cache, retries and history of chat calls.",
+    extensions: paidField,
     args: { text: t.arg.string({ required: true, description: 'The text to embed.' }), ...commonArguments(t) },
     resolve: async (_root, args, context) => {
       const result = await context.services.llm.embed({ ...args, texts: [args.text], signal: context.signal });
@@ -45,6 +47,9 @@ builder.queryFields((t) => ({
   embeddings: t.field({
     type: [Embedding],
     description: 'The vectors of several texts in one upstream call (only the texts not in the cache are sent), in the order given.',
+    extensions: paidField,
+    // Each text is one vector in the answer.
+    complexity: (args) => ({ field: 1, multiplier: args.texts.length }),
     args: { texts: t.arg.stringList({ required: true, description: 'The texts to embed, at most 2048.' }), ...commonArguments(t) },
     resolve: async (_root, args, context) => {
       const result = await context.services.llm.embed({ ...args, signal: context.signal });
