@@ -5,6 +5,7 @@ import { callStats } from './analytics/call-stats.ts';
 import { createCallQueries } from './analytics/calls.ts';
 import type { GraphQLContext } from './graphql/context.ts';
 import { maskError } from './graphql/errors.ts';
+import { createLoaders } from './graphql/loaders.ts';
 import { exampleOperations } from './graphql/examples.ts';
 import { createQueryLimitPlugins } from './graphql/query-limits.ts';
 import { schema } from './graphql/schema.ts';
@@ -22,14 +23,15 @@ export function createApp(services: Services): App {
   const prisma = database.prisma;
   const shared = {
     services,
-    calls: createCallQueries(prisma),
-    cacheEntries: createCacheEntryQueries({ prisma, cache: services.cache, forget: services.forgetCacheEverywhere }),
-    callStats: (...args: DropFirst<Parameters<typeof callStats>>) => callStats(database, ...args),
+    calls: createCallQueries(database.analyticsQuery),
+    cacheEntries: createCacheEntryQueries({ prisma, query: database.analyticsQuery, cache: services.cache, forget: services.forgetCacheEverywhere }),
+    callStats: (...args: DropFirst<Parameters<typeof callStats>>) => callStats({ query: database.analyticsQuery }, ...args),
   };
   return createYoga<Record<string, never>, GraphQLContext>({
     schema,
     context: ({ request }) => ({
       ...shared,
+      loaders: createLoaders(shared),
       actor: request.headers.get(actorHeader)?.trim().slice(0, 200) || 'anonymous',
       signal: request.signal,
     }),

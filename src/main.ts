@@ -39,7 +39,11 @@ async function main(): Promise<void> {
   const { config, settings } = loaded;
   const logger = createLogger(config.logging.level);
 
-  const database = await createDatabase({ url: config.database.url, dataDir: resolve(config.database.dataDir) });
+  const database = await createDatabase({
+    url: config.database.url,
+    dataDir: resolve(config.database.dataDir),
+    analyticsStatementTimeoutMs: config.limits.analyticsStatementTimeoutMs,
+  });
   const { applied } = await migrate(database, await readMigrations(resolve(repositoryRoot, 'prisma/migrations')));
   logger.info({ database: database.kind, location: database.location, applied }, 'database ready');
 

@@ -1,4 +1,3 @@
-import type { PrismaClient } from '../db/generated/client.ts';
 import { badUserInput } from '../errors.ts';
 import type { CacheStatus, CallKind } from '../llm/cache.ts';
 import type { AttemptRow, CallRecord } from '../llm/history.ts';
@@ -125,55 +124,111 @@ export function decodeCursor(cursor: string): [value: unknown, id: string] {
   throw badUserInput('The cursor is not valid; use a cursor from a previous page of the same query.', { field: 'after' });
 }
 
-export function createCallQueries(prisma: PrismaClient) {
-  const mapRow = (row: Record<string, unknown>): CallView => row as unknown as CallView;
+/** Runs one read; the app gives the analytics pool's (Database.analyticsQuery). */
+export type ReadQuery = <Row = Record<string, unknown>>(sql: string, parameters?: unknown[]) => Promise<Row[]>;
 
+const attemptColumns = `a."callId", a."number", a."startedAt", a."latencyMs", a."httpStatus", a."errorCode", a."errorMessage", a."waitMs", a."requestId"`;
+
+interface PageQueryOptions extends PageArguments {
+  filter?: CallFilter | null;
+  orderBy?: { field: CallOrderField; direction: OrderDirection } | null;
+}
+
+/** The SELECT of one page (size + 1 rows, to tell whether another follows), its parameters numbered from `offset + 1`. */
+function pageQuery(options: PageQueryOptions, offset = 0, extraCondition = '') {
+  const size = pageSize(options.first);
+  const field = options.orderBy?.field ?? 'CREATED_AT';
+  const direction = options.orderBy?.direction ?? 'DESC';
+  const column = callOrderColumns[field];
+  const where = callWhere(options.filter, offset);
+  const parameters = [...where.parameters];
+  let keyset = '';
+  if (options.after) {
+    const [value, id] = decodeCursor(options.after);
+    parameters.push(field === 'CREATED_AT' ? new Date(value as string) : Number(value), id);
+    const cast = field === 'CREATED_AT' ? '::timestamptz' : '::double precision';
+    const last = offset + parameters.length;
+    keyset = ` AND (${column}, c."id") ${direction === 'DESC' ? '<' : '>'} ($${last - 1}${cast}, $${last}::uuid)`;
+  }
+  const sql = `SELECT ${callColumns}, ${column} AS "sortValue" FROM ${callTables} WHERE ${where.sql}${extraCondition}${keyset}
+     ORDER BY ${column} ${direction}, c."id" ${direction} LIMIT ${size + 1}`;
+  return { sql, parameters, size, where };
+}
+
+function toPage(rows: Record<string, unknown>[], size: number, totalCount: () => Promise<number>): Page<CallView> {
+  return {
+    nodes: rows.slice(0, size).map((row) => {
+      const { sortValue, batchKey: _batchKey, ...call } = row;
+      return { node: call as unknown as CallView, cursor: encodeCursor(sortValue, call.id as string) };
+    }),
+    hasNextPage: rows.length > size,
+    totalCount,
+  };
+}
+
+const callIdPattern = /^[0-9a-f-]{36}$/i;
+
+export function createCallQueries(query: ReadQuery) {
   return {
     async find(id: string): Promise<CallView | null> {
-      if (!/^[0-9a-f-]{36}$/i.test(id)) throw badUserInput(`"${id}" is not a call id.`, { field: 'id' });
-      const rows = await prisma.$queryRawUnsafe<Record<string, unknown>[]>(`SELECT ${callColumns} FROM ${callTables} WHERE c."id" = $1::uuid`, id);
-      return rows[0] ? mapRow(rows[0]) : null;
+      if (!callIdPattern.test(id)) throw badUserInput(`"${id}" is not a call id.`, { field: 'id' });
+      const rows = await query(`SELECT ${callColumns} FROM ${callTables} WHERE c."id" = $1::uuid`, [id]);
+      return (rows[0] as CallView | undefined) ?? null;
+    },
+
+    /** Several calls in one query, in the order of `ids` (null where none has that id). */
+    async findMany(ids: readonly string[]): Promise<(CallView | null)[]> {
+      const valid = ids.filter((id) => callIdPattern.test(id));
+      const rows = valid.length === 0 ? [] : await query<CallView>(`SELECT ${callColumns} FROM ${callTables} WHERE c."id" = ANY($1::uuid[])`, [valid]);
+      const byId = new Map(rows.map((row) => [row.id, row]));
+      return ids.map((id) => byId.get(id) ?? null);
     },
 
     async attempts(callId: string): Promise<AttemptRow[]> {
-      return prisma.llmAttempt.findMany({
-        where: { callId },
-        orderBy: { number: 'asc' },
-        select: { number: true, startedAt: true, latencyMs: true, httpStatus: true, errorCode: true, errorMessage: true, waitMs: true, requestId: true },
-      });
+      return (await this.attemptsOf([callId]))[0]!;
+    },
+
+    /** The attempts of several calls in one query, per call in the order of `callIds`. */
+    async attemptsOf(callIds: readonly string[]): Promise<AttemptRow[][]> {
+      const rows = await query<AttemptRow & { callId: string }>(
+        `SELECT ${attemptColumns} FROM "LlmAttempt" a WHERE a."callId" = ANY($1::uuid[]) ORDER BY a."callId", a."number"`,
+        [[...callIds]],
+      );
+      const byCall = new Map<string, AttemptRow[]>(callIds.map((id) => [id, []]));
+      for (const { callId, ...attempt } of rows) byCall.get(callId)?.push(attempt);
+      return callIds.map((id) => byCall.get(id)!);
     },
 
     /** A page of calls in a stable order: new calls never shift the pages after a cursor. */
-    async list(options: PageArguments & { filter?: CallFilter | null; orderBy?: { field: CallOrderField; direction: OrderDirection } | null }): Promise<Page<CallView>> {
-      const size = pageSize(options.first);
-      const field = options.orderBy?.field ?? 'CREATED_AT';
-      const direction = options.orderBy?.direction ?? 'DESC';
-      const column = callOrderColumns[field];
-      const where = callWhere(options.filter);
-      const parameters = [...where.parameters];
-      let keyset = '';
-      if (options.after) {
-        const [value, id] = decodeCursor(options.after);
-        parameters.push(field === 'CREATED_AT' ? new Date(value as string) : Number(value), id);
-        const cast = field === 'CREATED_AT' ? '::timestamptz' : '::double precision';
-        keyset = ` AND (${column}, c."id") ${direction === 'DESC' ? '<' : '>'} ($${parameters.length - 1}${cast}, $${parameters.length}::uuid)`;
-      }
-      const rows = await prisma.$queryRawUnsafe<Record<string, unknown>[]>(
-        `SELECT ${callColumns}, ${column} AS "sortValue" FROM ${callTables} WHERE ${where.sql}${keyset}
-         ORDER BY ${column} ${direction}, c."id" ${direction} LIMIT ${size + 1}`,
-        ...parameters,
+    async list(options: PageQueryOptions): Promise<Page<CallView>> {
+      const { sql, parameters, size, where } = pageQuery(options);
+      const rows = await query(sql, parameters);
+      return toPage(rows, size, async () => {
+        const [row] = await query<{ count: bigint | string }>(`SELECT count(*) AS "count" FROM "LlmCall" c WHERE ${where.sql}`, where.parameters);
+        return Number(row!.count);
+      });
+    },
+
+    /**
+     * The same page of the cache hits of several entries in one query (one LATERAL page per key),
+     * in the order of `keys`; `totalCount` asks `countHits`.
+     */
+    async hitPages(keys: readonly string[], page: PageArguments, countHits: (key: string) => Promise<number>): Promise<Page<CallView>[]> {
+      const { sql, parameters, size } = pageQuery({ ...page, filter: { cacheStatuses: ['HIT'] } }, 1, ` AND c."cacheKey" = k."key"`);
+      const rows = await query(`SELECT k."key" AS "batchKey", page.* FROM unnest($1::text[]) AS k("key") CROSS JOIN LATERAL (${sql}) page`, [[...keys], ...parameters]);
+      const byKey = new Map<string, Record<string, unknown>[]>(keys.map((key) => [key, []]));
+      for (const row of rows) byKey.get(row.batchKey as string)?.push(row);
+      return keys.map((key) => toPage(byKey.get(key)!, size, () => countHits(key)));
+    },
+
+    /** How many cache hits each entry served, in the order of `keys`. */
+    async countHits(keys: readonly string[]): Promise<number[]> {
+      const rows = await query<{ key: string; count: bigint | string }>(
+        `SELECT c."cacheKey" AS "key", count(*) AS "count" FROM "LlmCall" c WHERE c."cacheKey" = ANY($1::text[]) AND c."cacheStatus" = 'HIT' GROUP BY c."cacheKey"`,
+        [[...keys]],
       );
-      return {
-        nodes: rows.slice(0, size).map((row) => {
-          const { sortValue, ...call } = row;
-          return { node: mapRow(call), cursor: encodeCursor(sortValue, call.id as string) };
-        }),
-        hasNextPage: rows.length > size,
-        totalCount: async () => {
-          const [row] = await prisma.$queryRawUnsafe<{ count: bigint }[]>(`SELECT count(*) AS "count" FROM "LlmCall" c WHERE ${where.sql}`, ...where.parameters);
-          return Number(row!.count);
-        },
-      };
+      const byKey = new Map(rows.map((row) => [row.key, Number(row.count)]));
+      return keys.map((key) => byKey.get(key) ?? 0);
     },
   };
 }

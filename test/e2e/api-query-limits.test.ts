@@ -1,9 +1,13 @@
 import type { GraphQLFormattedError } from 'graphql';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { createApp } from '../../src/app.ts';
+import type { Database } from '../../src/db/database.ts';
+import { createLogger } from '../../src/logger.ts';
+import { createServices } from '../../src/services.ts';
 import { paidFieldNames } from '../../src/graphql/paid-fields.ts';
 import { schema } from '../../src/graphql/schema.ts';
 import { createTestApp, testConfig, type GraphQLResponse, type TestApp } from '../support/app.ts';
-import { databaseKinds } from '../support/database.ts';
+import { createTestDatabase, databaseKinds, type TestDatabase } from '../support/database.ts';
 import { startFakeOpenAI, type FakeOpenAI } from '../support/fake-openai.ts';
 
 // These queries are generated (thousands of levels, tens of aliases): plain strings, not codegen documents.
@@ -167,6 +171,124 @@ describe.each(databaseKinds)('query limits, on %s', (kind) => {
     expect(body.errors).toBeUndefined();
     expect(Object.keys(body.data!).sort()).toEqual(['d', 'e', 'f']);
     expect(fake.requestsTo('chat')).toHaveLength(3);
+  });
+});
+
+/** `count` cache entries, each made by a call (with one attempt) and serving two hits. */
+async function seedEntries(database: Database, from: number, to: number): Promise<void> {
+  const id = (group: string, number: string) => `('0000000' || ${group} || '-0000-7000-8000-' || lpad(${number}::text, 12, '0'))::uuid`;
+  await database.query(
+    `INSERT INTO "CacheEntry" ("key", "keyVersion", "kind", "apiType", "model", "request", "response", "createdByCallId")
+     SELECT 'key-' || g, 1, 'CHAT', 'openai', 'gpt-4o-mini', '{}'::jsonb, '{}'::jsonb, ${id('0', 'g')} FROM generate_series($1::int, $2::int) g`,
+    [from, to],
+  );
+  await database.query(
+    `INSERT INTO "LlmCall" ("id", "createdAt", "kind", "apiType", "model", "status", "cacheStatus", "cacheKey", "latencyMs", "attemptCount")
+     SELECT ${id('h', 'g')}, now() - (g * 3 + h) * interval '1 second', 'CHAT', 'openai', 'gpt-4o-mini', 'SUCCESS',
+       (CASE WHEN h = 0 THEN 'MISS' ELSE 'HIT' END)::"CacheStatus", 'key-' || g, 1.5, CASE WHEN h = 0 THEN 1 ELSE 0 END
+     FROM generate_series($1::int, $2::int) g, generate_series(0, 2) h`,
+    [from, to],
+  );
+  await database.query(
+    `INSERT INTO "LlmAttempt" ("id", "callId", "number", "startedAt", "latencyMs", "httpStatus")
+     SELECT gen_random_uuid(), ${id('0', 'g')}, 1, now(), 1.2, 200 FROM generate_series($1::int, $2::int) g`,
+    [from, to],
+  );
+}
+
+const nestedHistory = `{ calls(first: 100) { edges { node { id cacheStatus attempts { number } cacheEntry { key createdBy { id attempts { number } }
+  servedCalls(first: 5) { totalCount edges { node { id cacheEntry { key } } } } } } } } }`;
+
+interface NestedHistory {
+  calls: {
+    edges: {
+      node: {
+        id: string;
+        cacheStatus: string;
+        attempts: { number: number }[];
+        cacheEntry: { key: string; createdBy: { id: string; attempts: { number: number }[] }; servedCalls: { totalCount: number; edges: { node: { id: string; cacheEntry: { key: string } } }[] } };
+      };
+    }[];
+  };
+}
+
+describe.each(databaseKinds)('lists under lists load in batches, on %s', (kind) => {
+  let testDatabase: TestDatabase;
+  let testApp: Pick<TestApp, 'app'>;
+  let dispose: () => Promise<void>;
+  const readSql: string[] = [];
+
+  beforeAll(async () => {
+    testDatabase = await createTestDatabase(kind);
+    const database = testDatabase.database;
+    // Every read of the history and the cache goes through analyticsQuery: count them.
+    const counted: Database = {
+      ...database,
+      analyticsQuery: (sql, parameters) => {
+        readSql.push(sql);
+        return database.analyticsQuery(sql, parameters);
+      },
+    };
+    const services = await createServices({ loaded: testConfig(), database: counted, logger: createLogger('silent') });
+    const app = createApp(services);
+    testApp = { app };
+    dispose = async () => {
+      await app.dispose();
+      await services.close();
+      await testDatabase.dispose();
+    };
+  });
+
+  afterAll(async () => dispose?.());
+
+  async function nestedQuery(): Promise<{ data: NestedHistory; queries: number }> {
+    readSql.length = 0;
+    const response = await post(testApp as TestApp, nestedHistory);
+    expect(response.errors).toBeUndefined();
+    return { data: response.data as unknown as NestedHistory, queries: readSql.length };
+  }
+
+  it('reads a page of calls with their attempts, entries, creators and served calls in as many queries for 12 rows as for 36', async () => {
+    await seedEntries(testDatabase.database, 1, 4);
+    const small = await nestedQuery();
+    expect(small.data.calls.edges).toHaveLength(12);
+    await seedEntries(testDatabase.database, 5, 12);
+    const large = await nestedQuery();
+    expect(large.data.calls.edges).toHaveLength(36);
+    expect(large.queries).toBe(small.queries);
+    expect(large.queries).toBeLessThanOrEqual(8);
+
+    // And every row got its own data, not a neighbour's.
+    for (const { node } of large.data.calls.edges) {
+      const number = Number(node.cacheEntry.key.slice('key-'.length));
+      const creator = `00000000-0000-7000-8000-${String(number).padStart(12, '0')}`;
+      expect(node.cacheEntry.createdBy).toEqual({ id: creator, attempts: [{ number: 1 }] });
+      expect(node.attempts).toHaveLength(node.cacheStatus === 'MISS' ? 1 : 0);
+      expect(node.cacheEntry.servedCalls.totalCount).toBe(2);
+      const served = node.cacheEntry.servedCalls.edges.map((edge) => edge.node);
+      expect(served.map((call) => call.id)).toEqual([1, 2].map((hit) => `0000000${hit}-0000-7000-8000-${String(number).padStart(12, '0')}`));
+      expect(served.every((call) => call.cacheEntry.key === node.cacheEntry.key)).toBe(true);
+    }
+  });
+
+  it('pages the served calls of each entry with first and after', async () => {
+    const query = (after: string | null) =>
+      `{ cacheEntries(first: 3, orderBy: { field: CREATED_AT, direction: ASC }) { edges { node { key servedCalls(first: 1${after ? `, after: "${after}"` : ''}) {
+        edges { node { id } } pageInfo { hasNextPage endCursor } } } } } }`;
+    const first = await post(testApp as TestApp, query(null));
+    expect(first.errors).toBeUndefined();
+    type Entries = { cacheEntries: { edges: { node: { key: string; servedCalls: { edges: { node: { id: string } }[]; pageInfo: { hasNextPage: boolean; endCursor: string } } } }[] } };
+    const entries = (first.data as unknown as Entries).cacheEntries.edges.map((edge) => edge.node);
+    expect(entries).toHaveLength(3);
+    for (const entry of entries) {
+      expect(entry.servedCalls.edges).toHaveLength(1);
+      expect(entry.servedCalls.pageInfo.hasNextPage).toBe(true);
+    }
+    // The cursor of one entry's page, used for another entry, still pages by (createdAt, id).
+    const second = await post(testApp as TestApp, query(entries[0]!.servedCalls.pageInfo.endCursor));
+    const next = (second.data as unknown as Entries).cacheEntries.edges[0]!.node.servedCalls;
+    expect(next.edges.map((edge) => edge.node.id)).toEqual([`00000002-0000-7000-8000-${entries[0]!.key.slice(4).padStart(12, '0')}`]);
+    expect(next.pageInfo.hasNextPage).toBe(false);
   });
 });
 

@@ -26,7 +26,7 @@ CacheEntry.implement({
       type: LlmCall,
       nullable: true,
       description: 'The call whose provider answer filled this entry.',
-      resolve: (entry, _args, context) => (entry.createdByCallId ? context.calls.find(entry.createdByCallId) : null),
+      resolve: (entry, _args, context) => (entry.createdByCallId ? context.loaders.call.load(entry.createdByCallId) : null),
     }),
     servedCalls: t.field({
       type: LlmCallConnection,
@@ -34,7 +34,7 @@ CacheEntry.implement({
       complexity: connectionComplexity,
       args: { first: t.arg.int({ description: 'Page size, 0 to 100. Default 20.' }), after: t.arg.string({ description: 'The endCursor of the previous page.' }) },
       resolve: async (entry, args, context) => ({
-        page: await context.calls.list({ first: args.first, after: args.after, filter: { cacheKeys: [entry.key], cacheStatuses: ['HIT'] } }),
+        page: await context.loaders.hitPage.load({ cacheKey: entry.key, first: args.first, after: args.after }),
         after: args.after,
       }),
     }),

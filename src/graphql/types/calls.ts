@@ -38,7 +38,7 @@ LlmCall.implement({
       type: CacheEntry,
       nullable: true,
       description: 'The cache entry it read or wrote, while it exists.',
-      resolve: (call, _args, context) => (call.cacheKey ? context.cacheEntries.find(call.cacheKey) : null),
+      resolve: (call, _args, context) => (call.cacheKey ? context.loaders.cacheEntry.load(call.cacheKey) : null),
     }),
     errorCode: t.exposeString('errorCode', { nullable: true, description: 'Why it failed (the code the caller got); null on success.' }),
     errorMessage: t.exposeString('errorMessage', { nullable: true, description: 'The message the caller got.' }),
@@ -46,7 +46,7 @@ LlmCall.implement({
     attempts: t.field({
       type: [LlmAttempt],
       description: 'Every upstream request, with status, error and the wait that followed.',
-      resolve: (call, _args, context) => call.attempts ?? context.calls.attempts(call.id),
+      resolve: (call, _args, context) => call.attempts ?? context.loaders.attempts.load(call.id),
     }),
     latencyMs: t.exposeFloat('latencyMs', { description: 'From the call reaching Callboard to its answer.' }),
     usage: t.field({

@@ -1,0 +1,48 @@
+import DataLoader from 'dataloader';
+import type { CacheEntryQueries, CacheEntryView } from '../analytics/cache-entries.ts';
+import type { CallQueries, CallView, Page } from '../analytics/calls.ts';
+import type { AttemptRow } from '../llm/history.ts';
+
+interface HitPageKey {
+  cacheKey: string;
+  first: number | null | undefined;
+  after: string | null | undefined;
+}
+
+/**
+ * What the rows of a page ask for (a call's attempts and cache entry, an entry's creating call and
+ * served calls), gathered while a list resolves and read in one query per kind: the number of
+ * queries of a nested page does not grow with its rows. Made anew for each request, so nothing read
+ * is kept past it.
+ */
+export function createLoaders(queries: { calls: CallQueries; cacheEntries: CacheEntryQueries }) {
+  const hitCounts = new DataLoader<string, number>((keys) => queries.calls.countHits(keys));
+  return {
+    call: new DataLoader<string, CallView | null>((ids) => queries.calls.findMany(ids)),
+    attempts: new DataLoader<string, AttemptRow[]>((callIds) => queries.calls.attemptsOf(callIds)),
+    cacheEntry: new DataLoader<string, CacheEntryView | null>((keys) => queries.cacheEntries.findMany(keys)),
+    hitPage: new DataLoader<HitPageKey, Page<CallView>, string>(
+      async (requests) => {
+        // Entries asked for the same page (first, after) share one query.
+        const groups = new Map<string, { page: HitPageKey; indexes: number[] }>();
+        requests.forEach((request, index) => {
+          const group = JSON.stringify([request.first ?? null, request.after ?? null]);
+          if (!groups.has(group)) groups.set(group, { page: request, indexes: [] });
+          groups.get(group)!.indexes.push(index);
+        });
+        const pages: Page<CallView>[] = new Array(requests.length);
+        await Promise.all(
+          [...groups.values()].map(async ({ page, indexes }) => {
+            const keys = indexes.map((index) => requests[index]!.cacheKey);
+            const results = await queries.calls.hitPages(keys, { first: page.first, after: page.after }, (key) => hitCounts.load(key));
+            indexes.forEach((index, position) => (pages[index] = results[position]!));
+          }),
+        );
+        return pages;
+      },
+      { cacheKeyFn: (request) => JSON.stringify([request.cacheKey, request.first ?? null, request.after ?? null]) },
+    ),
+  };
+}
+
+export type Loaders = ReturnType<typeof createLoaders>;
