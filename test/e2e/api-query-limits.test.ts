@@ -271,6 +271,12 @@ describe.each(databaseKinds)('lists under lists load in batches, on %s', (kind) 
     }
   });
 
+  it('refuses the 919,200-node query without a single read', async () => {
+    readSql.length = 0;
+    refused(await post(testApp as TestApp, nestedPages), 'QUERY_TOO_COMPLEX');
+    expect(readSql).toEqual([]);
+  });
+
   it('pages the served calls of each entry with first and after', async () => {
     const query = (after: string | null) =>
       `{ cacheEntries(first: 3, orderBy: { field: CREATED_AT, direction: ASC }) { edges { node { key servedCalls(first: 1${after ? `, after: "${after}"` : ''}) {
