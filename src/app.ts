@@ -7,7 +7,7 @@ import type { GraphQLContext } from './graphql/context.ts';
 import { maskError } from './graphql/errors.ts';
 import { createLoaders } from './graphql/loaders.ts';
 import { exampleOperations } from './graphql/examples.ts';
-import { createQueryLimitPlugins } from './graphql/query-limits.ts';
+import { createParseCaches, createQueryLimitPlugins } from './graphql/query-limits.ts';
 import { schema } from './graphql/schema.ts';
 import type { Services } from './services.ts';
 
@@ -52,6 +52,7 @@ export function createApp(services: Services): App {
       },
     },
     maskedErrors: { maskError },
+    parserAndValidationCache: createParseCaches(),
     plugins: [useReadinessCheck({ endpoint: '/ready', check: () => database.isReachable() }), ...createQueryLimitPlugins(loaded.config.limits)],
   });
 }

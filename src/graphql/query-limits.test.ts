@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { isCallboardError, type CallboardError } from '../errors.ts';
-import { parseWithinLimits, type QueryLimits } from './query-limits.ts';
+import { createParseCaches, parseWithinLimits, type QueryLimits } from './query-limits.ts';
 
 const limits: QueryLimits = {
   maxQueryDepth: 15,
@@ -49,5 +49,18 @@ describe('parseWithinLimits', () => {
   it('refuses nesting past the parser floor even when MAX_QUERY_DEPTH is lower', () => {
     expect(() => parseWithinLimits(`{${'a {'.repeat(65)} b ${'}'.repeat(65)}}`, limits)).toThrow(expect.objectContaining({ code: 'QUERY_TOO_DEEP' }));
     expect(parseWithinLimits(`{${'a {'.repeat(63)} b ${'}'.repeat(63)}}`, limits).kind).toBe('Document');
+  });
+});
+
+describe('createParseCaches', () => {
+  it('keeps small query texts and never a huge one', () => {
+    const { documentCache, errorCache } = createParseCaches();
+    const small = '{ providers { apiType } }';
+    documentCache.set(small, parseWithinLimits(small, limits));
+    expect(documentCache.get(small)?.kind).toBe('Document');
+    const huge = `{ ${'providers { apiType } '.repeat(1_000_000)}}`;
+    errorCache.set(huge, new Error('too large'));
+    expect(errorCache.get(huge)).toBeUndefined();
+    expect(errorCache.size).toBe(0);
   });
 });

@@ -19,6 +19,7 @@ import {
 // The parser class is not exported from graphql's index; Armor's own token limit imports it the same way.
 import { Parser } from 'graphql/language/parser.js';
 import type { Plugin } from 'graphql-yoga';
+import { LRUCache } from 'lru-cache';
 import type { Config } from '../config/config.ts';
 import { isCallboardError, QueryLimitError, type QueryLimitKey } from '../errors.ts';
 import { toGraphQLError } from './errors.ts';
@@ -236,4 +237,19 @@ export function createQueryLimitPlugins(limits: QueryLimits): Plugin[] {
       },
     },
   ];
+}
+
+/** Characters of query text the parse caches hold in all. @default 16 MiB */
+const parseCacheCharacters = 16 * 1024 * 1024;
+
+/**
+ * Yoga's caches of parsed documents and parse errors, keyed by the query text, bounded by the
+ * characters they hold rather than only by their 1,024 entries: with the default caches, 1,024
+ * distinct 5 MB queries refused at MAX_QUERY_TOKENS would keep 5 GB alive for an hour. A text larger
+ * than the whole bound is not kept at all.
+ */
+export function createParseCaches() {
+  const cache = <T extends object>() =>
+    new LRUCache<string, T>({ max: 1024, ttl: 3_600_000, maxSize: parseCacheCharacters, sizeCalculation: (_value, key) => Math.max(1, key.length) });
+  return { documentCache: cache<DocumentNode>(), errorCache: cache<object>() };
 }
