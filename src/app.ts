@@ -7,7 +7,9 @@ import { createDoor } from './auth/door.ts';
 import { readScope } from './auth/identity.ts';
 import type { GraphQLContext } from './graphql/context.ts';
 import { maskError } from './graphql/errors.ts';
+import { createLoaders } from './graphql/loaders.ts';
 import { exampleOperations } from './graphql/examples.ts';
+import { createParseCaches, createQueryLimitPlugins } from './graphql/query-limits.ts';
 import { schema } from './graphql/schema.ts';
 import { createCorsOptions, useBrowserSafety } from './http/browser-safety.ts';
 import type { Services } from './services.ts';
@@ -30,13 +32,18 @@ export function createApp(services: Services): App {
       const identity = door.identityOf(request);
       const tenant = readScope(identity);
       const note = request.headers.get(actorHeader)?.trim().slice(0, 200);
+      const queries = {
+        calls: createCallQueries(database.analyticsQuery, tenant),
+        cacheEntries: createCacheEntryQueries({ prisma, query: database.analyticsQuery, tenant, cache: services.cache, forget: services.forgetCacheEverywhere }),
+      };
       return {
         services,
         identity,
         caller: { tenant: identity.tenant, apiKeyId: identity.apiKey?.id ?? null, limits: identity.limits },
-        calls: createCallQueries(prisma, tenant),
-        cacheEntries: createCacheEntryQueries({ prisma, tenant, cache: services.cache, forget: services.forgetCacheEverywhere }),
-        callStats: (filter, ...rest: DropFirst<DropFirst<Parameters<typeof callStats>>>) => callStats(database, withinTenant(filter, tenant), ...rest),
+        ...queries,
+        loaders: createLoaders(queries),
+        callStats: (filter, ...rest: DropFirst<DropFirst<Parameters<typeof callStats>>>) =>
+          callStats({ query: database.analyticsQuery }, withinTenant(filter, tenant), ...rest),
         actor: note ? `${identity.label} (note: ${note})` : identity.label,
         signal: request.signal,
       };
@@ -61,11 +68,13 @@ export function createApp(services: Services): App {
     cors: createCorsOptions(server.corsOrigins),
     // No field takes an upload, and multipart is a body any web page can post.
     multipart: false,
+    parserAndValidationCache: createParseCaches(),
     plugins: [
       // A rebound Host is refused before anyone is asked for a key.
       useBrowserSafety({ corsOrigins: server.corsOrigins, allowedHosts: server.allowedHosts, checkHost: services.authenticator.openMode }),
       door.plugin,
       useReadinessCheck({ endpoint: '/ready', check: () => database.isReachable() }),
+      ...createQueryLimitPlugins(loaded.config.limits),
     ],
   });
 }

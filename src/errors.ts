@@ -24,7 +24,14 @@ export type ErrorCode =
   /** An API key's requests or tokens per minute are used up; details.retryAfterSeconds says when to come back. */
   | 'RATE_LIMITED'
   /** An API key's USD budget for the day or the month is used up. */
-  | 'BUDGET_EXCEEDED';
+  | 'BUDGET_EXCEEDED'
+  | 'QUERY_TOO_LARGE'
+  | 'QUERY_TOO_DEEP'
+  | 'TOO_MANY_ALIASES'
+  | 'TOO_MANY_DIRECTIVES'
+  | 'QUERY_TOO_COMPLEX'
+  | 'TOO_MANY_PAID_OPERATIONS'
+  | 'QUERY_TIMEOUT';
 
 /** The base of every error Callboard raises on purpose: a code and details safe to show a client. */
 export class CallboardError extends Error {
@@ -91,5 +98,28 @@ export class ProviderError extends CallboardError {
     this.status = options.status;
     this.retryAfterMs = options.retryAfterMs;
     this.requestId = options.requestId;
+  }
+}
+
+/** Which configured bound of `[Limits]` a request went past. */
+export type QueryLimitKey = 'MAX_QUERY_TOKENS' | 'MAX_QUERY_DEPTH' | 'MAX_ALIASES' | 'MAX_DIRECTIVES' | 'MAX_QUERY_COST' | 'MAX_PAID_OPERATIONS';
+
+const queryLimitCodes: Record<QueryLimitKey, ErrorCode> = {
+  MAX_QUERY_TOKENS: 'QUERY_TOO_LARGE',
+  MAX_QUERY_DEPTH: 'QUERY_TOO_DEEP',
+  MAX_ALIASES: 'TOO_MANY_ALIASES',
+  MAX_DIRECTIVES: 'TOO_MANY_DIRECTIVES',
+  MAX_QUERY_COST: 'QUERY_TOO_COMPLEX',
+  MAX_PAID_OPERATIONS: 'TOO_MANY_PAID_OPERATIONS',
+};
+
+/** A request refused before anything ran because it goes past one of the `[Limits]`. */
+export class QueryLimitError extends CallboardError {
+  readonly limit: QueryLimitKey;
+
+  constructor(limit: QueryLimitKey, message: string, details: { max: number; actual?: number }) {
+    super(queryLimitCodes[limit], message, { details: { limit, ...details } });
+    this.name = 'QueryLimitError';
+    this.limit = limit;
   }
 }

@@ -36,7 +36,11 @@ async function main(): Promise<void> {
     process.exit(1);
   }
 
-  const database = await createDatabase({ url: config.database.url, dataDir: resolve(config.database.dataDir) });
+  const database = await createDatabase({
+    url: config.database.url,
+    dataDir: resolve(config.database.dataDir),
+    analyticsStatementTimeoutMs: config.limits.analyticsStatementTimeoutMs,
+  });
   const { applied } = await migrate(database, await readMigrations(resolve(repositoryRoot, 'prisma/migrations')));
   logger.info({ database: database.kind, location: database.location, applied }, 'database ready');
 

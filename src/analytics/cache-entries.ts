@@ -1,6 +1,6 @@
 import type { PrismaClient } from '../db/generated/client.ts';
 import { cacheEntryColumns, cacheEntryFromRow, cacheKeyVersion, type CacheEntryRow, type CacheEntryValue, type CallKind, type ResponseCache } from '../llm/cache.ts';
-import { decodeCursor, encodeCursor, pageSize, textCondition, withinTenant, type OrderDirection, type Page, type PageArguments } from './calls.ts';
+import { decodeCursor, encodeCursor, pageSize, textCondition, withinTenant, type OrderDirection, type Page, type PageArguments, type ReadQuery } from './calls.ts';
 
 export interface CacheEntryFilter {
   keys?: readonly string[] | null;
@@ -68,7 +68,10 @@ function toView(row: CacheEntryViewRow): CacheEntryView {
 }
 
 export interface CacheEntryQueriesOptions {
+  /** For the deletes of invalidate. */
   prisma: PrismaClient;
+  /** For the reads (the analytics pool). */
+  query: ReadQuery;
   /** The tenant whose entries the caller may see and invalidate; null: every tenant (ADMIN). */
   tenant: string | null;
   cache: Pick<ResponseCache, 'peek'>;
@@ -76,19 +79,28 @@ export interface CacheEntryQueriesOptions {
   forget: (keys: readonly string[] | null) => Promise<void>;
 }
 
-export function createCacheEntryQueries({ prisma, tenant, cache, forget }: CacheEntryQueriesOptions) {
-  return {
-    /** An entry from the database, else one still waiting in memory to be written (with no hits yet). */
-    async find(key: string): Promise<CacheEntryView | null> {
-      const rows = await prisma.$queryRawUnsafe<CacheEntryViewRow[]>(
-        `SELECT ${entryColumns} FROM "CacheEntry" e WHERE e."key" = $1 AND ($2::text IS NULL OR e."tenant" = $2)`,
-        key,
-        tenant,
-      );
-      if (rows[0]) return toView(rows[0]);
+export function createCacheEntryQueries({ prisma, query, tenant, cache, forget }: CacheEntryQueriesOptions) {
+  /** Entries from the database, else ones still waiting in memory to be written (with no hits yet), in the order of `keys`. */
+  const findMany = async (keys: readonly string[]): Promise<(CacheEntryView | null)[]> => {
+    const rows = await query<CacheEntryViewRow>(`SELECT ${entryColumns} FROM "CacheEntry" e WHERE e."key" = ANY($1::text[]) AND ($2::text IS NULL OR e."tenant" = $2)`, [
+      [...keys],
+      tenant,
+    ]);
+    const byKey = new Map(rows.map((row) => [row.key, row]));
+    return keys.map((key) => {
+      const row = byKey.get(key);
+      if (row) return toView(row);
       const pending = cache.peek(key);
       return pending && (tenant === null || pending.tenant === tenant) ? { ...pending, keyVersion: cacheKeyVersion, hitCount: 0, lastHitAt: null } : null;
+    });
+  };
+
+  return {
+    async find(key: string): Promise<CacheEntryView | null> {
+      return (await findMany([key]))[0]!;
     },
+
+    findMany,
 
     async list(options: PageArguments & { filter?: CacheEntryFilter | null; orderBy?: { field: CacheEntryOrderField; direction: OrderDirection } | null }): Promise<Page<CacheEntryView>> {
       const size = pageSize(options.first);
@@ -102,16 +114,16 @@ export function createCacheEntryQueries({ prisma, tenant, cache, forget }: Cache
         parameters.push(order.parse(value), key);
         keyset = ` AND (${order.sql}, e."key") ${direction === 'DESC' ? '<' : '>'} ($${parameters.length - 1}${order.cast}, $${parameters.length}::text)`;
       }
-      const rows = await prisma.$queryRawUnsafe<(CacheEntryViewRow & { sortValue: unknown })[]>(
+      const rows = await query<CacheEntryViewRow & { sortValue: unknown }>(
         `SELECT ${entryColumns}, ${order.sql} AS "sortValue" FROM "CacheEntry" e WHERE ${where.sql}${keyset}
          ORDER BY ${order.sql} ${direction}, e."key" ${direction} LIMIT ${size + 1}`,
-        ...parameters,
+        parameters,
       );
       return {
         nodes: rows.slice(0, size).map((row) => ({ node: toView(row), cursor: encodeCursor(row.sortValue, row.key) })),
         hasNextPage: rows.length > size,
         totalCount: async () => {
-          const [row] = await prisma.$queryRawUnsafe<{ count: bigint }[]>(`SELECT count(*) AS "count" FROM "CacheEntry" e WHERE ${where.sql}`, ...where.parameters);
+          const [row] = await query<{ count: bigint | string }>(`SELECT count(*) AS "count" FROM "CacheEntry" e WHERE ${where.sql}`, where.parameters);
           return Number(row!.count);
         },
       };

@@ -1,7 +1,8 @@
-import type { PrismaClient } from '../db/generated/client.ts';
 import { badUserInput } from '../errors.ts';
 import type { CacheStatus, CallKind } from '../llm/cache.ts';
 import type { AttemptRow, CallRecord } from '../llm/history.ts';
+
+const callIdPattern = /^[0-9a-f-]{36}$/i;
 
 /** Which calls a query is about; every field narrows, lists match any of their values. */
 export interface CallFilter {
@@ -24,8 +25,6 @@ export interface CallFilter {
   tenants?: readonly string[] | null;
   /** Calls made with any of these API keys. */
   apiKeyIds?: readonly string[] | null;
-  /** Hits served by the entries these calls filled. */
-  servedByCallIds?: readonly string[] | null;
 }
 
 /**
@@ -64,11 +63,9 @@ export function callWhere(filter: CallFilter | null | undefined, offset = 0): Sq
   anyOf('c."errorCode"', filter?.errorCodes);
   anyOf('c."cacheKey"', filter?.cacheKeys);
   anyOf('c."tenant"', filter?.tenants);
-  const anyUuid = (column: string, values: readonly string[] | null | undefined) => {
-    if (values && values.length > 0) conditions.push(`${column} = ANY(${parameter(values.filter((id) => /^[0-9a-f-]{36}$/i.test(id)))}::uuid[])`);
-  };
-  anyUuid('c."apiKeyId"', filter?.apiKeyIds);
-  anyUuid('c."servedByCallId"', filter?.servedByCallIds);
+  if (filter?.apiKeyIds && filter.apiKeyIds.length > 0) {
+    conditions.push(`c."apiKeyId" = ANY(${parameter(filter.apiKeyIds.filter((id) => callIdPattern.test(id)))}::uuid[])`);
+  }
   if (filter?.tags && filter.tags.length > 0) conditions.push(`c."tags" && ${parameter([...filter.tags])}::text[]`);
   if (filter?.text) {
     const pattern = parameter(`%${filter.text.replace(/[\\%_]/g, '\\$&')}%`);
@@ -122,9 +119,10 @@ export interface PageArguments {
 }
 
 const maxPageSize = 100;
+export const defaultPageSize = 20;
 
 export function pageSize(first: number | null | undefined): number {
-  const size = first ?? 20;
+  const size = first ?? defaultPageSize;
   if (!Number.isInteger(size) || size < 0 || size > maxPageSize) throw badUserInput(`first must be between 0 and ${maxPageSize}, got ${size}.`, { field: 'first' });
   return size;
 }
@@ -144,60 +142,126 @@ export function decodeCursor(cursor: string): [value: unknown, id: string] {
   throw badUserInput('The cursor is not valid; use a cursor from a previous page of the same query.', { field: 'after' });
 }
 
-/** The history as one caller may read it: `tenant` null reads every tenant (ADMIN). */
-export function createCallQueries(prisma: PrismaClient, tenant: string | null) {
-  const mapRow = (row: Record<string, unknown>): CallView => row as unknown as CallView;
+/** Runs one read; the app gives the analytics pool's (Database.analyticsQuery). */
+export type ReadQuery = <Row = Record<string, unknown>>(sql: string, parameters?: unknown[]) => Promise<Row[]>;
 
+const attemptColumns = `a."callId", a."number", a."startedAt", a."latencyMs", a."httpStatus", a."errorCode", a."errorMessage", a."waitMs", a."requestId"`;
+
+interface PageQueryOptions extends PageArguments {
+  filter?: CallFilter | null;
+  orderBy?: { field: CallOrderField; direction: OrderDirection } | null;
+}
+
+/** The SELECT of one page (size + 1 rows, to tell whether another follows), its parameters numbered from `offset + 1`. */
+function pageQuery(options: PageQueryOptions, offset = 0, extraCondition = '') {
+  const size = pageSize(options.first);
+  const field = options.orderBy?.field ?? 'CREATED_AT';
+  const direction = options.orderBy?.direction ?? 'DESC';
+  const column = callOrderColumns[field];
+  const where = callWhere(options.filter, offset);
+  const parameters = [...where.parameters];
+  let keyset = '';
+  if (options.after) {
+    const [value, id] = decodeCursor(options.after);
+    parameters.push(field === 'CREATED_AT' ? new Date(value as string) : Number(value), id);
+    const cast = field === 'CREATED_AT' ? '::timestamptz' : '::double precision';
+    const last = offset + parameters.length;
+    keyset = ` AND (${column}, c."id") ${direction === 'DESC' ? '<' : '>'} ($${last - 1}${cast}, $${last}::uuid)`;
+  }
+  const sql = `SELECT ${callColumns}, ${column} AS "sortValue" FROM ${callTables} WHERE ${where.sql}${extraCondition}${keyset}
+     ORDER BY ${column} ${direction}, c."id" ${direction} LIMIT ${size + 1}`;
+  return { sql, parameters, size, where };
+}
+
+function toPage(rows: Record<string, unknown>[], size: number, totalCount: () => Promise<number>): Page<CallView> {
+  return {
+    nodes: rows.slice(0, size).map((row) => {
+      const { sortValue, batchKey: _batchKey, ...call } = row;
+      return { node: call as unknown as CallView, cursor: encodeCursor(sortValue, call.id as string) };
+    }),
+    hasNextPage: rows.length > size,
+    totalCount,
+  };
+}
+
+/** An entry as it is, for its served calls: its key and the call that filled it. */
+export interface EntryIdentity {
+  key: string;
+  createdByCallId: string | null;
+}
+
+/** The history as one caller may read it: `tenant` null reads every tenant (ADMIN). */
+export function createCallQueries(query: ReadQuery, tenant: string | null) {
+  const hitsFilter = withinTenant<CallFilter>({ cacheStatuses: ['HIT'] }, tenant);
   return {
     async find(id: string): Promise<CallView | null> {
-      if (!/^[0-9a-f-]{36}$/i.test(id)) throw badUserInput(`"${id}" is not a call id.`, { field: 'id' });
-      const rows = await prisma.$queryRawUnsafe<Record<string, unknown>[]>(
-        `SELECT ${callColumns} FROM ${callTables} WHERE c."id" = $1::uuid AND ($2::text IS NULL OR c."tenant" = $2)`,
-        id,
-        tenant,
-      );
-      return rows[0] ? mapRow(rows[0]) : null;
+      if (!callIdPattern.test(id)) throw badUserInput(`"${id}" is not a call id.`, { field: 'id' });
+      return (await this.findMany([id]))[0]!;
+    },
+
+    /** Several calls in one query, in the order of `ids` (null where none has that id). */
+    async findMany(ids: readonly string[]): Promise<(CallView | null)[]> {
+      const valid = ids.filter((id) => callIdPattern.test(id));
+      const rows =
+        valid.length === 0
+          ? []
+          : await query<CallView>(`SELECT ${callColumns} FROM ${callTables} WHERE c."id" = ANY($1::uuid[]) AND ($2::text IS NULL OR c."tenant" = $2)`, [valid, tenant]);
+      const byId = new Map(rows.map((row) => [row.id, row]));
+      return ids.map((id) => byId.get(id) ?? null);
     },
 
     async attempts(callId: string): Promise<AttemptRow[]> {
-      return prisma.llmAttempt.findMany({
-        where: { callId },
-        orderBy: { number: 'asc' },
-        select: { number: true, startedAt: true, latencyMs: true, httpStatus: true, errorCode: true, errorMessage: true, waitMs: true, requestId: true },
-      });
+      return (await this.attemptsOf([callId]))[0]!;
+    },
+
+    /** The attempts of several calls in one query, per call in the order of `callIds`. */
+    async attemptsOf(callIds: readonly string[]): Promise<AttemptRow[][]> {
+      const rows = await query<AttemptRow & { callId: string }>(
+        `SELECT ${attemptColumns} FROM "LlmAttempt" a WHERE a."callId" = ANY($1::uuid[]) ORDER BY a."callId", a."number"`,
+        [[...callIds]],
+      );
+      const byCall = new Map<string, AttemptRow[]>(callIds.map((id) => [id, []]));
+      for (const { callId, ...attempt } of rows) byCall.get(callId)?.push(attempt);
+      return callIds.map((id) => byCall.get(id)!);
     },
 
     /** A page of calls in a stable order: new calls never shift the pages after a cursor. */
-    async list(options: PageArguments & { filter?: CallFilter | null; orderBy?: { field: CallOrderField; direction: OrderDirection } | null }): Promise<Page<CallView>> {
-      const size = pageSize(options.first);
-      const field = options.orderBy?.field ?? 'CREATED_AT';
-      const direction = options.orderBy?.direction ?? 'DESC';
-      const column = callOrderColumns[field];
-      const where = callWhere(withinTenant(options.filter, tenant));
-      const parameters = [...where.parameters];
-      let keyset = '';
-      if (options.after) {
-        const [value, id] = decodeCursor(options.after);
-        parameters.push(field === 'CREATED_AT' ? new Date(value as string) : Number(value), id);
-        const cast = field === 'CREATED_AT' ? '::timestamptz' : '::double precision';
-        keyset = ` AND (${column}, c."id") ${direction === 'DESC' ? '<' : '>'} ($${parameters.length - 1}${cast}, $${parameters.length}::uuid)`;
-      }
-      const rows = await prisma.$queryRawUnsafe<Record<string, unknown>[]>(
-        `SELECT ${callColumns}, ${column} AS "sortValue" FROM ${callTables} WHERE ${where.sql}${keyset}
-         ORDER BY ${column} ${direction}, c."id" ${direction} LIMIT ${size + 1}`,
-        ...parameters,
+    async list(options: PageQueryOptions): Promise<Page<CallView>> {
+      const { sql, parameters, size, where } = pageQuery({ ...options, filter: withinTenant(options.filter, tenant) });
+      const rows = await query(sql, parameters);
+      return toPage(rows, size, async () => {
+        const [row] = await query<{ count: bigint | string }>(`SELECT count(*) AS "count" FROM "LlmCall" c WHERE ${where.sql}`, where.parameters);
+        return Number(row!.count);
+      });
+    },
+
+    /**
+     * The same page of the cache hits of several entries in one query (one LATERAL page per entry),
+     * in the order of `entries`; `totalCount` asks `countHits`. A hit belongs to the entry that
+     * served it (its key and the call that filled it), not to a later answer stored under the key.
+     */
+    async hitPages(entries: readonly EntryIdentity[], page: PageArguments, countHits: (entry: EntryIdentity) => Promise<number>): Promise<Page<CallView>[]> {
+      const { sql, parameters, size } = pageQuery({ ...page, filter: hitsFilter }, 2, ` AND c."cacheKey" = k."key" AND c."servedByCallId" IS NOT DISTINCT FROM k."servedBy"`);
+      const rows = await query(
+        `SELECT k."index" AS "batchKey", page.* FROM unnest($1::text[], $2::uuid[]) WITH ORDINALITY AS k("key", "servedBy", "index") CROSS JOIN LATERAL (${sql}) page`,
+        [entries.map((entry) => entry.key), entries.map((entry) => entry.createdByCallId), ...parameters],
       );
-      return {
-        nodes: rows.slice(0, size).map((row) => {
-          const { sortValue, ...call } = row;
-          return { node: mapRow(call), cursor: encodeCursor(sortValue, call.id as string) };
-        }),
-        hasNextPage: rows.length > size,
-        totalCount: async () => {
-          const [row] = await prisma.$queryRawUnsafe<{ count: bigint }[]>(`SELECT count(*) AS "count" FROM "LlmCall" c WHERE ${where.sql}`, ...where.parameters);
-          return Number(row!.count);
-        },
-      };
+      const byIndex = new Map<number, Record<string, unknown>[]>(entries.map((_entry, index) => [index + 1, []]));
+      for (const row of rows) byIndex.get(Number(row.batchKey))?.push(row);
+      return entries.map((entry, index) => toPage(byIndex.get(index + 1)!, size, () => countHits(entry)));
+    },
+
+    /** How many cache hits each entry served, in the order of `entries`. */
+    async countHits(entries: readonly EntryIdentity[]): Promise<number[]> {
+      const where = callWhere(hitsFilter, 2);
+      const rows = await query<{ index: string | number; count: bigint | string }>(
+        `SELECT k."index", count(c."id") AS "count" FROM unnest($1::text[], $2::uuid[]) WITH ORDINALITY AS k("key", "servedBy", "index")
+         JOIN "LlmCall" c ON c."cacheKey" = k."key" AND c."servedByCallId" IS NOT DISTINCT FROM k."servedBy" AND ${where.sql}
+         GROUP BY k."index"`,
+        [entries.map((entry) => entry.key), entries.map((entry) => entry.createdByCallId), ...where.parameters],
+      );
+      const byIndex = new Map(rows.map((row) => [Number(row.index), Number(row.count)]));
+      return entries.map((_entry, index) => byIndex.get(index + 1) ?? 0);
     },
   };
 }

@@ -51,6 +51,16 @@ export interface Config {
   cache: { ttlSeconds: number | null; memoryEntries: number; sharedAcrossTenants: boolean };
   history: { storeBodies: boolean; batchSize: number; flushIntervalMs: number };
   prompts: { dir: string };
+  /** Bounds on what one GraphQL request may ask; `analyticsStatementTimeoutMs` 0 means none. */
+  limits: {
+    maxQueryDepth: number;
+    maxAliases: number;
+    maxQueryTokens: number;
+    maxQueryCost: number;
+    maxDirectives: number;
+    maxPaidOperations: number;
+    analyticsStatementTimeoutMs: number;
+  };
   prices: Record<string, ModelPrice>;
   /** From the environment only; never logged, stored or answered. */
   secrets: { openaiApiKey: string | null; azureOpenaiEndpoint: string | null; azureOpenaiKey: string | null; masterKey: string | null };
@@ -229,6 +239,16 @@ const sections: Record<string, Record<string, KeySpec>> = {
   Prompts: {
     DIR: { path: ['prompts', 'dir'], default: './prompts', schema: text },
   },
+  Limits: {
+    // The parser recurses once per level: past a few hundred levels the refusal itself gets costly.
+    MAX_QUERY_DEPTH: { path: ['limits', 'maxQueryDepth'], default: '15', schema: integer(1, 200) },
+    MAX_ALIASES: { path: ['limits', 'maxAliases'], default: '30', schema: integer(0) },
+    MAX_QUERY_TOKENS: { path: ['limits', 'maxQueryTokens'], default: '5000', schema: integer(1) },
+    MAX_QUERY_COST: { path: ['limits', 'maxQueryCost'], default: '50000', schema: integer(1) },
+    MAX_DIRECTIVES: { path: ['limits', 'maxDirectives'], default: '50', schema: integer(0) },
+    MAX_PAID_OPERATIONS: { path: ['limits', 'maxPaidOperations'], default: '5', schema: integer(0) },
+    ANALYTICS_STATEMENT_TIMEOUT_MS: { path: ['limits', 'analyticsStatementTimeoutMs'], default: '15000', schema: integer(0) },
+  },
 };
 
 /** The free-form section of model prices: `model = input, output` in USD per million tokens. */
@@ -356,7 +376,7 @@ export function loadConfig(
     raw.set(rawKey(section, key), { value, source: 'ENVIRONMENT', origin: name });
   }
 
-  const config = { openai: {}, server: {}, database: {}, logging: {}, cache: {}, history: {}, prompts: {}, prices: {}, secrets: {} } as Record<
+  const config = { openai: {}, server: {}, database: {}, logging: {}, cache: {}, history: {}, prompts: {}, limits: {}, prices: {}, secrets: {} } as Record<
     keyof Config,
     Record<string, unknown>
   >;

@@ -5,6 +5,7 @@ import { PrismaPg } from '@prisma/adapter-pg';
 import pg from 'pg';
 import { PrismaPGlite } from 'pglite-prisma-adapter';
 import { redactUrlPassword, type Config } from '../config/config.ts';
+import { CallboardError } from '../errors.ts';
 import { PrismaClient } from './generated/client.ts';
 
 /** Plain SQL on one connection, for what Prisma's query builder does not do (migrations, locks). */
@@ -21,6 +22,13 @@ export interface Database {
   prisma: PrismaClient;
   /** One statement on any connection, without Prisma's query engine: for the hot paths. */
   query<Row = Record<string, unknown>>(sql: string, parameters?: unknown[]): Promise<Row[]>;
+  /**
+   * One read for the dashboards (the history, the cache listing, callStats). On Postgres it runs on
+   * a small pool of its own with a statement_timeout, so slow dashboard reads wait for each other,
+   * never for the connections calls need; past the timeout it fails with QUERY_TIMEOUT. PGlite has
+   * one in-process connection and no working statement_timeout: there it is `query`, unbounded.
+   */
+  analyticsQuery<Row = Record<string, unknown>>(sql: string, parameters?: unknown[]): Promise<Row[]>;
   /** Lends one connection for the duration of `work`. */
   withSession<T>(work: (session: SqlSession) => Promise<T>): Promise<T>;
   /** True when a trivial query answers. */
@@ -42,11 +50,17 @@ export interface DatabaseOptions {
   dataDir: string;
   /** @default 10 */
   poolSize?: number;
+  /** Connections of the analytics pool (Postgres). @default 2 */
+  analyticsPoolSize?: number;
+  /** Longest an analytics read may run, and wait for a connection (at least 1 s), in milliseconds; 0: no bound. @default 15000 */
+  analyticsStatementTimeoutMs?: number;
 }
 
 /** Opens Callboard's database: a Postgres server when a URL is given, else the embedded PGlite. */
 export async function createDatabase(options: DatabaseOptions): Promise<Database> {
-  return options.url ? openPostgres(options.url, options.poolSize ?? 10) : openPglite(options.dataDir);
+  return options.url
+    ? openPostgres(options.url, { poolSize: options.poolSize ?? 10, analyticsPoolSize: options.analyticsPoolSize ?? 2, analyticsStatementTimeoutMs: options.analyticsStatementTimeoutMs ?? 15_000 })
+    : openPglite(options.dataDir);
 }
 
 async function openPglite(dataDir: string): Promise<Database> {
@@ -68,6 +82,7 @@ async function openPglite(dataDir: string): Promise<Database> {
     location: inMemory ? 'memory' : dataDir,
     prisma,
     query: session.query,
+    analyticsQuery: session.query,
     withSession: (work) => work(session),
     isReachable: () => isReachable(prisma),
     notify: async (channel, payload) => {
@@ -86,17 +101,33 @@ async function openPglite(dataDir: string): Promise<Database> {
   };
 }
 
-async function openPostgres(url: string, poolSize: number): Promise<Database> {
+async function openPostgres(url: string, options: { poolSize: number; analyticsPoolSize: number; analyticsStatementTimeoutMs: number }): Promise<Database> {
   // JIT compilation costs more than it saves on Callboard's queries (up to 0.7 s on callStats).
-  const pool = new pg.Pool({ connectionString: url, max: poolSize, options: '-c jit=off' });
+  const pool = new pg.Pool({ connectionString: url, max: options.poolSize, options: '-c jit=off' });
+  const timeoutMs = options.analyticsStatementTimeoutMs;
+  const analyticsPool = new pg.Pool({
+    connectionString: url,
+    max: options.analyticsPoolSize,
+    options: `-c jit=off -c statement_timeout=${timeoutMs}`,
+    // Waiting for a busy pool is bounded like a statement; opening a connection may take longer than a tiny timeout.
+    connectionTimeoutMillis: timeoutMs === 0 ? 0 : Math.max(timeoutMs, 1000),
+  });
   // An idle client's network error would otherwise crash the process.
   pool.on('error', () => {});
+  analyticsPool.on('error', () => {});
   const prisma = new PrismaClient({ adapter: new PrismaPg(pool) });
   return {
     kind: 'postgres',
     location: redactUrlPassword(url),
     prisma,
     query: async <Row,>(sql: string, parameters?: unknown[]) => (await pool.query(sql, parameters)).rows as Row[],
+    analyticsQuery: async <Row,>(sql: string, parameters?: unknown[]) => {
+      try {
+        return (await analyticsPool.query(sql, parameters)).rows as Row[];
+      } catch (error) {
+        throw analyticsError(error, timeoutMs);
+      }
+    },
     withSession: async (work) => {
       const client = await pool.connect();
       try {
@@ -143,7 +174,7 @@ async function openPostgres(url: string, poolSize: number): Promise<Database> {
     },
     close: async () => {
       await prisma.$disconnect();
-      await pool.end();
+      await Promise.all([pool.end(), analyticsPool.end()]);
     },
   };
 }
@@ -155,4 +186,15 @@ async function isReachable(prisma: PrismaClient): Promise<boolean> {
   } catch {
     return false;
   }
+}
+
+/** Postgres cancelled the statement (57014), or every analytics connection stayed busy: QUERY_TIMEOUT. */
+function analyticsError(error: unknown, timeoutMs: number): unknown {
+  const canceled = (error as { code?: unknown }).code === '57014';
+  const noConnection = error instanceof Error && /timeout exceeded when trying to connect|due to connection timeout/i.test(error.message);
+  if (!canceled && !noConnection) return error;
+  const message = canceled
+    ? `The query ran longer than ${timeoutMs} ms and was stopped ([Limits] ANALYTICS_STATEMENT_TIMEOUT_MS). Narrow the filter or the time range.`
+    : `No analytics connection came free in time ([Limits] ANALYTICS_STATEMENT_TIMEOUT_MS is ${timeoutMs} ms); try again later.`;
+  return new CallboardError('QUERY_TIMEOUT', message, { details: { timeoutMs }, cause: error });
 }

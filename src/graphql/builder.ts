@@ -1,4 +1,5 @@
 import SchemaBuilder from '@pothos/core';
+import ComplexityPlugin from '@pothos/plugin-complexity';
 import ScopeAuthPlugin, { AuthScopeFailureType, type AuthFailure } from '@pothos/plugin-scope-auth';
 import type { ApiKeyRole } from '../auth/keys.ts';
 import { CallboardError } from '../errors.ts';
@@ -32,7 +33,11 @@ export const builder = new SchemaBuilder<{
   };
 }>({
   defaultFieldNullability: false,
-  plugins: [ScopeAuthPlugin],
+  // Scope auth first: no other plugin's wrapper runs before a field's role is checked.
+  plugins: [ScopeAuthPlugin, ComplexityPlugin],
+  // Fields declare their cost here (each 1, a list times 10 unless it says otherwise); the cost is
+  // checked once per request before execution, in query-limits.ts, not around each root resolver.
+  complexity: { disabled: true },
   scopeAuth: {
     authScopes: ({ identity }) => ({
       admin: roleRank[identity.role] >= roleRank.ADMIN,

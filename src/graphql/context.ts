@@ -4,6 +4,7 @@ import type { CallFilter, CallQueries } from '../analytics/calls.ts';
 import type { Identity } from '../auth/identity.ts';
 import type { Caller } from '../llm/client.ts';
 import type { Services } from '../services.ts';
+import type { Loaders } from './loaders.ts';
 
 /**
  * What resolvers may use. The Prisma client stays out: resolvers go through services and queries,
@@ -13,6 +14,8 @@ export interface GraphQLContext {
   services: Services;
   calls: CallQueries;
   cacheEntries: CacheEntryQueries;
+  /** Per-request batching of what the rows of a list ask for. */
+  loaders: Loaders;
   callStats(filter: CallFilter | null, groupBy: readonly CallStatsDimension[], options?: CallStatsOptions): Promise<CallStatsBucket[]>;
   /** Who is calling, decided once at the door. */
   identity: Identity;

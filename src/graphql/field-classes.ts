@@ -1,10 +1,14 @@
+import { isPaidField } from './paid-fields.ts';
 import { schema } from './schema.ts';
 
+const rootFields = [schema.getQueryType()!, schema.getMutationType()!].flatMap((type) => Object.values(type.getFields()));
+
 /**
- * Root fields that cost money upstream. Over GET (an `<img>` or a link can send one) they run only
- * with a preflight-forcing header; the mutations among them are refused over GET by Yoga anyway.
+ * Root fields that cost money upstream (marked `paidField` where they are defined). Over GET (an
+ * `<img>` or a link can send one) they run only with a preflight-forcing header; the mutations among
+ * them are refused over GET by Yoga anyway.
  */
-export const paidFields: ReadonlySet<string> = new Set(['sendMessage', 'sendTemplatedMessage', 'embedding', 'embeddings']);
+export const paidFields: ReadonlySet<string> = new Set(rootFields.filter(isPaidField).map((field) => field.name));
 
 /**
  * Root query fields only an ADMIN may run (keys, settings, overrides): those that keep the Query

@@ -1,6 +1,6 @@
 import type { CacheEntryFilter } from '../../analytics/cache-entries.ts';
 import { access, builder } from '../builder.ts';
-import { connectionOf } from './connection.ts';
+import { connectionComplexity, connectionOf } from './connection.ts';
 import { CallKind, OrderDirection, Usage } from './enums.ts';
 import { LlmCallConnection } from './calls.ts';
 import { CacheEntry, LlmCall } from './refs.ts';
@@ -25,14 +25,15 @@ CacheEntry.implement({
       type: LlmCall,
       nullable: true,
       description: 'The call whose provider answer filled this entry.',
-      resolve: (entry, _args, context) => (entry.createdByCallId ? context.calls.find(entry.createdByCallId) : null),
+      resolve: (entry, _args, context) => (entry.createdByCallId ? context.loaders.call.load(entry.createdByCallId) : null),
     }),
     servedCalls: t.field({
       type: LlmCallConnection,
       description: 'The calls this entry answered (cache hits), newest first: this entry as it is, not an earlier answer stored under the same key.',
+      complexity: connectionComplexity,
       args: { first: t.arg.int({ description: 'Page size, 0 to 100. Default 20.' }), after: t.arg.string({ description: 'The endCursor of the previous page.' }) },
       resolve: async (entry, args, context) => ({
-        page: await context.calls.list({ first: args.first, after: args.after, filter: { cacheKeys: [entry.key], cacheStatuses: ['HIT'], servedByCallIds: entry.createdByCallId ? [entry.createdByCallId] : null } }),
+        page: await context.loaders.hitPage.load({ cacheKey: entry.key, servedBy: entry.createdByCallId, first: args.first, after: args.after }),
         after: args.after,
       }),
     }),
@@ -87,6 +88,7 @@ builder.queryFields((t) => ({
     ...access.member,
     type: CacheEntryConnection,
     description: 'The cache, filtered and sorted, a page at a time.',
+    complexity: connectionComplexity,
     args: {
       first: t.arg.int({ description: 'Page size, 0 to 100. Default 20.' }),
       after: t.arg.string({ description: 'The endCursor of the previous page.' }),

@@ -4,7 +4,7 @@ import { selectsField } from '../selection.ts';
 import type { AttemptRow } from '../../llm/history.ts';
 import { countMessageTokens, countTextTokens, type TokenMessage } from '../../llm/tokens.ts';
 import { access, builder } from '../builder.ts';
-import { connectionOf } from './connection.ts';
+import { connectionComplexity, connectionOf } from './connection.ts';
 import { CacheStatus, CallKind, CallStatus, OrderDirection, Usage } from './enums.ts';
 import { CacheEntry, LlmCall } from './refs.ts';
 
@@ -41,7 +41,7 @@ LlmCall.implement({
       type: CacheEntry,
       nullable: true,
       description: 'The cache entry it read or wrote, while it exists.',
-      resolve: (call, _args, context) => (call.cacheKey ? context.cacheEntries.find(call.cacheKey) : null),
+      resolve: (call, _args, context) => (call.cacheKey ? context.loaders.cacheEntry.load(call.cacheKey) : null),
     }),
     errorCode: t.exposeString('errorCode', { nullable: true, description: 'Why it failed (the code the caller got); null on success.' }),
     errorMessage: t.exposeString('errorMessage', { nullable: true, description: 'The message the caller got.' }),
@@ -49,7 +49,7 @@ LlmCall.implement({
     attempts: t.field({
       type: [LlmAttempt],
       description: 'Every upstream request, with status, error and the wait that followed.',
-      resolve: (call, _args, context) => call.attempts ?? context.calls.attempts(call.id),
+      resolve: (call, _args, context) => call.attempts ?? context.loaders.attempts.load(call.id),
     }),
     latencyMs: t.exposeFloat('latencyMs', { description: 'From the call reaching Callboard to its answer.' }),
     usage: t.field({
@@ -142,6 +142,7 @@ builder.queryFields((t) => ({
     ...access.viewer,
     type: LlmCallConnection,
     description: 'The call history, filtered and sorted, a page at a time.',
+    complexity: connectionComplexity,
     args: {
       first: t.arg.int({ description: 'Page size, 0 to 100. Default 20.' }),
       after: t.arg.string({ description: 'The endCursor of the previous page.' }),

@@ -1,5 +1,6 @@
 import type { SendMessageResult } from '../../llm/client.ts';
 import { access, builder } from '../builder.ts';
+import { paidField } from '../paid-fields.ts';
 import { CacheMode, CacheStatus, Usage } from './enums.ts';
 import { LlmCall } from './refs.ts';
 
@@ -92,6 +93,7 @@ builder.mutationFields((t) => ({
     ...access.member,
     type: SendMessagePayload,
     description: "Sends a chat call through the cache, the provider (with retries) and the history, and returns the first choice's message.",
+    extensions: paidField,
     args: { input: t.arg({ type: SendMessageInput, required: true, description: 'The call.' }) },
     resolve: (_root, { input }, context) => context.services.llm.sendMessage({ ...input, messages: input.messages.map(toMessage), caller: context.caller, signal: context.signal }),
   }),
@@ -99,6 +101,7 @@ builder.mutationFields((t) => ({
     ...access.member,
     type: SendMessagePayload,
     description: 'Renders the templates or prompts, then sends the chat call as sendMessage does; the history records the template name and hash.',
+    extensions: paidField,
     args: { input: t.arg({ type: SendTemplatedMessageInput, required: true, description: 'The call.' }) },
     resolve: (_root, { input }, context) =>
       context.services.llm.templatedCall({ ...input, variables: input.variables as Record<string, unknown> | null, caller: context.caller, signal: context.signal }),

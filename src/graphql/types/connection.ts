@@ -1,5 +1,5 @@
 import type { ObjectRef } from '@pothos/core';
-import type { Page } from '../../analytics/calls.ts';
+import { defaultPageSize, type Page } from '../../analytics/calls.ts';
 import { builder } from '../builder.ts';
 
 interface PageInfoShape {
@@ -25,6 +25,12 @@ export interface ConnectionShape<T> {
   after: string | null | undefined;
 }
 
+/**
+ * The cost of a connection field: its nodes' selection counts once per row of the page (`first`,
+ * else the default page size), so pages nested in pages multiply down the tree.
+ */
+export const connectionComplexity = (args: { first?: number | null }) => ({ field: 2, multiplier: Math.max(0, args.first ?? defaultPageSize) });
+
 /** The Relay connection and edge types of a node type. */
 export function connectionOf<T>(name: string, node: ObjectRef<any, T>, description: string) {
   const Edge = builder.objectRef<{ node: T; cursor: string }>(`${name}Edge`).implement({
@@ -37,7 +43,8 @@ export function connectionOf<T>(name: string, node: ObjectRef<any, T>, descripti
   return builder.objectRef<ConnectionShape<T>>(`${name}Connection`).implement({
     description,
     fields: (t) => ({
-      edges: t.field({ type: [Edge], resolve: (connection) => connection.page.nodes, description: 'The rows of this page.' }),
+      // The connection field already counts each row of the page.
+      edges: t.field({ type: [Edge], complexity: { field: 1, multiplier: 1 }, resolve: (connection) => connection.page.nodes, description: 'The rows of this page.' }),
       pageInfo: t.field({
         type: PageInfo,
         description: 'Where this page starts and ends.',
@@ -48,7 +55,8 @@ export function connectionOf<T>(name: string, node: ObjectRef<any, T>, descripti
           endCursor: page.nodes.at(-1)?.cursor ?? null,
         }),
       }),
-      totalCount: t.int({ description: 'How many rows match the filter, across all pages.', resolve: (connection) => connection.page.totalCount() }),
+      // A count(*) over the whole filter.
+      totalCount: t.int({ complexity: 10, description: 'How many rows match the filter, across all pages.', resolve: (connection) => connection.page.totalCount() }),
     }),
   });
 }

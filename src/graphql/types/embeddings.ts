@@ -1,5 +1,6 @@
 import type { EmbedResult, EmbeddingResult } from '../../llm/client.ts';
 import { access, builder } from '../builder.ts';
+import { paidField } from '../paid-fields.ts';
 import { CacheMode, CacheStatus, Usage } from './enums.ts';
 import { LlmCall } from './refs.ts';
 
@@ -37,6 +38,7 @@ builder.queryFields((t) => ({
     ...access.member,
     type: Embedding,
     description: "TinyTroupe's get_embedding: the vector of one text, with the cache, retries and history of chat calls.",
+    extensions: paidField,
     args: { text: t.arg.string({ required: true, description: 'The text to embed.' }), ...commonArguments(t) },
     resolve: async (_root, args, context) => {
       const result = await context.services.llm.embed({ ...args, texts: [args.text], caller: context.caller, signal: context.signal });
@@ -47,6 +49,9 @@ builder.queryFields((t) => ({
     ...access.member,
     type: [Embedding],
     description: 'The vectors of several texts in one upstream call (only the texts not in the cache are sent), in the order given.',
+    extensions: paidField,
+    // Each text is one vector in the answer.
+    complexity: (args) => ({ field: 1, multiplier: args.texts.length }),
     args: { texts: t.arg.stringList({ required: true, description: 'The texts to embed, at most 2048.' }), ...commonArguments(t) },
     resolve: async (_root, args, context) => {
       const result = await context.services.llm.embed({ ...args, caller: context.caller, signal: context.signal });
