@@ -22,8 +22,8 @@ export interface Services {
   llm: LlmClient;
   /** Drops cache entries (all when null) from the memory of every instance on this database, this one included. */
   forgetCacheEverywhere(keys: readonly string[] | null): Promise<void>;
-  /** Writes what is pending and stops background work; the database stays open. */
-  close(): Promise<void>;
+  /** Writes what is pending and stops background work; the database stays open. `lost` counts the history rows that could not be written. */
+  close(): Promise<{ lost: number }>;
 }
 
 export interface ServicesOptions {
@@ -118,7 +118,7 @@ export async function createServices(options: ServicesOptions): Promise<Services
       overrides.close();
       await stopListening();
       await stopOverridesListening();
-      await history.close();
+      return history.close();
     },
   };
 }
