@@ -49,7 +49,8 @@ async function main(): Promise<void> {
   const { applied } = await migrate(database, await readMigrations(resolve(repositoryRoot, 'prisma/migrations')));
   logger.info({ database: database.kind, location: database.location, applied }, 'database ready');
 
-  const services = await createServices({ loaded: { config, settings }, database, logger });
+  const stopNow = new AbortController();
+  const services = await createServices({ loaded: { config, settings }, database, logger, signal: stopNow.signal });
   const app = createApp(services);
   // Every request's handling, until its resolver has finished: a cut connection ends the response,
   // not the call, which still records its attempts once its upstream request is aborted.
@@ -76,11 +77,16 @@ async function main(): Promise<void> {
   const forced = () => phase === 'forced';
   let onForced = () => {};
   const whenForced = new Promise<void>((done) => (onForced = done));
-  /** Cuts every connection: their calls are aborted and end with ABORTED, their attempts recorded. */
-  const force = (reason: string) => {
+  /**
+   * Aborts every upstream request, shared ones too, so that each call ends with ABORTED and its
+   * attempts recorded and, while its connection is still open, answers so; then cuts what is left.
+   */
+  const force = async (reason: string) => {
     if (phase === 'forced') return;
     phase = 'forced';
-    logger.warn({ reason, inFlight: handling.size }, 'stopping now: cutting the requests in flight');
+    logger.warn({ reason, inFlight: handling.size }, 'stopping now: aborting the calls in flight');
+    stopNow.abort();
+    await Promise.race([Promise.allSettled([...handling]), pause(forcedStepMs)]);
     server.closeAllConnections();
     onForced();
   };
@@ -99,7 +105,7 @@ async function main(): Promise<void> {
     const closed = new Promise<void>((done) => server.close(() => done()));
     // Keep-alive sockets go as soon as their request is answered.
     const sweep = setInterval(() => server.closeIdleConnections(), 50);
-    forceTimer = setTimeout(() => force('grace period over'), graceMs).unref();
+    forceTimer = setTimeout(() => void force('grace period over'), graceMs).unref();
     server.closeIdleConnections();
     await closed;
     // Once forced, a cut call gets a moment to record its attempts, not more.

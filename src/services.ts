@@ -35,6 +35,8 @@ export interface ServicesOptions {
   /** Injected by tests on a fake clock. */
   sleep?: LlmClientDependencies['sleep'];
   random?: LlmClientDependencies['random'];
+  /** Aborts every upstream request: the server's forced stop. */
+  signal?: AbortSignal;
 }
 
 const cacheForgetChannel = 'callboard_cache_forget';
@@ -98,6 +100,7 @@ export async function createServices(options: ServicesOptions): Promise<Services
     secrets: Object.values(config.secrets).filter((secret): secret is string => secret !== null),
     sleep: options.sleep,
     random: options.random,
+    signal: options.signal,
   });
   return {
     loaded,

@@ -112,6 +112,8 @@ export interface LlmClientDependencies {
   /** Injected for tests on a fake clock. */
   sleep?: (ms: number, signal?: AbortSignal) => Promise<void>;
   random?: () => number;
+  /** Aborts every upstream request, shared ones included: the server's forced stop. */
+  signal?: AbortSignal;
 }
 
 const retryableStatuses = new Set([408, 409, 429]);
@@ -151,6 +153,8 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
     signal: AbortSignal | undefined,
   ) {
     const limit = settings.maxConcurrentModelCalls;
+    const stopping = dependencies.signal;
+    if (stopping) signal = signal ? AbortSignal.any([signal, stopping]) : stopping;
     const attempt = () => {
       // Measured when the request goes out: a wait for a free slot spends the call's time too.
       const left = bounds.deadline - performance.now();
@@ -186,7 +190,7 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
   }
 
   function finalError(outcome: Extract<RetryOutcome<unknown>, { ok: false }>, bounds: CallBounds, settings: OpenAiConfig): unknown {
-    if (outcome.aborted) return abortedError();
+    if (outcome.aborted) return dependencies.signal?.aborted ? new CallboardError('ABORTED', 'The call was cut: the server had to stop.') : abortedError();
     const stopped = stoppedEarlyError(outcome, bounds, settings);
     if (stopped) return stopped;
     // A single attempt (MAX_ATTEMPTS=1) retried nothing: its own error says more than "gave up".

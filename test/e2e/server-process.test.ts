@@ -110,30 +110,36 @@ describe('the server process (npm start)', () => {
     }
   }, 90_000);
 
-  it('stops at once on a second signal, recording the cut call with its attempt', async () => {
+  it('stops at once on a second signal: calls in flight, shared ones too, answer ABORTED and are recorded with their cut attempt', async () => {
     const fake = await startFakeOpenAI();
     fake.script('chat', { hang: true });
     const dataDir = join(workDir, 'data-forced');
     const env = { CALLBOARD_DATABASE__DATA_DIR: dataDir, CALLBOARD_OPENAI__BASE_URL: fake.openaiBaseURL, OPENAI_API_KEY: 'sk-process-test' };
     try {
       const server = await startServerProcess({ cwd: workDir, env });
-      const inFlight = fetch(server.url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: hangingCall }).then(
-        () => 'answered',
-        () => 'cut',
-      );
-      while (fake.requestsTo('chat').length === 0) await new Promise((resolve) => setTimeout(resolve, 20));
+      const inFlight = postGraphQL(server.url, hangingCall);
+      // The cache's single flight: the upstream request goes on even when its caller leaves, for the others.
+      const shared = postGraphQL(server.url, JSON.stringify({ query: 'mutation { sendMessage(input: { messages: [{ role: USER, content: "shared" }], cache: USE }) { call { id } } }' }));
+      while (fake.requestsTo('chat').length < 2) await new Promise((resolve) => setTimeout(resolve, 20));
       const exitCode = server.stop('SIGTERM');
       await untilLogged(server.output, '"graceSeconds":305');
       const forcedAt = performance.now();
       server.child.kill('SIGINT');
       expect(await exitCode).toBe(0);
       expect(performance.now() - forcedAt).toBeLessThan(5_000);
-      expect(await inFlight).toBe('cut');
+      const answer = await inFlight;
+      expect(answer.body.errors[0]).toMatchObject({ message: 'The call was cut: the server had to stop.', extensions: { code: 'ABORTED' } });
       expect(server.output.join('\n')).toContain('"reason":"second SIGINT"');
 
-      const [row] = await storedCalls(dataDir);
-      expect(row).toMatchObject({ status: 'ERROR', errorCode: 'ABORTED', attemptCount: 1 });
-      expect(row!.attempts).toMatchObject([{ number: 1, errorCode: 'ABORTED' }]);
+      const sharedAnswer = await shared;
+      expect(sharedAnswer.body.errors[0].extensions.code).toBe('ABORTED');
+
+      const rows = await storedCalls(dataDir);
+      expect(rows.map((row) => row.id).sort()).toEqual([answer.body.errors[0].extensions.details.callId, sharedAnswer.body.errors[0].extensions.details.callId].sort());
+      for (const row of rows) {
+        expect(row).toMatchObject({ status: 'ERROR', errorCode: 'ABORTED', attemptCount: 1 });
+        expect(row.attempts).toMatchObject([{ number: 1, errorCode: 'ABORTED' }]);
+      }
     } finally {
       await fake.close();
     }
