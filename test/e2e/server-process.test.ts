@@ -243,4 +243,22 @@ describe.runIf(process.env.TEST_DATABASE_URL)('the server process with DATABASE_
     expect(output).not.toContain('not-needed-with-trust-auth');
     expect(await testDatabase.database.prisma.llmCall.count()).toBe(0);
   });
+
+  it('exits with 1 when history rows could not be written before it stopped, and says how many', async () => {
+    const fake = await startFakeOpenAI();
+    fake.script('chat', { json: { id: 'x', object: 'chat.completion', created: 0, model: 'gpt-4o-mini', choices: [{ index: 0, message: { role: 'assistant', content: 'kept?', refusal: null }, finish_reason: 'stop' }] } });
+    const server = await startServerProcess({ cwd: tmpdir(), env: { DATABASE_URL: testDatabase.url!, CALLBOARD_OPENAI__BASE_URL: fake.openaiBaseURL, OPENAI_API_KEY: 'sk-process-test' } });
+    try {
+      // The history's table goes away under the running server: every write of its row fails.
+      await testDatabase.database.query('ALTER TABLE "LlmCall" RENAME TO "LlmCallAway"');
+      const answer = await postGraphQL(server.url, JSON.stringify({ query: 'mutation { sendMessage(input: { messages: [{ role: USER, content: "hello" }] }) { message { content } } }' }));
+      expect(answer.body.data.sendMessage.message.content).toBe('kept?');
+      expect(await server.stop('SIGTERM')).toBe(1);
+      expect(server.output.join('\n')).toMatch(/"lost":1,.*"msg":"history rows could not be written before shutdown"/);
+      expect(server.output.join('\n')).toContain('"historyKept":false');
+    } finally {
+      await testDatabase.database.query('ALTER TABLE "LlmCallAway" RENAME TO "LlmCall"');
+      await fake.close();
+    }
+  }, 90_000);
 });
