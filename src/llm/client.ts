@@ -141,6 +141,9 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
     return limiter;
   };
   const redact = createRedactor(dependencies.secrets);
+  // One listener on the stop signal for all calls: a listener per call would pile up on a signal that lives as long as the process.
+  const upstreamInFlight = new Set<AbortController>();
+  dependencies.signal?.addEventListener('abort', () => upstreamInFlight.forEach((controller) => controller.abort(dependencies.signal!.reason)), { once: true });
 
   /**
    * The retry loop around one upstream operation, bounded by MAX_CONCURRENT_MODEL_CALLS per attempt
@@ -153,33 +156,43 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
     signal: AbortSignal | undefined,
   ) {
     const limit = settings.maxConcurrentModelCalls;
-    const stopping = dependencies.signal;
-    if (stopping) signal = signal ? AbortSignal.any([signal, stopping]) : stopping;
+    // Aborted by the caller or by the server's forced stop, whichever comes first.
+    const controller = new AbortController();
+    const onCallerAbort = () => controller.abort(signal!.reason);
+    if (signal?.aborted || dependencies.signal?.aborted) controller.abort(signal?.reason);
+    signal?.addEventListener('abort', onCallerAbort, { once: true });
+    upstreamInFlight.add(controller);
     const attempt = () => {
       // Measured when the request goes out: a wait for a free slot spends the call's time too.
       const left = bounds.deadline - performance.now();
       if (left <= 0) return Promise.reject(new ProviderError('PROVIDER_TIMEOUT', 'The call had no time left for this attempt (it waited for a free upstream slot).'));
       // The SDK takes whole milliseconds only.
-      return operation(signal, Math.max(1, Math.floor(Math.min(bounds.timeoutMs, left))));
+      return operation(controller.signal, Math.max(1, Math.floor(Math.min(bounds.timeoutMs, left))));
     };
-    const outcome = await retry(
-      () => (limit > 0 ? limiterFor(limit)(attempt) : attempt()),
-      {
-        maxAttempts: bounds.maxAttempts,
-        deadline: bounds.deadline,
-        maxWaitMs: settings.maxWaitingTime * 1000,
-        shouldRetry: isRetryable,
-        delay: exponentialBackoff({
-          initialMs: settings.waitingTime * 1000,
-          factor: settings.exponentialBackoffFactor,
-          maxMs: settings.maxWaitingTime * 1000,
-          jitter: settings.backoffJitter,
-          random: dependencies.random,
-        }),
-        sleep: dependencies.sleep,
-        signal,
-      },
-    );
+    let outcome: RetryOutcome<T>;
+    try {
+      outcome = await retry(
+        () => (limit > 0 ? limiterFor(limit)(attempt) : attempt()),
+        {
+          maxAttempts: bounds.maxAttempts,
+          deadline: bounds.deadline,
+          maxWaitMs: settings.maxWaitingTime * 1000,
+          shouldRetry: isRetryable,
+          delay: exponentialBackoff({
+            initialMs: settings.waitingTime * 1000,
+            factor: settings.exponentialBackoffFactor,
+            maxMs: settings.maxWaitingTime * 1000,
+            jitter: settings.backoffJitter,
+            random: dependencies.random,
+          }),
+          sleep: dependencies.sleep,
+          signal: controller.signal,
+        },
+      );
+    } finally {
+      upstreamInFlight.delete(controller);
+      signal?.removeEventListener('abort', onCallerAbort);
+    }
     const attempts = outcome.attempts.map((attempt) => {
       const row = toAttemptRow(attempt);
       return { ...row, errorMessage: redact(row.errorMessage) };
