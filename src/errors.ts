@@ -17,6 +17,7 @@ export type ErrorCode =
   | 'PROVIDER_ERROR'
   | 'ABORTED'
   | 'RETRY_EXHAUSTED'
+  | 'DEADLINE_EXCEEDED'
   | 'TEMPLATE_ERROR'
   | 'NOT_FOUND'
   | 'UNAUTHENTICATED'
@@ -68,7 +69,7 @@ export class ConfigError extends CallboardError {
   readonly problems: ConfigProblem[];
 
   constructor(problems: ConfigProblem[]) {
-    const lines = problems.map((p) => `  - ${p.source}: [${p.section}] ${p.key}: ${p.message}`);
+    const lines = problems.map((p) => `  - ${p.source}: [${p.section}]${p.key ? ` ${p.key}` : ''}: ${p.message}`);
     super('CONFIG_INVALID', `Invalid configuration (${problems.length} problem${problems.length === 1 ? '' : 's'}):\n${lines.join('\n')}`, {
       details: { problems },
     });

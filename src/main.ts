@@ -2,7 +2,7 @@ import { createServer } from 'node:http';
 import { fileURLToPath } from 'node:url';
 import { resolve } from 'node:path';
 import { createApp } from './app.ts';
-import { loadConfig } from './config/config.ts';
+import { loadConfig, maxTimerMs } from './config/config.ts';
 import { readConfigFiles } from './config/files.ts';
 import { createDatabase } from './db/database.ts';
 import { migrate, readMigrations } from './db/migrate.ts';
@@ -14,6 +14,12 @@ import { countTextTokens } from './llm/tokens.ts';
 import { isLoopbackHost } from './auth/hosts.ts';
 
 const repositoryRoot = fileURLToPath(new URL('..', import.meta.url));
+/** After a call's deadline: time for its answer to go out and its history row to be written. */
+const shutdownMarginMs = 5_000;
+/** A forced stop still waits this long for cut calls to record their attempts, and again for the history to be written. */
+const forcedStepMs = 2_000;
+
+const pause = (milliseconds: number) => new Promise<void>((done) => setTimeout(done, milliseconds).unref());
 
 async function main(): Promise<void> {
   let loaded;
@@ -44,12 +50,20 @@ async function main(): Promise<void> {
   const { applied } = await migrate(database, await readMigrations(resolve(repositoryRoot, 'prisma/migrations')));
   logger.info({ database: database.kind, location: database.location, applied }, 'database ready');
 
-  const services = await createServices({ loaded: { config, settings }, database, logger });
+  const stopNow = new AbortController();
+  const services = await createServices({ loaded: { config, settings }, database, logger, signal: stopNow.signal });
   if (services.authenticator.openMode) {
     logger.warn('open mode: no CALLBOARD_MASTER_KEY is set, so requests without a key act as an ADMIN of tenant "default" (loopback only)');
   }
   const app = createApp(services);
-  const server = createServer(app);
+  // Every request's handling, until its resolver has finished: a cut connection ends the response,
+  // not the call, which still records its attempts once its upstream request is aborted.
+  const handling = new Set<Promise<unknown>>();
+  const server = createServer((request, response) => {
+    const handled = Promise.resolve(app(request, response)).catch((error: unknown) => logger.error({ err: error }, 'request failed'));
+    handling.add(handled);
+    void handled.finally(() => handling.delete(handled));
+  });
   server.listen(config.server.port, config.server.host, () => {
     const address = server.address();
     const port = typeof address === 'object' && address ? address.port : config.server.port;
@@ -61,26 +75,59 @@ async function main(): Promise<void> {
     });
   });
 
-  let stopping = false;
+  let phase: 'running' | 'draining' | 'forced' = 'running';
+  let forceTimer: NodeJS.Timeout | undefined;
+  // A function, not a comparison: the phase changes while shutdown awaits, which narrowing cannot see.
+  const forced = () => phase === 'forced';
+  let onForced = () => {};
+  const whenForced = new Promise<void>((done) => (onForced = done));
+  /**
+   * Aborts every upstream request, shared ones too, so that each call ends with ABORTED and its
+   * attempts recorded and, while its connection is still open, answers so; then cuts what is left.
+   */
+  const force = async (reason: string) => {
+    if (phase === 'forced') return;
+    phase = 'forced';
+    logger.warn({ reason, inFlight: handling.size }, 'stopping now: aborting the calls in flight');
+    stopNow.abort();
+    await Promise.race([Promise.allSettled([...handling]), pause(forcedStepMs)]);
+    server.closeAllConnections();
+    onForced();
+  };
   const shutdown = async (signal: string) => {
-    if (stopping) return;
-    stopping = true;
-    logger.info({ signal }, 'shutting down: finishing in-flight requests');
+    if (phase === 'forced') {
+      logger.error({ signal }, 'stopping at once, history still pending is lost');
+      logger.flush();
+      process.exit(1);
+    }
+    if (phase === 'draining') return force(`second ${signal}`);
+    phase = 'draining';
+    // A call may run until its deadline (CALL_DEADLINE, or its runtime override when longer): that long, and a little more, calls in flight may finish.
+    const deadlineSeconds = Math.max(config.openai.callDeadline, services.overrides.settings().callDeadline);
+    const graceMs = Math.min(maxTimerMs, deadlineSeconds * 1000 + shutdownMarginMs);
+    logger.info({ signal, inFlight: handling.size, graceSeconds: graceMs / 1000 }, 'shutting down: finishing in-flight requests (a second signal stops at once)');
     const closed = new Promise<void>((done) => server.close(() => done()));
-    // Keep-alive sockets go as soon as their request is answered; ones that never go idle are cut after 10 s.
+    // Keep-alive sockets go as soon as their request is answered.
     const sweep = setInterval(() => server.closeIdleConnections(), 50);
-    const force = setTimeout(() => server.closeAllConnections(), 10_000).unref();
+    forceTimer = setTimeout(() => void force('grace period over'), graceMs).unref();
     server.closeIdleConnections();
     await closed;
+    // Once forced, a cut call gets a moment to record its attempts, not more.
+    const settled = () => Promise.allSettled([...handling]);
+    await Promise.race([settled(), whenForced.then(() => Promise.race([settled(), pause(forcedStepMs)]))]);
     clearInterval(sweep);
-    clearTimeout(force);
+    clearTimeout(forceTimer);
     await app.dispose();
     // Every history row and cache entry still queued is written before the database closes.
-    await services.close();
-    await database.close();
-    logger.info('stopped');
+    const closing = services.close();
+    const { lost } = forced() ? await Promise.race([closing, pause(forcedStepMs).then(() => ({ lost: Number.NaN }))]) : await closing;
+    if (Number.isNaN(lost)) logger.error('history rows were still being written when the forced stop ended');
+    else await database.close();
+    const kept = lost === 0;
+    logger.info({ forced: forced(), historyKept: kept }, 'stopped');
     logger.flush();
-    process.exit(0);
+    // A supervisor sees from the exit code that some of the audit history is missing.
+    process.exit(kept ? 0 : 1);
   };
   process.on('SIGTERM', () => void shutdown('SIGTERM'));
   process.on('SIGINT', () => void shutdown('SIGINT'));

@@ -28,8 +28,8 @@ export interface Services {
   announceKeyChange(id: string): Promise<void>;
   /** Drops cache entries (all when null) from the memory of every instance on this database, this one included. */
   forgetCacheEverywhere(keys: readonly string[] | null): Promise<void>;
-  /** Writes what is pending and stops background work; the database stays open. */
-  close(): Promise<void>;
+  /** Writes what is pending and stops background work; the database stays open. `lost` counts the history rows that could not be written. */
+  close(): Promise<{ lost: number }>;
 }
 
 export interface ServicesOptions {
@@ -41,6 +41,8 @@ export interface ServicesOptions {
   /** Injected by tests on a fake clock. */
   sleep?: LlmClientDependencies['sleep'];
   random?: LlmClientDependencies['random'];
+  /** Aborts every upstream request: the server's forced stop. */
+  signal?: AbortSignal;
 }
 
 const cacheForgetChannel = 'callboard_cache_forget';
@@ -112,6 +114,7 @@ export async function createServices(options: ServicesOptions): Promise<Services
     secrets: Object.values(config.secrets).filter((secret): secret is string => secret !== null),
     sleep: options.sleep,
     random: options.random,
+    signal: options.signal,
   });
   return {
     loaded,
@@ -139,7 +142,7 @@ export async function createServices(options: ServicesOptions): Promise<Services
       await stopListening();
       await stopOverridesListening();
       await stopKeysListening();
-      await history.close();
+      return history.close();
     },
   };
 }

@@ -164,6 +164,56 @@ describe('loadConfig', () => {
     expect(problems[1]!.message).toContain('"e.example/x"');
   });
 
+  it('bounds the whole call by CALL_DEADLINE, 300 s unless set', () => {
+    expect(loadConfig([], {}).config.openai.callDeadline).toBe(300);
+    expect(loadConfig([file('a.ini', '[OpenAI]\nCALL_DEADLINE=12.5\n')], {}).config.openai.callDeadline).toBe(12.5);
+    expect(problemsOf(() => loadConfig([file('a.ini', '[OpenAI]\nCALL_DEADLINE=0\n')], {}))).toMatchObject([{ section: 'OpenAI', key: 'CALL_DEADLINE' }]);
+  });
+
+  it('refuses durations no timer can hold (2^31-1 ms), each with its file, section and key', () => {
+    const tooLong = String(2 ** 31 / 1000);
+    const problems = problemsOf(() =>
+      loadConfig(
+        [file('/etc/long.ini', `[OpenAI]\nTIMEOUT=${tooLong}\nWAITING_TIME=${tooLong}\nMAX_WAITING_TIME=1e9\nCALL_DEADLINE=${tooLong}\n[History]\nFLUSH_INTERVAL_MS=${2 ** 31}\n[Cache]\nTTL=1e12\n`)],
+        {},
+      ),
+    );
+    expect(problems.map((problem) => `${problem.source}: [${problem.section}] ${problem.key}`)).toEqual([
+      '/etc/long.ini: [OpenAI] TIMEOUT',
+      '/etc/long.ini: [OpenAI] WAITING_TIME',
+      '/etc/long.ini: [OpenAI] MAX_WAITING_TIME',
+      '/etc/long.ini: [OpenAI] CALL_DEADLINE',
+      '/etc/long.ini: [Cache] TTL',
+      '/etc/long.ini: [History] FLUSH_INTERVAL_MS',
+    ]);
+    expect(problems[0]!.message).toBe(`must be at most 2147483.647 seconds (the longest timer Node.js holds), got ${tooLong}`);
+    // The longest timer itself is fine.
+    expect(loadConfig([file('a.ini', '[OpenAI]\nCALL_DEADLINE=2147483.647\nTIMEOUT=2147483\n')], {}).config.openai.callDeadline).toBe(2147483.647);
+    // Runtime overrides go through the same rule.
+    expect(parseOpenAiValue('CALL_DEADLINE', tooLong)).toMatchObject({ ok: false });
+  });
+
+  it("refuses a section misspelt from one of Callboard's, and leaves TinyTroupe's and other programs' sections alone", () => {
+    const problems = problemsOf(() =>
+      loadConfig([file('/etc/typos.ini', '[OpenIA]\nMODEL=gpt-4o\n[Sever]\nPORT=1\n[history]\nBATCH_SIZE=5\n[Prces]\nx=1, 2\n[Open_AI]\nMODEL=x\n[Cach]\nTTL=1\n')], {}),
+    );
+    expect(problems).toEqual([
+      { source: '/etc/typos.ini', section: 'OpenIA', key: '', message: 'unknown section; did you mean [OpenAI]?' },
+      { source: '/etc/typos.ini', section: 'Sever', key: '', message: 'unknown section; did you mean [Server]?' },
+      { source: '/etc/typos.ini', section: 'Prces', key: '', message: 'unknown section; did you mean [Prices]?' },
+      { source: '/etc/typos.ini', section: 'Open_AI', key: '', message: 'unknown section; did you mean [OpenAI]?' },
+      { source: '/etc/typos.ini', section: 'Cach', key: '', message: 'unknown section; did you mean [Cache]?' },
+    ]);
+    expect(new ConfigError(problems.slice(1, 2)).message).toBe('Invalid configuration (1 problem):\n  - /etc/typos.ini: [Sever]: unknown section; did you mean [Server]?');
+
+    const tinyTroupe = '[Simulation]\nPARALLEL_AGENT_ACTIONS=True\n[Cognition]\nMIN_EPISODE_LENGTH=10\n[ActionGenerator]\nMAX_ATTEMPTS=2\n[Logging]\nLOGLEVEL=ERROR\n[MyTool]\nANYTHING=1\n[Logs]\nX=1\n';
+    const { config } = loadConfig([file('tinytroupe.ini', tinyTroupe), file('spaced.ini', '[ OpenAi ]\nMODEL=gpt-4o\n')], {});
+    expect(config.openai.maxAttempts).toBe(5);
+    // Section names are read case-insensitively and trimmed, so this one is no misspelling.
+    expect(config.openai.model).toBe('gpt-4o');
+    expect(config.logging.level).toBe('error');
+  });
+
   it('parses prices as input and output USD per million tokens', () => {
     const { config } = loadConfig([file('a.ini', '[Prices]\nmy-model = 1.5 , 6\n')], {});
     expect(config.prices).toEqual({ 'my-model': { inputPerMillion: 1.5, outputPerMillion: 6 } });

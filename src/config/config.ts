@@ -29,6 +29,8 @@ export interface OpenAiConfig {
   exponentialBackoffFactor: number;
   /** Seconds: the cap on a single backoff wait. */
   maxWaitingTime: number;
+  /** Seconds: the longest a whole call may take, every attempt and wait included. */
+  callDeadline: number;
   /** Fraction (0..1) of each backoff wait that is randomised. */
   backoffJitter: number;
   embeddingModel: string;
@@ -122,6 +124,11 @@ function configNumber(check: (schema: z.ZodNumber) => z.ZodNumber = (schema) => 
 }
 
 const integer = (min: number, max = Number.MAX_SAFE_INTEGER) => configNumber((schema) => schema.int().min(min).max(max));
+/** The longest delay a Node.js timer holds (2^31-1 ms, about 24.8 days); a longer one fires at once. */
+export const maxTimerMs = 2 ** 31 - 1;
+/** Seconds that end up in a timer: beyond maxTimerMs it would fire at once instead of never. */
+const timerSeconds = (check: (schema: z.ZodNumber) => z.ZodNumber) =>
+  configNumber((schema) => check(schema).max(maxTimerMs / 1000, `must be at most ${maxTimerMs / 1000} seconds (the longest timer Node.js holds)`));
 const text = z.string().trim().min(1, 'must not be empty');
 /** An empty value means "not set". */
 const optional = <T extends z.ZodType<unknown, string>>(schema: T) =>
@@ -182,6 +189,8 @@ interface KeySpec {
   aliases?: string[];
 }
 
+const maxTtlSeconds = 100 * 365 * 24 * 3600;
+
 /** Every key Callboard reads, by section. The defaults are TinyTroupe's shipped values. */
 const sections: Record<string, Record<string, KeySpec>> = {
   OpenAI: {
@@ -200,11 +209,12 @@ const sections: Record<string, Record<string, KeySpec>> = {
     TOP_P: { path: ['openai', 'topP'], default: '', schema: optional(configNumber((schema) => schema.min(0).max(1))) },
     FREQ_PENALTY: { path: ['openai', 'freqPenalty'], default: '0.0', schema: configNumber((schema) => schema.min(-2).max(2)) },
     PRESENCE_PENALTY: { path: ['openai', 'presencePenalty'], default: '0.0', schema: configNumber((schema) => schema.min(-2).max(2)) },
-    TIMEOUT: { path: ['openai', 'timeout'], default: '60', schema: configNumber((schema) => schema.positive()) },
+    TIMEOUT: { path: ['openai', 'timeout'], default: '60', schema: timerSeconds((schema) => schema.positive()) },
     MAX_ATTEMPTS: { path: ['openai', 'maxAttempts'], default: '5', schema: integer(1, 100) },
-    WAITING_TIME: { path: ['openai', 'waitingTime'], default: '1', schema: configNumber((schema) => schema.min(0)) },
+    WAITING_TIME: { path: ['openai', 'waitingTime'], default: '1', schema: timerSeconds((schema) => schema.min(0)) },
     EXPONENTIAL_BACKOFF_FACTOR: { path: ['openai', 'exponentialBackoffFactor'], default: '5', schema: configNumber((schema) => schema.min(1)) },
-    MAX_WAITING_TIME: { path: ['openai', 'maxWaitingTime'], default: '60', schema: configNumber((schema) => schema.min(0)) },
+    MAX_WAITING_TIME: { path: ['openai', 'maxWaitingTime'], default: '60', schema: timerSeconds((schema) => schema.min(0)) },
+    CALL_DEADLINE: { path: ['openai', 'callDeadline'], default: '300', schema: timerSeconds((schema) => schema.positive()) },
     BACKOFF_JITTER: { path: ['openai', 'backoffJitter'], default: '0.2', schema: configNumber((schema) => schema.min(0).max(1)) },
     EMBEDDING_MODEL: { path: ['openai', 'embeddingModel'], default: 'text-embedding-3-small', schema: text },
     CACHE_API_CALLS: { path: ['openai', 'cacheApiCalls'], default: 'False', schema: configBoolean },
@@ -227,7 +237,12 @@ const sections: Record<string, Record<string, KeySpec>> = {
     LEVEL: { path: ['logging', 'level'], default: 'info', schema: logLevel, aliases: ['LOGLEVEL'] },
   },
   Cache: {
-    TTL: { path: ['cache', 'ttlSeconds'], default: '', schema: optional(configNumber((schema) => schema.positive())) },
+    // An expiry must stay a valid date: a century is far more than any cache needs.
+    TTL: {
+      path: ['cache', 'ttlSeconds'],
+      default: '',
+      schema: optional(configNumber((schema) => schema.positive().max(maxTtlSeconds, `must be at most ${maxTtlSeconds} seconds (100 years); leave it empty for no expiry`))),
+    },
     MEMORY_ENTRIES: { path: ['cache', 'memoryEntries'], default: '10000', schema: integer(0) },
     SHARED_ACROSS_TENANTS: { path: ['cache', 'sharedAcrossTenants'], default: 'False', schema: configBoolean },
   },
@@ -297,6 +312,37 @@ function findSection(name: string): string | undefined {
     (name.toLowerCase() === pricesSection.toLowerCase() ? pricesSection : undefined);
 }
 
+/** TinyTroupe's own sections, which its config.ini holds beside [OpenAI] and [Logging]: not ours to judge. */
+const tinyTroupeSections = ['Simulation', 'Cognition', 'ActionGenerator'];
+
+/**
+ * The section of ours an unknown name looks like a misspelling of: the same letters once case,
+ * spaces, underscores and hyphens are dropped, or at most two letters off (one for short names).
+ * Other unknown sections belong to other programs reading the same file and are left alone.
+ */
+function sectionMisspelt(name: string): string | undefined {
+  const normalized = (text: string) => text.toLowerCase().replace(/[\s_-]+/g, '');
+  const wanted = normalized(name);
+  if (tinyTroupeSections.some((section) => normalized(section) === wanted)) return undefined;
+  const candidates = [...Object.keys(sections), pricesSection].map((section) => ({ section, distance: editDistance(wanted, normalized(section)) }));
+  const best = candidates.sort((a, b) => a.distance - b.distance)[0]!;
+  return best.distance <= (wanted.length <= 4 ? 1 : 2) ? best.section : undefined;
+}
+
+/** Optimal string alignment distance: insertions, deletions, substitutions and swaps of neighbours. */
+function editDistance(a: string, b: string): number {
+  const rows = Array.from({ length: a.length + 1 }, (_row, i) => Array.from({ length: b.length + 1 }, (_cell, j) => (i === 0 ? j : j === 0 ? i : 0)));
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      let best = Math.min(rows[i - 1]![j]! + 1, rows[i]![j - 1]! + 1, rows[i - 1]![j - 1]! + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) best = Math.min(best, rows[i - 2]![j - 2]! + 1);
+      rows[i]![j] = best;
+    }
+  }
+  return rows[a.length]![b.length]!;
+}
+
 function findKey(section: string, key: string): string | undefined {
   const specs = sections[section] ?? {};
   const upper = key.toUpperCase();
@@ -336,8 +382,11 @@ export function loadConfig(
         continue;
       }
       const section = findSection(sectionName);
-      // TinyTroupe's config.ini has sections of its own ([Simulation]...): they are not ours to judge.
-      if (section === undefined) continue;
+      if (section === undefined) {
+        const meant = sectionMisspelt(sectionName);
+        if (meant !== undefined) problems.push({ source: file.path, section: sectionName, key: '', message: `unknown section; did you mean [${meant}]?` });
+        continue;
+      }
       for (const [keyName, value] of Object.entries(body as Record<string, unknown>)) {
         const stringValue = typeof value === 'string' ? value : String(value);
         if (section === pricesSection) {

@@ -16,7 +16,7 @@ import type {
   ProviderUsage,
 } from './providers/provider.ts';
 import type { ProviderRegistry } from './registry.ts';
-import { exponentialBackoff, retry, type AttemptRecord } from './retry.ts';
+import { exponentialBackoff, retry, retryAfterOf, type AttemptRecord, type RetryOutcome } from './retry.ts';
 import { renderCall, type TemplatedCallInput, type TemplateStore } from './templates.ts';
 
 export type ChatRole = ProviderMessage['role'];
@@ -41,6 +41,12 @@ export interface CallOptions {
   tags?: readonly string[] | null;
   metadata?: unknown;
   signal?: AbortSignal;
+  /** Seconds for the whole call, at most CALL_DEADLINE (its default). */
+  deadlineSeconds?: number | null;
+  /** Seconds per attempt, at most TIMEOUT (its default). */
+  timeoutSeconds?: number | null;
+  /** At most MAX_ATTEMPTS (its default). */
+  maxAttempts?: number | null;
 }
 
 export interface SendMessageInput extends CallOptions {
@@ -121,6 +127,8 @@ export interface LlmClientDependencies {
   /** Injected for tests on a fake clock. */
   sleep?: (ms: number, signal?: AbortSignal) => Promise<void>;
   random?: () => number;
+  /** Aborts every upstream request, shared ones included: the server's forced stop. */
+  signal?: AbortSignal;
 }
 
 const retryableStatuses = new Set([408, 409, 429]);
@@ -148,37 +156,71 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
     return limiter;
   };
   const redact = createRedactor(dependencies.secrets);
+  // One listener on the stop signal for all calls: a listener per call would pile up on a signal that lives as long as the process.
+  const upstreamInFlight = new Set<AbortController>();
+  dependencies.signal?.addEventListener('abort', () => upstreamInFlight.forEach((controller) => controller.abort(dependencies.signal!.reason)), { once: true });
 
-  /** The retry loop around one upstream operation, bounded by MAX_CONCURRENT_MODEL_CALLS per attempt. */
-  async function callUpstream<T>(settings: OpenAiConfig, operation: (signal: AbortSignal | undefined) => Promise<T>, signal: AbortSignal | undefined) {
+  /**
+   * The retry loop around one upstream operation, bounded by MAX_CONCURRENT_MODEL_CALLS per attempt
+   * and by the call's deadline: each attempt gets TIMEOUT or the time left, whichever is shorter.
+   */
+  async function callUpstream<T>(
+    settings: OpenAiConfig,
+    bounds: CallBounds,
+    operation: (signal: AbortSignal | undefined, timeoutMs: number) => Promise<T>,
+    signal: AbortSignal | undefined,
+  ) {
     const limit = settings.maxConcurrentModelCalls;
-    const outcome = await retry(
-      () => (limit > 0 ? limiterFor(limit)(() => operation(signal)) : operation(signal)),
-      {
-        maxAttempts: settings.maxAttempts,
-        shouldRetry: isRetryable,
-        delay: exponentialBackoff({
-          initialMs: settings.waitingTime * 1000,
-          factor: settings.exponentialBackoffFactor,
-          maxMs: settings.maxWaitingTime * 1000,
-          jitter: settings.backoffJitter,
-          random: dependencies.random,
-        }),
-        sleep: dependencies.sleep,
-        signal,
-      },
-    );
+    // Aborted by the caller or by the server's forced stop, whichever comes first.
+    const controller = new AbortController();
+    const onCallerAbort = () => controller.abort(signal!.reason);
+    if (signal?.aborted || dependencies.signal?.aborted) controller.abort(signal?.reason);
+    signal?.addEventListener('abort', onCallerAbort, { once: true });
+    upstreamInFlight.add(controller);
+    const attempt = () => {
+      // Measured when the request goes out: a wait for a free slot spends the call's time too.
+      const left = bounds.deadline - performance.now();
+      if (left <= 0) return Promise.reject(new ProviderError('PROVIDER_TIMEOUT', 'The call had no time left for this attempt (it waited for a free upstream slot).'));
+      // The SDK takes whole milliseconds only.
+      return operation(controller.signal, Math.max(1, Math.floor(Math.min(bounds.timeoutMs, left))));
+    };
+    let outcome: RetryOutcome<T>;
+    try {
+      outcome = await retry(
+        () => (limit > 0 ? limiterFor(limit)(attempt) : attempt()),
+        {
+          maxAttempts: bounds.maxAttempts,
+          deadline: bounds.deadline,
+          maxWaitMs: settings.maxWaitingTime * 1000,
+          shouldRetry: isRetryable,
+          delay: exponentialBackoff({
+            initialMs: settings.waitingTime * 1000,
+            factor: settings.exponentialBackoffFactor,
+            maxMs: settings.maxWaitingTime * 1000,
+            jitter: settings.backoffJitter,
+            random: dependencies.random,
+          }),
+          sleep: dependencies.sleep,
+          signal: controller.signal,
+        },
+      );
+    } finally {
+      upstreamInFlight.delete(controller);
+      signal?.removeEventListener('abort', onCallerAbort);
+    }
     const attempts = outcome.attempts.map((attempt) => {
       const row = toAttemptRow(attempt);
       return { ...row, errorMessage: redact(row.errorMessage) };
     });
     if (outcome.ok) return { value: outcome.value, attempts };
-    const error = finalError(outcome);
+    const error = finalError(outcome, bounds, settings);
     throw Object.assign(error instanceof Error ? error : new Error(String(error)), { attempts });
   }
 
-  function finalError(outcome: { error: unknown; attempts: AttemptRecord[]; exhausted: boolean; aborted: boolean }): unknown {
-    if (outcome.aborted) return abortedError();
+  function finalError(outcome: Extract<RetryOutcome<unknown>, { ok: false }>, bounds: CallBounds, settings: OpenAiConfig): unknown {
+    if (outcome.aborted) return dependencies.signal?.aborted ? new CallboardError('ABORTED', 'The call was cut: the server had to stop.') : abortedError();
+    const stopped = stoppedEarlyError(outcome, bounds, settings);
+    if (stopped) return stopped;
     // A single attempt (MAX_ATTEMPTS=1) retried nothing: its own error says more than "gave up".
     if (!outcome.exhausted || outcome.attempts.length === 1) return outcome.error;
     const last = outcome.error;
@@ -191,6 +233,53 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
       },
       cause: last,
     });
+  }
+
+  /** The call ended before MAX_ATTEMPTS: a server asked for a wait we will not make, or the deadline came. */
+  function stoppedEarlyError(outcome: Extract<RetryOutcome<unknown>, { ok: false }>, bounds: CallBounds, settings: OpenAiConfig): CallboardError | undefined {
+    const last = outcome.error;
+    const count = outcome.attempts.length;
+    const retryAfterMs = retryAfterOf(last);
+    if (outcome.refusedWaitMs !== undefined && retryAfterMs !== undefined) {
+      const retryAfterSeconds = Math.ceil(retryAfterMs / 1000);
+      const limit = retryAfterMs > settings.maxWaitingTime * 1000 ? `MAX_WAITING_TIME (${settings.maxWaitingTime} s)` : `the time left before the call's deadline`;
+      return new ProviderError('PROVIDER_RATE_LIMITED', `The provider asked to wait ${retryAfterSeconds} s before a retry, longer than ${limit}; try again later.`, {
+        status: last instanceof ProviderError ? last.status : undefined,
+        retryAfterMs,
+        requestId: last instanceof ProviderError ? last.requestId : undefined,
+        details: { retryAfterSeconds, attempts: count },
+        cause: last,
+      });
+    }
+    if (!outcome.deadlineExceeded) return undefined;
+    const lastMessage = last instanceof Error ? last.message : String(last);
+    return new CallboardError('DEADLINE_EXCEEDED', `The call's deadline of ${bounds.deadlineMs / 1000} s came after ${count} attempt${count === 1 ? '' : 's'}; the last one failed with: ${lastMessage}`, {
+      details: {
+        deadlineSeconds: bounds.deadlineMs / 1000,
+        attempts: count,
+        lastErrorCode: isCallboardError(last) ? last.code : null,
+        lastStatus: last instanceof ProviderError ? (last.status ?? null) : null,
+      },
+      cause: last,
+    });
+  }
+
+  /** The per-call limits: the caller may lower CALL_DEADLINE, TIMEOUT and MAX_ATTEMPTS, never raise them. */
+  function boundsOf(input: CallOptions, settings: OpenAiConfig, started: number): CallBounds {
+    const bounded = (field: string, value: number | null | undefined, key: string, max: number, integer: boolean): number => {
+      if (value === null || value === undefined) return max;
+      if (!Number.isFinite(value) || value <= 0 || value > max || (integer && !Number.isInteger(value))) {
+        throw badUserInput(`${field} must be ${integer ? 'a whole number ' : ''}more than 0 and at most ${key} (${max}), got ${value}.`, { field });
+      }
+      return value;
+    };
+    const deadlineMs = bounded('deadlineSeconds', input.deadlineSeconds, 'CALL_DEADLINE', settings.callDeadline, false) * 1000;
+    return {
+      deadlineMs,
+      deadline: started + deadlineMs,
+      timeoutMs: bounded('timeoutSeconds', input.timeoutSeconds, 'TIMEOUT', settings.timeout, false) * 1000,
+      maxAttempts: bounded('maxAttempts', input.maxAttempts, 'MAX_ATTEMPTS', settings.maxAttempts, true),
+    };
   }
 
   function baseRecord(kind: CallKind, apiType: string, model: string, input: CallOptions & { template?: SendMessageInput['template'] }): CallRecord {
@@ -342,6 +431,7 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
     let calledUpstream = false;
     try {
       validateCallOptions(input);
+      const bounds = boundsOf(input, settings, started);
       const request = chatRequest(input, settings, model);
       // Redacted once: the history row and a cache entry store the same copy.
       const storedRequest = redact(request);
@@ -352,7 +442,7 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
 
       const fromUpstream = async (signal: AbortSignal | undefined) => {
         calledUpstream = true;
-        const { value, attempts } = await callUpstream(settings, (attemptSignal) => provider.chat(request, { timeoutMs: settings.timeout * 1000, signal: attemptSignal }), signal);
+        const { value, attempts } = await callUpstream(settings, bounds, (attemptSignal, timeoutMs) => provider.chat(request, { timeoutMs, signal: attemptSignal }), signal);
         attempts.at(-1)!.requestId = value.requestId;
         return { response: value, attempts };
       };
@@ -371,7 +461,8 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
         record.responseBody = status === 'HIT' ? response.body : redact(response.body);
         finish(record, started, request.messages);
         return {
-          message: response.message,
+          // An upstream may echo the server's own key back: secrets are never answered.
+          message: redact(response.message),
           finishReason: response.finishReason,
           model: record.model,
           usage: response.usage,
@@ -428,6 +519,8 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
           return { entry: store(key, response), fresh: { response, attempts } };
         }),
         input.signal,
+        bounds,
+        () => calledUpstream,
       );
       // The leader answers with the response itself; the stored copy has secrets redacted.
       if (leader && value.fresh) return useResponse(value.fresh.response, value.fresh.attempts, 'MISS', null);
@@ -447,6 +540,7 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
     const record = baseRecord('EMBEDDING', apiType, model, input);
     try {
       validateCallOptions(input);
+      const bounds = boundsOf(input, settings, started);
       if (input.texts.length === 0) throw badUserInput('Give at least one text to embed.');
       if (input.texts.length > maxEmbeddingBatch) throw badUserInput(`Give at most ${maxEmbeddingBatch} texts per call.`);
       if (input.texts.some((text) => text.length === 0)) throw badUserInput('Texts to embed must not be empty.');
@@ -480,7 +574,7 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
       let attempts: AttemptRow[] = [];
       let upstream: ProviderEmbeddingResponse | null = null;
       const fetchMissing = async (signal: AbortSignal | undefined) => {
-        const result = await callUpstream(settings, (attemptSignal) => provider.embed({ model, input: missing }, { timeoutMs: settings.timeout * 1000, signal: attemptSignal }), signal);
+        const result = await callUpstream(settings, bounds, (attemptSignal, timeoutMs) => provider.embed({ model, input: missing }, { timeoutMs, signal: attemptSignal }), signal);
         result.attempts.at(-1)!.requestId = result.value.requestId;
         if (mode !== 'BYPASS') storeEmbeddings(result.value);
         return result;
@@ -513,9 +607,15 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
       if (missing.length > 0) {
         let sharedFromAnother = false;
         if (mode === 'USE') {
+          let leading = false;
           const flight = await untilAborted(
-            cache.singleFlight(cacheKey('EMBEDDING', scope, { model, inputs: missing }), () => fetchMissing(undefined)),
+            cache.singleFlight(cacheKey('EMBEDDING', scope, { model, inputs: missing }), () => {
+              leading = true;
+              return fetchMissing(undefined);
+            }),
             input.signal,
+            bounds,
+            () => leading,
           );
           sharedFromAnother = !flight.leader;
           upstream = flight.value.value;
@@ -583,6 +683,14 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
   };
 }
 
+/** A call's limits in milliseconds, its deadline on the performance.now() clock. */
+interface CallBounds {
+  deadlineMs: number;
+  deadline: number;
+  timeoutMs: number;
+  maxAttempts: number;
+}
+
 /** What the cache keeps of a chat response: the provider's answer without its request id. */
 type StoredChat = Omit<ProviderChatResponse, 'requestId'>;
 interface StoredEmbedding {
@@ -607,14 +715,25 @@ function toAttemptRow(attempt: AttemptRecord): AttemptRow {
 
 const abortedError = () => new CallboardError('ABORTED', 'The call was aborted by the caller.');
 
-/** Waits for `promise`, or rejects with ABORTED as soon as the signal aborts. */
-function untilAborted<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
-  if (!signal) return promise;
-  if (signal.aborted) return Promise.reject(abortedError());
+/**
+ * Waits for `promise`, or rejects with ABORTED as soon as the signal aborts, or with
+ * DEADLINE_EXCEEDED at this caller's deadline when it waits on another caller's request, which may
+ * have a longer one (a leader's own request ends at its deadline, with its attempts).
+ */
+function untilAborted<T>(promise: Promise<T>, signal: AbortSignal | undefined, bounds: CallBounds, isLeader: () => boolean): Promise<T> {
+  if (signal?.aborted) return Promise.reject(abortedError());
   return new Promise<T>((resolve, reject) => {
     const onAbort = () => reject(abortedError());
-    signal.addEventListener('abort', onAbort, { once: true });
-    promise.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+    signal?.addEventListener('abort', onAbort, { once: true });
+    const timer = setTimeout(() => {
+      if (isLeader()) return;
+      const seconds = bounds.deadlineMs / 1000;
+      reject(new CallboardError('DEADLINE_EXCEEDED', `The call's deadline of ${seconds} s came while it waited for the same request made by another call.`, { details: { deadlineSeconds: seconds, attempts: 0 } }));
+    }, Math.max(0, bounds.deadline - performance.now()));
+    promise.then(resolve, reject).finally(() => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
+    });
   });
 }
 

@@ -62,8 +62,8 @@ export interface HistoryWriter {
   recordCacheHit(key: string, at: Date): void;
   /** Writes what is pending now (and waits for a write already running). */
   flush(): Promise<void>;
-  /** Stops the timer and writes everything pending, retrying for up to `closeTimeoutMs`. */
-  close(): Promise<void>;
+  /** Stops the timer and writes everything pending, retrying for up to `closeTimeoutMs`; `lost` counts what could not be written. */
+  close(): Promise<{ lost: number }>;
 }
 
 export interface HistoryWriterOptions {
@@ -277,7 +277,9 @@ export function createHistoryWriter(options: HistoryWriterOptions): HistoryWrite
         await flush();
         if (pendingCount() > 0) await new Promise((resolve) => setTimeout(resolve, Math.min(1000, 50 * 2 ** failures)));
       }
-      if (pendingCount() > 0) logger.error({ lost: pendingCount() }, 'history rows could not be written before shutdown');
+      const lost = pendingCount();
+      if (lost > 0) logger.error({ lost }, 'history rows could not be written before shutdown');
+      return { lost };
     },
   };
 }

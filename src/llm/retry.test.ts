@@ -77,10 +77,14 @@ describe('exponentialBackoff', () => {
     expect(delay(1, new FakeHttpError(429, 60_000))).toBe(60_000);
   });
 
-  it('ignores a Retry-After over the cap, negative or not a number, and uses the backoff', () => {
+  it('returns a Retry-After over the cap as asked, for the loop to refuse rather than retry too soon', () => {
     const delay = tinyTroupeBackoff();
-    expect(delay(2, new FakeHttpError(429, 60_001))).toBe(5000);
-    expect(delay(2, new FakeHttpError(429, 3_600_000))).toBe(5000);
+    expect(delay(2, new FakeHttpError(429, 60_001))).toBe(60_001);
+    expect(delay(2, new FakeHttpError(429, 3_600_000))).toBe(3_600_000);
+  });
+
+  it('ignores a Retry-After that is negative or not a number, and uses the backoff', () => {
+    const delay = tinyTroupeBackoff();
     expect(delay(2, new FakeHttpError(429, -1))).toBe(5000);
     expect(delay(2, { retryAfterMs: '2000' })).toBe(5000);
     expect(delay(2, { retryAfterMs: Number.NaN })).toBe(5000);
@@ -173,13 +177,72 @@ describe('retry', () => {
     expect(clock.waits).toEqual([]);
   });
 
-  it('honours a Retry-After within the cap and ignores one over it', async () => {
+  it('honours a Retry-After within the cap', async () => {
     const clock = fakeClock();
-    const errors = [new FakeHttpError(429, 2_500), new FakeHttpError(429, 120_000), new FakeHttpError(429, 0)];
+    const errors = [new FakeHttpError(429, 2_500), new FakeHttpError(503), new FakeHttpError(429, 0)];
     const { operation } = scripted(errors, 'ok', clock);
-    const outcome = await retry(operation, { maxAttempts: 5, shouldRetry: retryOnRateLimit, delay: tinyTroupeBackoff(), sleep: clock.sleep });
+    const outcome = await retry(operation, { maxAttempts: 5, shouldRetry: retryOnRateLimit, delay: tinyTroupeBackoff(), sleep: clock.sleep, maxWaitMs: 60_000 });
     expect(outcome.ok).toBe(true);
     expect(clock.waits).toEqual([2_500, 5000, 0]);
+  });
+
+  it('stops at once, without sleeping, on a Retry-After longer than maxWaitMs', async () => {
+    const clock = fakeClock();
+    const tooLong = new FakeHttpError(429, 120_000);
+    const { operation, calls } = scripted([new FakeHttpError(429, 1_000), tooLong], 'never', clock, 30);
+    const outcome = await retry(operation, { maxAttempts: 5, shouldRetry: retryOnRateLimit, delay: tinyTroupeBackoff(), sleep: clock.sleep, now: clock.now, maxWaitMs: 60_000 });
+    expect(outcome).toMatchObject({ ok: false, error: tooLong, exhausted: false, aborted: false, deadlineExceeded: false, refusedWaitMs: 120_000 });
+    expect(calls).toEqual([1, 2]);
+    expect(clock.waits).toEqual([1_000]);
+    expect(outcome.attempts.map((attempt) => [attempt.number, attempt.error, attempt.waitMs])).toEqual([
+      [1, expect.any(FakeHttpError), 1_000],
+      [2, tooLong, undefined],
+    ]);
+  });
+
+  it('stops at once on a Retry-After within the cap but past the deadline', async () => {
+    const clock = fakeClock();
+    const errors = [new FakeHttpError(429, 40_000)];
+    const { operation, calls } = scripted(errors, 'never', clock, 1_000);
+    // 30 s for the whole call: the server's 40 s would end after it.
+    const outcome = await retry(operation, { maxAttempts: 5, shouldRetry: retryOnRateLimit, delay: tinyTroupeBackoff(), sleep: clock.sleep, now: clock.now, maxWaitMs: 60_000, deadline: 30_000 });
+    expect(outcome).toMatchObject({ ok: false, error: errors[0], deadlineExceeded: true, refusedWaitMs: 40_000, exhausted: false });
+    expect(calls).toEqual([1]);
+    expect(clock.waits).toEqual([]);
+    expect(outcome.attempts).toHaveLength(1);
+  });
+
+  it('bounds the whole call by the deadline: no backoff that would end after it, every attempt recorded', async () => {
+    const clock = fakeClock();
+    const errors = Array.from({ length: 5 }, () => new FakeHttpError(503));
+    const { operation, calls } = scripted(errors, 'never', clock, 2_000);
+    // Attempt 1 ends at 2 s, waits 1 s; attempt 2 ends at 5 s, waits 5 s; attempt 3 ends at 12 s and the 25 s wait would pass 20 s.
+    const outcome = await retry(operation, { maxAttempts: 5, shouldRetry: retryOnRateLimit, delay: tinyTroupeBackoff(), sleep: clock.sleep, now: clock.now, deadline: 20_000 });
+    expect(outcome).toMatchObject({ ok: false, error: errors[2], exhausted: false, aborted: false, deadlineExceeded: true, refusedWaitMs: 25_000 });
+    expect(calls).toEqual([1, 2, 3]);
+    expect(clock.waits).toEqual([1_000, 5_000]);
+    expect(outcome.attempts.map((attempt) => attempt.waitMs)).toEqual([1_000, 5_000, undefined]);
+  });
+
+  it('stops when an attempt fails at or after the deadline, with that attempt and its error recorded', async () => {
+    const clock = fakeClock();
+    const timeout = new FakeHttpError(408);
+    const { operation, calls } = scripted([new FakeHttpError(503), timeout], 'never', clock, 10_000);
+    const outcome = await retry(operation, { maxAttempts: 5, shouldRetry: retryOnRateLimit, delay: () => 0, sleep: clock.sleep, now: clock.now, deadline: 20_000 });
+    expect(outcome).toMatchObject({ ok: false, error: timeout, deadlineExceeded: true, exhausted: false });
+    expect(outcome.ok === false && outcome.refusedWaitMs).toBeUndefined();
+    expect(calls).toEqual([1, 2]);
+    expect(outcome.attempts.map((attempt) => [attempt.number, attempt.error, attempt.latencyMs])).toEqual([
+      [1, expect.any(FakeHttpError), 10_000],
+      [2, timeout, 10_000],
+    ]);
+  });
+
+  it('keeps a success that ended after the deadline', async () => {
+    const clock = fakeClock();
+    const { operation } = scripted([], 'late but here', clock, 50_000);
+    const outcome = await retry(operation, { maxAttempts: 5, shouldRetry: () => true, delay: () => 0, sleep: clock.sleep, now: clock.now, deadline: 20_000 });
+    expect(outcome).toMatchObject({ ok: true, value: 'late but here' });
   });
 
   it('passes the attempt number and error to delay, and treats a broken delay as no wait', async () => {
@@ -203,7 +266,7 @@ describe('retry', () => {
     controller.abort(reason);
     const { operation, calls } = scripted([], 'never');
     const outcome = await retry(operation, { maxAttempts: 5, shouldRetry: () => true, delay: () => 0, signal: controller.signal });
-    expect(outcome).toEqual({ ok: false, error: reason, attempts: [], exhausted: false, aborted: true });
+    expect(outcome).toEqual({ ok: false, error: reason, attempts: [], exhausted: false, aborted: true, deadlineExceeded: false });
     expect(calls).toEqual([]);
   });
 

@@ -21,6 +21,10 @@ export type RetryOutcome<T> =
       /** True when all `maxAttempts` were used on retryable errors. */
       exhausted: boolean;
       aborted: boolean;
+      /** True when a retryable error came with no time left before the deadline for another attempt. */
+      deadlineExceeded: boolean;
+      /** The wait the loop refused to begin, longer than `maxWaitMs` or than the time left before the deadline. */
+      refusedWaitMs?: number;
     };
 
 export interface RetryOptions {
@@ -38,6 +42,13 @@ export interface RetryOptions {
   signal?: AbortSignal;
   /** Called once per attempt with its finished record (wait included), e.g. to write the audit history. */
   onAttempt?: (record: AttemptRecord) => void;
+  /**
+   * When the whole call must be over, on the `now` clock: no wait that would end at or after it is
+   * begun. The operation bounds its own attempt by it (the loop never races an attempt).
+   */
+  deadline?: number;
+  /** The longest wait the loop begins; a longer one (a server's Retry-After) ends the loop instead. @default Infinity */
+  maxWaitMs?: number;
 }
 
 const defaultSleep = async (ms: number, signal?: AbortSignal): Promise<void> => {
@@ -61,7 +72,9 @@ export async function retry<T>(operation: (attempt: number) => Promise<T>, optio
     attempts.push(record);
     onAttempt?.(record);
   };
-  const abortedOutcome = (): RetryOutcome<T> => ({ ok: false, error: signal?.reason, attempts, exhausted: false, aborted: true });
+  const abortedOutcome = (): RetryOutcome<T> => ({ ok: false, error: signal?.reason, attempts, exhausted: false, aborted: true, deadlineExceeded: false });
+  const deadline = options.deadline ?? Number.POSITIVE_INFINITY;
+  const maxWaitMs = options.maxWaitMs ?? Number.POSITIVE_INFINITY;
 
   for (let number = 1; ; number++) {
     if (signal?.aborted) return abortedOutcome();
@@ -80,11 +93,22 @@ export async function retry<T>(operation: (attempt: number) => Promise<T>, optio
       const retryable = shouldRetry(error, number);
       if (!retryable || number >= maxAttempts) {
         finish(record);
-        return { ok: false, error, attempts, exhausted: retryable, aborted: false };
+        return { ok: false, error, attempts, exhausted: retryable, aborted: false, deadlineExceeded: false };
+      }
+      const left = deadline - now();
+      if (left <= 0) {
+        finish(record);
+        return { ok: false, error, attempts, exhausted: false, aborted: false, deadlineExceeded: true };
       }
       const planned = delay(number, error);
       // A broken delay function must not turn into a tight loop or a timer overflow warning.
-      record.waitMs = Number.isFinite(planned) && planned > 0 ? planned : 0;
+      const waitMs = Number.isFinite(planned) && planned > 0 ? planned : 0;
+      // Retrying sooner than asked would only earn another refusal; sleeping past the deadline, nothing.
+      if (waitMs > maxWaitMs || waitMs >= left) {
+        finish(record);
+        return { ok: false, error, attempts, exhausted: false, aborted: false, deadlineExceeded: waitMs >= left, refusedWaitMs: waitMs };
+      }
+      record.waitMs = waitMs;
       finish(record);
       try {
         await sleep(record.waitMs, signal);
@@ -115,7 +139,8 @@ export interface BackoffOptions {
 /**
  * TinyTroupe's geometric schedule (initialMs, then times factor), capped and jittered downwards
  * so the cap is never exceeded. A server's `retryAfterMs` (from Retry-After / retry-after-ms) is
- * obeyed exactly when within the cap; a longer one is ignored, as openai-node does past 60 s.
+ * returned exactly, even over the cap: retrying sooner than the server asked only earns another
+ * refusal, so the loop's `maxWaitMs` (the same cap) ends the call instead.
  */
 export function exponentialBackoff(options: BackoffOptions): (attempt: number, error: unknown) => number {
   const { initialMs, factor, maxMs, jitter } = options;
@@ -127,14 +152,15 @@ export function exponentialBackoff(options: BackoffOptions): (attempt: number, e
 
   return (attempt, error) => {
     const retryAfterMs = retryAfterOf(error);
-    if (retryAfterMs !== undefined && retryAfterMs >= 0 && retryAfterMs <= maxMs) return retryAfterMs;
+    if (retryAfterMs !== undefined && retryAfterMs >= 0) return retryAfterMs;
     // Past the cap the power may overflow to Infinity; min() absorbs that.
     const capped = Math.min(maxMs, initialMs * factor ** (attempt - 1));
     return capped * (1 - jitter * random());
   };
 }
 
-function retryAfterOf(error: unknown): number | undefined {
+/** The wait a server asked for with an error (its `retryAfterMs`), when it asked. */
+export function retryAfterOf(error: unknown): number | undefined {
   if (typeof error !== 'object' || error === null || !('retryAfterMs' in error)) return undefined;
   const value = error.retryAfterMs;
   return typeof value === 'number' && Number.isFinite(value) ? value : undefined;

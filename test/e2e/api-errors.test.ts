@@ -227,6 +227,33 @@ describe.each(databaseKinds)('errors a client can meet, on %s', (kind) => {
     ]);
   });
 
+  it('BAD_USER_INPUT for a per-call limit beyond the configuration, naming the field and the key', async () => {
+    const result = await execute(testApp, SendMessageMutation, { input: { messages: hello, maxAttempts: 3 } });
+    const error = onlyError(result, 'BAD_USER_INPUT', /maxAttempts must be a whole number more than 0 and at most MAX_ATTEMPTS \(2\), got 3/);
+    expect(error.extensions?.details).toMatchObject({ field: 'maxAttempts' });
+    expect(fake.requestsTo('chat')).toHaveLength(0);
+    await expectRecordedFailure(testApp, callIdOf(error), 'BAD_USER_INPUT');
+  });
+
+  it('PROVIDER_RATE_LIMITED at once, with retryAfterSeconds, when Retry-After is longer than MAX_WAITING_TIME', async () => {
+    fake.script('chat', { error: { status: 429, message: 'Rate limit reached for requests', code: 'rate_limit_exceeded' }, headers: { 'retry-after': '3600' } });
+    const result = await execute(testApp, SendMessageMutation, { input: { messages: hello } });
+    const error = onlyError(result, 'PROVIDER_RATE_LIMITED', /asked to wait 3600 s before a retry, longer than MAX_WAITING_TIME \(60 s\)/);
+    expect(error.extensions?.details).toMatchObject({ retryAfterSeconds: 3600, status: 429, attempts: 1 });
+    expect(fake.requestsTo('chat')).toHaveLength(1);
+    const call = await expectRecordedFailure(testApp, callIdOf(error), 'PROVIDER_RATE_LIMITED');
+    expect(call.attempts).toEqual([expect.objectContaining({ number: 1, httpStatus: 429, errorCode: 'PROVIDER_RATE_LIMITED', waitMs: null })]);
+  });
+
+  it('DEADLINE_EXCEEDED when the call asks for less time than the provider takes', async () => {
+    fake.script('chat', { hang: true });
+    const result = await execute(testApp, SendMessageMutation, { input: { messages: hello, deadlineSeconds: 0.3 } });
+    const error = onlyError(result, 'DEADLINE_EXCEEDED', /deadline of 0.3 s came after 1 attempt; the last one failed with: openai did not answer in time/);
+    expect(error.extensions?.details).toMatchObject({ deadlineSeconds: 0.3, attempts: 1, lastErrorCode: 'PROVIDER_TIMEOUT' });
+    const call = await expectRecordedFailure(testApp, callIdOf(error), 'DEADLINE_EXCEEDED');
+    expect(call.attempts).toEqual([expect.objectContaining({ number: 1, httpStatus: null, errorCode: 'PROVIDER_TIMEOUT' })]);
+  });
+
   it('PROVIDER_TIMEOUT when the provider hangs longer than TIMEOUT and MAX_ATTEMPTS is 1', async () => {
     fake.script('chat', { hang: true });
     const started = performance.now();

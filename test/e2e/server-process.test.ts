@@ -2,6 +2,10 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { spawn, spawnSync } from 'node:child_process';
+import { connect } from 'node:net';
+import { fileURLToPath } from 'node:url';
+import { createDatabase } from '../../src/db/database.ts';
 import { readMigrations } from '../../src/db/migrate.ts';
 import { createEmptyDatabase, migrationsDir, type TestDatabase } from '../support/database.ts';
 
@@ -17,6 +21,22 @@ async function postGraphQL(url: string, body: string) {
   const response = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
   return { status: response.status, body: await response.json() };
 }
+
+/** The history rows of a stopped server's embedded database, with their attempts. */
+async function storedCalls(dataDir: string) {
+  const database = await createDatabase({ url: null, dataDir });
+  try {
+    return await database.prisma.llmCall.findMany({ include: { attempts: { orderBy: { number: 'asc' } } } });
+  } finally {
+    await database.close();
+  }
+}
+
+const untilLogged = async (output: string[], text: string) => {
+  while (!output.some((line) => line.includes(text))) await new Promise((resolve) => setTimeout(resolve, 20));
+};
+
+const hangingCall = JSON.stringify({ query: 'mutation { sendMessage(input: { messages: [{ role: USER, content: "are you there?" }] }) { call { id } } }' });
 
 describe('the server process (npm start)', () => {
   let workDir: string;
@@ -63,6 +83,113 @@ describe('the server process (npm start)', () => {
       await fake.close();
     }
   });
+
+  it('on SIGTERM lets a call run past 10 s until its deadline, answers DEADLINE_EXCEEDED, and keeps its real attempt', async () => {
+    const fake = await startFakeOpenAI();
+    fake.script('chat', { hang: true });
+    const dataDir = join(workDir, 'data-deadline');
+    const env = { CALLBOARD_DATABASE__DATA_DIR: dataDir, CALLBOARD_OPENAI__BASE_URL: fake.openaiBaseURL, OPENAI_API_KEY: 'sk-process-test', CALLBOARD_OPENAI__CALL_DEADLINE: '11' };
+    try {
+      const server = await startServerProcess({ cwd: workDir, env });
+      const inFlight = postGraphQL(server.url, hangingCall);
+      while (fake.requestsTo('chat').length === 0) await new Promise((resolve) => setTimeout(resolve, 20));
+      const exitCode = server.stop('SIGTERM');
+      const answer = await inFlight;
+      expect(answer.body.errors[0].extensions).toMatchObject({ code: 'DEADLINE_EXCEEDED', details: { deadlineSeconds: 11, attempts: 1, lastErrorCode: 'PROVIDER_TIMEOUT' } });
+      expect(await exitCode).toBe(0);
+      expect(server.output.join('\n')).toContain('"graceSeconds":16');
+
+      const [row] = await storedCalls(dataDir);
+      expect(row).toMatchObject({ id: answer.body.errors[0].extensions.details.callId, status: 'ERROR', errorCode: 'DEADLINE_EXCEEDED', attemptCount: 1 });
+      expect(row!.attempts).toMatchObject([{ number: 1, errorCode: 'PROVIDER_TIMEOUT', httpStatus: null }]);
+      // Longer than the 10 s after which the server used to cut every connection.
+      expect(row!.attempts[0]!.latencyMs).toBeGreaterThan(10_000);
+      expect(fake.requestsTo('chat')).toHaveLength(1);
+    } finally {
+      await fake.close();
+    }
+  }, 90_000);
+
+  it('stops at once on a second signal: calls in flight, shared ones too, answer ABORTED and are recorded with their cut attempt', async () => {
+    const fake = await startFakeOpenAI();
+    fake.script('chat', { hang: true });
+    const dataDir = join(workDir, 'data-forced');
+    const env = { CALLBOARD_DATABASE__DATA_DIR: dataDir, CALLBOARD_OPENAI__BASE_URL: fake.openaiBaseURL, OPENAI_API_KEY: 'sk-process-test' };
+    try {
+      const server = await startServerProcess({ cwd: workDir, env });
+      const inFlight = postGraphQL(server.url, hangingCall);
+      // The cache's single flight: the upstream request goes on even when its caller leaves, for the others.
+      const shared = postGraphQL(server.url, JSON.stringify({ query: 'mutation { sendMessage(input: { messages: [{ role: USER, content: "shared" }], cache: USE }) { call { id } } }' }));
+      while (fake.requestsTo('chat').length < 2) await new Promise((resolve) => setTimeout(resolve, 20));
+      const exitCode = server.stop('SIGTERM');
+      await untilLogged(server.output, '"graceSeconds":305');
+      const forcedAt = performance.now();
+      server.child.kill('SIGINT');
+      expect(await exitCode).toBe(0);
+      expect(performance.now() - forcedAt).toBeLessThan(5_000);
+      const answer = await inFlight;
+      expect(answer.body.errors[0]).toMatchObject({ message: 'The call was cut: the server had to stop.', extensions: { code: 'ABORTED' } });
+      expect(server.output.join('\n')).toContain('"reason":"second SIGINT"');
+
+      const sharedAnswer = await shared;
+      expect(sharedAnswer.body.errors[0].extensions.code).toBe('ABORTED');
+
+      const rows = await storedCalls(dataDir);
+      expect(rows.map((row) => row.id).sort()).toEqual([answer.body.errors[0].extensions.details.callId, sharedAnswer.body.errors[0].extensions.details.callId].sort());
+      for (const row of rows) {
+        expect(row).toMatchObject({ status: 'ERROR', errorCode: 'ABORTED', attemptCount: 1 });
+        expect(row.attempts).toMatchObject([{ number: 1, errorCode: 'ABORTED' }]);
+      }
+    } finally {
+      await fake.close();
+    }
+  }, 90_000);
+
+  it('stops with nothing left behind when SIGTERM is sent to `npm start` itself', async () => {
+    const repositoryRoot = fileURLToPath(new URL('../..', import.meta.url));
+    // --ignore-scripts skips only prestart (prisma generate), which would rewrite the client other test files import meanwhile.
+    const npm = spawn('npm', ['start', '--ignore-scripts'], {
+      cwd: repositoryRoot,
+      env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? workDir, PORT: '0', CALLBOARD_DATABASE__DATA_DIR: join(workDir, 'data-npm') },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const output: string[] = [];
+    const exited = new Promise<number | null>((resolve) => npm.on('exit', (code) => resolve(code)));
+    for (const stream of [npm.stdout, npm.stderr]) stream.setEncoding('utf8').on('data', (chunk: string) => output.push(chunk));
+    await untilLogged(output, 'Callboard is listening');
+    const port = Number(/"url":"http:\/\/127\.0\.0\.1:(\d+)\/graphql"/.exec(output.join(''))![1]);
+    const descendants = (pid: number): number[] => {
+      const children = spawnSync('pgrep', ['-P', String(pid)], { encoding: 'utf8' }).stdout.split('\n').filter(Boolean).map(Number);
+      return children.flatMap((child) => [child, ...descendants(child)]);
+    };
+    const processes = descendants(npm.pid!);
+    expect(processes.length).toBeGreaterThan(0);
+
+    const stoppedAt = performance.now();
+    npm.kill('SIGTERM');
+    await exited;
+    const isAlive = (pid: number) => {
+      try {
+        process.kill(pid, 0);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    // Before, npm's shell took the signal and the server went on as an orphan, for good.
+    await expect.poll(() => processes.filter(isAlive), { timeout: 10_000 }).toEqual([]);
+    expect(performance.now() - stoppedAt).toBeLessThan(10_000);
+    const refused = await new Promise<boolean>((resolve) => {
+      const socket = connect(port, '127.0.0.1');
+      socket.on('connect', () => {
+        socket.destroy();
+        resolve(false);
+      });
+      socket.on('error', () => resolve(true));
+    });
+    expect(refused).toBe(true);
+    expect(output.join('')).toContain('"msg":"stopped"');
+  }, 60_000);
 
   it('reads ./config.ini of the working directory over the project one, and the environment over both', async () => {
     await writeFile(join(workDir, 'config.ini'), '[OpenAI]\nMODEL=gpt-4\n[Logging]\nLEVEL=warn\n');
@@ -116,4 +243,22 @@ describe.runIf(process.env.TEST_DATABASE_URL)('the server process with DATABASE_
     expect(output).not.toContain('not-needed-with-trust-auth');
     expect(await testDatabase.database.prisma.llmCall.count()).toBe(0);
   });
+
+  it('exits with 1 when history rows could not be written before it stopped, and says how many', async () => {
+    const fake = await startFakeOpenAI();
+    fake.script('chat', { json: { id: 'x', object: 'chat.completion', created: 0, model: 'gpt-4o-mini', choices: [{ index: 0, message: { role: 'assistant', content: 'kept?', refusal: null }, finish_reason: 'stop' }] } });
+    const server = await startServerProcess({ cwd: tmpdir(), env: { DATABASE_URL: testDatabase.url!, CALLBOARD_OPENAI__BASE_URL: fake.openaiBaseURL, OPENAI_API_KEY: 'sk-process-test' } });
+    try {
+      // The history's table goes away under the running server: every write of its row fails.
+      await testDatabase.database.query('ALTER TABLE "LlmCall" RENAME TO "LlmCallAway"');
+      const answer = await postGraphQL(server.url, JSON.stringify({ query: 'mutation { sendMessage(input: { messages: [{ role: USER, content: "hello" }] }) { message { content } } }' }));
+      expect(answer.body.data.sendMessage.message.content).toBe('kept?');
+      expect(await server.stop('SIGTERM')).toBe(1);
+      expect(server.output.join('\n')).toMatch(/"lost":1,.*"msg":"history rows could not be written before shutdown"/);
+      expect(server.output.join('\n')).toContain('"historyKept":false');
+    } finally {
+      await testDatabase.database.query('ALTER TABLE "LlmCallAway" RENAME TO "LlmCall"');
+      await fake.close();
+    }
+  }, 90_000);
 });

@@ -173,6 +173,112 @@ describe.each(databaseKinds)('upstream failures and load on %s', (kind) => {
     });
   });
 
+  describe('the deadline and the limits of one call', () => {
+    it('ends a call at CALL_DEADLINE with DEADLINE_EXCEEDED, its cut attempt recorded with its error', async () => {
+      const { llm } = await harness.start({ openai: { CALL_DEADLINE: 0.4, TIMEOUT: 60, MAX_ATTEMPTS: 5 } });
+      harness.fake.script('chat', { hang: true });
+
+      const started = performance.now();
+      const error = await failure(llm.sendMessage({ messages: user('anyone there?') }));
+      const elapsed = performance.now() - started;
+
+      expect(error.code).toBe('DEADLINE_EXCEEDED');
+      expect(error.details).toMatchObject({ deadlineSeconds: 0.4, attempts: 1, lastErrorCode: 'PROVIDER_TIMEOUT', lastStatus: null });
+      expect(harness.fake.requestsTo('chat')).toHaveLength(1);
+      expect(elapsed).toBeGreaterThanOrEqual(350);
+      expect(elapsed).toBeLessThan(3000);
+      const row = await historyRow(harness, error.details.callId as string);
+      expect(row).toMatchObject({ status: 'ERROR', errorCode: 'DEADLINE_EXCEEDED', attemptCount: 1 });
+      expect(row.attempts).toMatchObject([{ number: 1, httpStatus: null, errorCode: 'PROVIDER_TIMEOUT', waitMs: null }]);
+      expect(row.attempts[0]!.latencyMs).toBeGreaterThanOrEqual(350);
+    });
+
+    it('takes deadlineSeconds, timeoutSeconds and maxAttempts from the caller, each bounding its call', async () => {
+      const { llm } = await harness.start({ openai: { BACKOFF_JITTER: 0, WAITING_TIME: 0.1 } });
+      harness.fake.script('chat', { hang: true });
+
+      const error = await failure(llm.sendMessage({ messages: user('quick or nothing'), timeoutSeconds: 0.2, maxAttempts: 2 }));
+      expect(error.code).toBe('RETRY_EXHAUSTED');
+      expect(harness.fake.requestsTo('chat')).toHaveLength(2);
+      const row = await historyRow(harness, error.details.callId as string);
+      expect(row.attempts.map((attempt) => [attempt.errorCode, attempt.waitMs])).toEqual([
+        ['PROVIDER_TIMEOUT', 100],
+        ['PROVIDER_TIMEOUT', null],
+      ]);
+
+      harness.fake.reset();
+      harness.fake.script('embeddings', { hang: true });
+      const embedding = await failure(llm.embed({ texts: ['slow'], deadlineSeconds: 0.3 }));
+      expect(embedding.code).toBe('DEADLINE_EXCEEDED');
+      expect(embedding.details).toMatchObject({ deadlineSeconds: 0.3, attempts: 1 });
+      expect((await historyRow(harness, embedding.details.callId as string)).attempts).toMatchObject([{ errorCode: 'PROVIDER_TIMEOUT' }]);
+    });
+
+    it('ends a follower waiting on the same request at its own, shorter deadline', async () => {
+      const { llm } = await harness.start({ openai: { CALL_DEADLINE: 2, MAX_ATTEMPTS: 1 } });
+      harness.fake.script('chat', { hang: true });
+
+      const leader = failure(llm.sendMessage({ messages: user('shared'), cache: 'USE' }));
+      await expect.poll(() => harness.fake.requestsTo('chat').length).toBe(1);
+      const follower = await failure(llm.sendMessage({ messages: user('shared'), cache: 'USE', deadlineSeconds: 0.2 }));
+      expect(follower.code).toBe('DEADLINE_EXCEEDED');
+      expect((await leader).code).toBe('PROVIDER_TIMEOUT');
+      expect(harness.fake.requestsTo('chat')).toHaveLength(1);
+      const leaderRow = await historyRow(harness, (await leader).details.callId as string);
+      expect(leaderRow).toMatchObject({ errorCode: 'PROVIDER_TIMEOUT', attemptCount: 1 });
+    });
+
+    it.each([
+      ['deadlineSeconds', { deadlineSeconds: 301 }, 'CALL_DEADLINE (300)'],
+      ['timeoutSeconds', { timeoutSeconds: 61 }, 'TIMEOUT (60)'],
+      ['maxAttempts', { maxAttempts: 6 }, 'MAX_ATTEMPTS (5)'],
+      ['maxAttempts', { maxAttempts: 0 }, 'MAX_ATTEMPTS (5)'],
+      ['deadlineSeconds', { deadlineSeconds: -1 }, 'CALL_DEADLINE (300)'],
+    ])('refuses a %s beyond the configuration with BAD_USER_INPUT naming it', async (field, limits, limit) => {
+      const { llm } = await harness.start();
+
+      const chat = await failure(llm.sendMessage({ messages: user('hello'), ...limits }));
+      const embedding = await failure(llm.embed({ texts: ['hello'], ...limits }));
+
+      for (const error of [chat, embedding]) {
+        expect(error.code).toBe('BAD_USER_INPUT');
+        expect(error.details.field).toBe(field);
+        expect(error.message).toContain(`${field} must be`);
+        expect(error.message).toContain(`at most ${limit}`);
+      }
+      expect(harness.fake.requests).toHaveLength(0);
+    });
+
+    it('fails fast with PROVIDER_RATE_LIMITED when Retry-After is longer than MAX_WAITING_TIME', async () => {
+      const { llm } = await harness.start();
+      harness.fake.script('chat', [failing(429, { 'Retry-After': '120', 'x-request-id': 'req_wait' }), answer('too soon')]);
+
+      const error = await failure(llm.sendMessage({ messages: user('hello') }));
+
+      expect(error.code).toBe('PROVIDER_RATE_LIMITED');
+      expect(error.details).toMatchObject({ retryAfterSeconds: 120, attempts: 1, status: 429 });
+      expect(error.message).toContain('MAX_WAITING_TIME (60 s)');
+      expect(harness.fake.requestsTo('chat')).toHaveLength(1);
+      expect(harness.waits).toEqual([]);
+      const row = await historyRow(harness, error.details.callId as string);
+      expect(row).toMatchObject({ status: 'ERROR', errorCode: 'PROVIDER_RATE_LIMITED', attemptCount: 1 });
+      expect(row.attempts).toMatchObject([{ number: 1, httpStatus: 429, errorCode: 'PROVIDER_RATE_LIMITED', waitMs: null, requestId: 'req_wait' }]);
+    });
+
+    it('fails fast with PROVIDER_RATE_LIMITED when Retry-After would end after the deadline', async () => {
+      const { llm } = await harness.start();
+      harness.fake.script('chat', [failing(429, { 'Retry-After': '30' }), answer('too late')]);
+
+      const error = await failure(llm.sendMessage({ messages: user('hello'), deadlineSeconds: 10 }));
+
+      expect(error.code).toBe('PROVIDER_RATE_LIMITED');
+      expect(error.details).toMatchObject({ retryAfterSeconds: 30 });
+      expect(error.message).toContain("the time left before the call's deadline");
+      expect(harness.fake.requestsTo('chat')).toHaveLength(1);
+      expect(harness.waits).toEqual([]);
+    });
+  });
+
   describe('the concurrency limit', () => {
     it.each([
       [2, 2],

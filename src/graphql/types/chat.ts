@@ -65,6 +65,14 @@ const sendFields = (t: PothosSchemaTypes.InputFieldBuilder<PothosSchemaTypes.Ext
   cache: t.field({ type: CacheMode, description: 'How to use the cache. Default: USE when CACHE_API_CALLS (or force_api_cache) is on, else BYPASS.' }),
   tags: t.stringList({ description: 'Labels recorded in the history, for filtering and grouping.' }),
   metadata: t.field({ type: 'JSON', description: 'Any JSON recorded in the history.' }),
+  ...limitFields(t),
+});
+
+/** A caller may shorten its own call, never lengthen it past the configuration. */
+const limitFields = (t: PothosSchemaTypes.InputFieldBuilder<PothosSchemaTypes.ExtendDefaultTypes<SchemaTypesOf<typeof builder>>, 'InputObject'>) => ({
+  deadlineSeconds: t.float({ description: 'Seconds for the whole call, every attempt and wait included; at most CALL_DEADLINE, its default. When it passes: DEADLINE_EXCEEDED.' }),
+  timeoutSeconds: t.float({ description: 'Seconds per attempt; at most TIMEOUT, its default.' }),
+  maxAttempts: t.int({ description: 'Upstream attempts at most; at most MAX_ATTEMPTS, its default.' }),
 });
 
 const SendMessageInput = builder.inputType('SendMessageInput', {

@@ -31,6 +31,9 @@ const commonArguments = (t: Parameters<Parameters<typeof builder.queryFields>[0]
   apiType: t.arg.string({ description: 'The provider. Default: API_TYPE.' }),
   cache: t.arg({ type: CacheMode, description: 'How to use the cache, per text. Default: from CACHE_API_CALLS.' }),
   tags: t.arg.stringList({ description: 'Labels recorded in the history.' }),
+  deadlineSeconds: t.arg.float({ description: 'Seconds for the whole call, every attempt and wait included; at most CALL_DEADLINE, its default. When it passes: DEADLINE_EXCEEDED.' }),
+  timeoutSeconds: t.arg.float({ description: 'Seconds per attempt; at most TIMEOUT, its default.' }),
+  maxAttempts: t.arg.int({ description: 'Upstream attempts at most; at most MAX_ATTEMPTS, its default.' }),
 });
 
 builder.queryFields((t) => ({
