@@ -41,7 +41,7 @@ export function createApp(services: Services): App {
         identity,
         caller: { tenant: identity.tenant, apiKeyId: identity.apiKey?.id ?? null, limits: identity.limits },
         ...queries,
-        loaders: createLoaders(queries),
+        loaders: createLoaders({ ...queries, limits: services.limits }),
         callStats: (filter, ...rest: DropFirst<DropFirst<Parameters<typeof callStats>>>) =>
           callStats({ query: database.analyticsQuery }, withinTenant(filter, tenant), ...rest),
         actor: note ? `${identity.label} (note: ${note})` : identity.label,

@@ -1,6 +1,8 @@
 import { LRUCache } from 'lru-cache';
 import { createAuthenticator, type Authenticator } from './auth/identity.ts';
 import { createKeyStore, keyChangedChannel, type KeyStore } from './auth/keys.ts';
+import { createLimitStore, type LimitStore } from './auth/limits.ts';
+import { createSpendGuard } from './llm/pipeline/spend.ts';
 import type { LoadedConfig } from './config/config.ts';
 import type { Database } from './db/database.ts';
 import { createResponseCache, type ResponseCache } from './llm/cache.ts';
@@ -23,6 +25,7 @@ export interface Services {
   history: HistoryWriter;
   llm: LlmClient;
   keys: KeyStore;
+  limits: LimitStore;
   authenticator: Authenticator;
   /** Tells every instance that a key changed, so none trusts what it remembers of it. */
   announceKeyChange(id: string): Promise<void>;
@@ -76,6 +79,7 @@ export async function createServices(options: ServicesOptions): Promise<Services
     () => cache.forget(null),
   );
   const keys = createKeyStore({ database });
+  const limits = createLimitStore({ database });
   // A revoked key stops working on every instance at once; the lookup cache's one second is the fallback.
   const stopKeysListening = await database.listen(
     keyChangedChannel,
@@ -111,6 +115,7 @@ export async function createServices(options: ServicesOptions): Promise<Services
     cacheTtlSeconds: config.cache.ttlSeconds,
     storeBodies: config.history.storeBodies,
     sharedAcrossTenants: config.cache.sharedAcrossTenants,
+    spend: createSpendGuard({ limits, prices: config.prices, logger }),
     secrets: Object.values(config.secrets).filter((secret): secret is string => secret !== null),
     sleep: options.sleep,
     random: options.random,
@@ -126,6 +131,7 @@ export async function createServices(options: ServicesOptions): Promise<Services
     history,
     llm,
     keys,
+    limits,
     authenticator: createAuthenticator({ masterKey: config.secrets.masterKey, keys }),
     async announceKeyChange(id) {
       keys.forget(id);

@@ -1,6 +1,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { CallboardError } from '../errors.ts';
-import { noLimits, type ApiKeyRecord, type ApiKeyRole, type KeyLimits, type KeyStore } from './keys.ts';
+import { noLimits, type ApiKeyRecord, type ApiKeyRole, type KeyStore } from './keys.ts';
+import type { KeyLimits } from './limits.ts';
 
 /** The tenant of open mode and of the master key's own calls. */
 export const defaultTenant = 'default';

@@ -3,17 +3,10 @@ import { LRUCache } from 'lru-cache';
 import { v7 as uuidv7 } from 'uuid';
 import type { Database } from '../db/database.ts';
 import { badUserInput, CallboardError } from '../errors.ts';
+import type { KeyLimits } from './limits.ts';
 
 export type ApiKeyRole = 'ADMIN' | 'MEMBER' | 'VIEWER';
 export const apiKeyRoles: readonly ApiKeyRole[] = ['ADMIN', 'MEMBER', 'VIEWER'];
-
-/** Per-key limits; null: none. */
-export interface KeyLimits {
-  requestsPerMinute: number | null;
-  tokensPerMinute: number | null;
-  usdPerDay: number | null;
-  usdPerMonth: number | null;
-}
 
 export const noLimits: KeyLimits = { requestsPerMinute: null, tokensPerMinute: null, usdPerDay: null, usdPerMonth: null };
 

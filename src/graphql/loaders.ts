@@ -1,6 +1,7 @@
 import DataLoader from 'dataloader';
 import type { CacheEntryQueries, CacheEntryView } from '../analytics/cache-entries.ts';
 import type { CallQueries, CallView, EntryIdentity, Page } from '../analytics/calls.ts';
+import type { KeyUsage, LimitStore } from '../auth/limits.ts';
 import type { AttemptRow } from '../llm/history.ts';
 
 interface HitPageKey {
@@ -17,11 +18,16 @@ interface HitPageKey {
  * queries of a nested page does not grow with its rows. Made anew for each request, so nothing read
  * is kept past it.
  */
-export function createLoaders(queries: { calls: CallQueries; cacheEntries: CacheEntryQueries }) {
+export function createLoaders(queries: { calls: CallQueries; cacheEntries: CacheEntryQueries; limits: Pick<LimitStore, 'usage'> }) {
   const hitCounts = new DataLoader<EntryIdentity, number, string>((entries) => queries.calls.countHits(entries), {
     cacheKeyFn: (entry) => JSON.stringify([entry.key, entry.createdByCallId]),
   });
   return {
+    /** What each key has spent against its limits, for a page of keys in one query. */
+    keyUsage: new DataLoader<string, KeyUsage>(async (ids) => {
+      const usage = await queries.limits.usage(ids);
+      return ids.map((id) => usage.get(id)!);
+    }),
     call: new DataLoader<string, CallView | null>((ids) => queries.calls.findMany(ids)),
     attempts: new DataLoader<string, AttemptRow[]>((callIds) => queries.calls.attemptsOf(callIds)),
     cacheEntry: new DataLoader<string, CacheEntryView | null>((keys) => queries.cacheEntries.findMany(keys)),

@@ -1,7 +1,10 @@
 import pLimit from 'p-limit';
 import { v7 as uuidv7 } from 'uuid';
 import type { Config, OpenAiConfig } from '../config/config.ts';
-import { noLimits, type KeyLimits } from '../auth/keys.ts';
+import { noLimits } from '../auth/keys.ts';
+import type { KeyLimits } from '../auth/limits.ts';
+import type { SpendEstimate, SpendGuard } from './pipeline/spend.ts';
+import { countMessageTokens, countTextTokens } from './tokens.ts';
 import { badUserInput, CallboardError, isCallboardError, ProviderError } from '../errors.ts';
 import { cacheKey, type CacheEntryValue, type CacheScope, type CacheMode, type CacheStatus, type CallKind, type ResponseCache } from './cache.ts';
 import type { AttemptRow, CallRecord, HistoryWriter } from './history.ts';
@@ -120,6 +123,8 @@ export interface LlmClientDependencies {
   /** Seconds an entry lives; null: forever. */
   cacheTtlSeconds: number | null;
   storeBodies: boolean;
+  /** Holds each call that goes upstream to its key's limits and budgets; none: no limits. */
+  spend?: SpendGuard;
   /** [Cache] SHARED_ACROSS_TENANTS: one tenant's answers may serve another's identical requests. */
   sharedAcrossTenants?: boolean;
   /** Values that must never reach a stored row (API keys). */
@@ -351,6 +356,13 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
     throw error;
   }
 
+  /** Runs an upstream call within the caller's limits (reserve, then settle or release). */
+  function withinLimits<T extends { value: { model: string; usage: ProviderUsage | null } }>(input: CallOptions, estimate: () => SpendEstimate, upstream: () => Promise<T>): Promise<T> {
+    if (!dependencies.spend) return upstream();
+    const caller = input.caller ?? defaultCaller;
+    return dependencies.spend.run(caller, estimate, upstream, (result) => result.value);
+  }
+
   function cacheScope(input: CallOptions, apiType: string, endpoint: string): CacheScope {
     return { apiType, endpoint, tenant: dependencies.sharedAcrossTenants ? null : (input.caller ?? defaultCaller).tenant };
   }
@@ -442,7 +454,11 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
 
       const fromUpstream = async (signal: AbortSignal | undefined) => {
         calledUpstream = true;
-        const { value, attempts } = await callUpstream(settings, bounds, (attemptSignal, timeoutMs) => provider.chat(request, { timeoutMs, signal: attemptSignal }), signal);
+        const { value, attempts } = await withinLimits(
+          input,
+          () => ({ model, promptTokens: countMessageTokens(request.messages, model).tokens, maxCompletionTokens: request.max_tokens ?? request.max_completion_tokens ?? 0 }),
+          () => callUpstream(settings, bounds, (attemptSignal, timeoutMs) => provider.chat(request, { timeoutMs, signal: attemptSignal }), signal),
+        );
         attempts.at(-1)!.requestId = value.requestId;
         return { response: value, attempts };
       };
@@ -574,7 +590,11 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
       let attempts: AttemptRow[] = [];
       let upstream: ProviderEmbeddingResponse | null = null;
       const fetchMissing = async (signal: AbortSignal | undefined) => {
-        const result = await callUpstream(settings, bounds, (attemptSignal, timeoutMs) => provider.embed({ model, input: missing }, { timeoutMs, signal: attemptSignal }), signal);
+        const result = await withinLimits(
+          input,
+          () => ({ model, promptTokens: missing.reduce((sum, text) => sum + countTextTokens(text, model).tokens, 0), maxCompletionTokens: 0 }),
+          () => callUpstream(settings, bounds, (attemptSignal, timeoutMs) => provider.embed({ model, input: missing }, { timeoutMs, signal: attemptSignal }), signal),
+        );
         result.attempts.at(-1)!.requestId = result.value.requestId;
         if (mode !== 'BYPASS') storeEmbeddings(result.value);
         return result;

@@ -1,4 +1,5 @@
 import type { ApiKeyRecord } from '../../auth/keys.ts';
+import type { KeyUsage } from '../../auth/limits.ts';
 import { pageSize } from '../../analytics/calls.ts';
 import { access, builder } from '../builder.ts';
 import { connectionOf } from './connection.ts';
@@ -22,6 +23,16 @@ const ApiKeyLimits = builder.objectRef<ApiKeyRecord['limits']>('ApiKeyLimits').i
   }),
 });
 
+const ApiKeyUsage = builder.objectRef<KeyUsage>('ApiKeyUsage').implement({
+  description: 'What a key has spent, against each of its limits (rates are kept only while a rate limit is set).',
+  fields: (t) => ({
+    requestsThisMinute: t.exposeFloat('requestsThisMinute', { description: 'Requests counted in the rolling minute.' }),
+    tokensThisMinute: t.exposeFloat('tokensThisMinute', { description: 'Tokens counted in the rolling minute (reservations included).' }),
+    usdToday: t.exposeFloat('usdToday', { description: 'USD spent in this UTC day (reservations included).' }),
+    usdThisMonth: t.exposeFloat('usdThisMonth', { description: 'USD spent in this UTC month (reservations included).' }),
+  }),
+});
+
 export const ApiKeyRef = builder.objectRef<ApiKeyRecord>('ApiKey').implement({
   description: 'An API key of Callboard. The key itself is shown once, when it is created; Callboard keeps only its hash.',
   fields: (t) => ({
@@ -31,6 +42,7 @@ export const ApiKeyRef = builder.objectRef<ApiKeyRecord>('ApiKey').implement({
     tenant: t.exposeString('tenant', { description: 'The tenant its calls belong to, and the only one it reads unless it is an ADMIN.' }),
     prefix: t.exposeString('prefix', { description: 'The first characters of the key, to recognise it by.' }),
     limits: t.field({ type: ApiKeyLimits, resolve: (key) => key.limits, description: 'Its limits.' }),
+    usage: t.field({ type: ApiKeyUsage, resolve: (key, _args, { loaders }) => loaders.keyUsage.load(key.id), description: 'What it has spent against its limits now.' }),
     createdAt: t.field({ type: 'DateTime', resolve: (key) => key.createdAt, description: 'When it was created.' }),
     createdBy: t.exposeString('createdBy', { description: 'Who created it.' }),
     lastUsedAt: t.field({ type: 'DateTime', nullable: true, resolve: (key) => key.lastUsedAt, description: 'When it was last used (to the minute).' }),
