@@ -73,6 +73,8 @@ export async function createServices(options: ServicesOptions): Promise<Services
     logger,
     batchSize: config.history.batchSize,
     flushIntervalMs: config.history.flushIntervalMs,
+    maxPendingRows: config.history.maxPendingRows,
+    spoolDir: config.history.spoolDir,
     estimatePromptTokens: (call, prompt) => {
       if (!Array.isArray(prompt)) return null;
       // Calls that share a cache key share a prompt: count it once.
