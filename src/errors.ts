@@ -14,7 +14,8 @@ export type ErrorCode =
   | 'ABORTED'
   | 'RETRY_EXHAUSTED'
   | 'TEMPLATE_ERROR'
-  | 'NOT_FOUND';
+  | 'NOT_FOUND'
+  | 'DATABASE_UNAVAILABLE';
 
 /** The base of every error Callboard raises on purpose: a code and details safe to show a client. */
 export class CallboardError extends Error {

@@ -60,7 +60,7 @@ export async function createServices(options: ServicesOptions): Promise<Services
     () => void overrides.refresh().catch((error: unknown) => logger.warn({ err: error }, 'could not reload runtime overrides')),
     () => void overrides.refresh().catch(() => {}),
   );
-  const cache = createResponseCache({ database, memoryEntries: config.cache.memoryEntries });
+  const cache = createResponseCache({ database, memoryEntries: config.cache.memoryEntries, logger });
   // Each instance keeps hot entries in memory: an invalidation anywhere must reach all of them.
   const stopListening = await database.listen(
     cacheForgetChannel,

@@ -41,6 +41,8 @@ interface ErrorLike {
   message?: unknown;
   cause?: unknown;
   errors?: unknown;
+  /** Prisma's known request errors keep the adapter's error here. */
+  meta?: { driverAdapterError?: unknown };
 }
 
 /** Classifies a database error from pg, PGlite or Prisma (over either adapter). */
@@ -61,6 +63,7 @@ export function classifyDatabaseError(error: unknown): DatabaseFailure {
     }
     if (typeof candidate.message === 'string' && unreachableMessages.test(candidate.message)) return true;
     if (Array.isArray(candidate.errors) && candidate.errors.some(visit)) return true;
+    if (candidate.meta && typeof candidate.meta === 'object' && visit(candidate.meta.driverAdapterError)) return true;
     return visit(candidate.cause);
   };
   if (visit(error)) return 'unreachable';

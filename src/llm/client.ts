@@ -52,6 +52,8 @@ export interface SendMessageResult {
   model: string;
   usage: ProviderUsage | null;
   cacheStatus: CacheStatus;
+  /** The cache's database could not be read: the provider answered, as on a MISS. */
+  cacheReadFailed: boolean;
   attempts: number;
   latencyMs: number;
   call: CallRecord;
@@ -72,6 +74,8 @@ export interface EmbedResult {
   embeddings: EmbeddingResult[];
   usage: ProviderUsage | null;
   cacheStatus: CacheStatus;
+  /** Some text's cache entry could not be read from the database: the provider embedded it. */
+  cacheReadFailed: boolean;
   attempts: number;
   latencyMs: number;
   call: CallRecord;
@@ -328,7 +332,7 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
         attempts.at(-1)!.requestId = value.requestId;
         return { response: value, attempts };
       };
-      const useResponse = (response: ProviderChatResponse | StoredChat, attempts: AttemptRow[], status: CacheStatus, entryCost: number | null) => {
+      const useResponse = (response: ProviderChatResponse | StoredChat, attempts: AttemptRow[], status: CacheStatus, entryCost: number | null, cacheReadFailed = false) => {
         record.cacheStatus = status;
         record.attempts = attempts;
         record.attemptCount = attempts.length;
@@ -346,6 +350,7 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
           model: record.model,
           usage: response.usage,
           cacheStatus: status,
+          cacheReadFailed,
           attempts: attempts.length,
           latencyMs: record.latencyMs,
           call: record,
@@ -391,15 +396,15 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
       // signal, and the others (and the cache) still get the answer.
       const { value, leader } = await untilAborted(
         cache.singleFlight(key, async () => {
-          const found = await cache.get(key);
-          if (found) return { entry: found, fresh: null };
+          const found = await cache.lookup(key);
+          if (found.entry) return { entry: found.entry, fresh: null, cacheReadFailed: false };
           const { response, attempts } = await fromUpstream(undefined);
-          return { entry: store(key, response), fresh: { response, attempts } };
+          return { entry: store(key, response), fresh: { response, attempts }, cacheReadFailed: found.unavailable };
         }),
         input.signal,
       );
       // The leader answers with the response itself; the stored copy has secrets redacted.
-      if (leader && value.fresh) return useResponse(value.fresh.response, value.fresh.attempts, 'MISS', null);
+      if (leader && value.fresh) return useResponse(value.fresh.response, value.fresh.attempts, 'MISS', null, value.cacheReadFailed);
       history.recordCacheHit(key, new Date());
       return useResponse(value.entry.response as StoredChat, [], 'HIT', value.entry.costUsd);
     } catch (error) {
@@ -432,9 +437,11 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
       let cachedCost: number | null = null;
       // Counted once the call succeeds: a batch that fails upstream answered nobody from the cache.
       const hitKeys: string[] = [];
+      let cacheReadFailed = false;
       if (mode === 'USE') {
-        const found = await Promise.all(keys.map((key) => cache.peek(key) ?? cache.get(key)));
-        found.forEach((entry, index) => {
+        const lookups = await Promise.all(keys.map((key) => cache.lookup(key)));
+        cacheReadFailed = lookups.some((lookup) => lookup.unavailable);
+        lookups.forEach(({ entry }, index) => {
           if (!entry) return;
           vectors[index] = (entry.response as StoredEmbedding).vector;
           statuses[index] = 'HIT';
@@ -518,6 +525,7 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
         embeddings: vectors.map((vector, index) => ({ vector: vector!, model: responseModel, cacheStatus: statuses[index]! })),
         usage,
         cacheStatus: record.cacheStatus,
+        cacheReadFailed,
         attempts: attempts.length,
         latencyMs: record.latencyMs,
         call: record,
