@@ -319,7 +319,11 @@ export function createHistoryWriter(options: HistoryWriterOptions): HistoryWrite
   const spoolOpening = openSpool(options.spoolDir).then(
     (opened) => {
       spool = opened;
-      if (opened.size() > 0) logger.info({ rows: opened.size(), dir: opened.dir }, 'history spool found: writing its rows first');
+      if (opened.size() > 0) {
+        logger.info({ rows: opened.size(), dir: opened.dir }, 'history spool found: writing its rows first');
+        // Whether or not a call comes: a restarted instance may see no traffic for a while.
+        scheduleWrite(0);
+      }
     },
     (error: unknown) => logger.error({ err: error, dir: options.spoolDir }, 'history spool cannot be opened: rows past the memory bound will be dropped'),
   );
