@@ -597,13 +597,15 @@ function untilAborted<T>(promise: Promise<T>, signal: AbortSignal | undefined): 
 export function createRedactor(secrets: readonly string[]): <T>(value: T) => T {
   const needles = secrets.filter((secret) => secret.length >= 4);
   if (needles.length === 0) return (value) => value;
-  const scrub = (value: unknown): unknown => {
+  const scrub = (value: unknown, depth: number): unknown => {
     if (typeof value === 'string') return needles.reduce((text, needle) => text.split(needle).join('[redacted]'), value);
-    if (Array.isArray(value)) return value.map(scrub);
-    if (value && typeof value === 'object' && !(value instanceof Date)) {
-      return Object.fromEntries(Object.entries(value).map(([key, inner]) => [scrub(key), scrub(inner)]));
-    }
-    return value;
+    if (!value || typeof value !== 'object' || value instanceof Date) return value;
+    // A caller's metadata may nest thousands of levels: walking it would overflow the stack and fail the call.
+    if (depth >= maxRedactedDepth) return '[nested too deep to store]';
+    if (Array.isArray(value)) return value.map((inner) => scrub(inner, depth + 1));
+    return Object.fromEntries(Object.entries(value).map(([key, inner]) => [scrub(key, depth), scrub(inner, depth + 1)]));
   };
-  return (value) => scrub(value) as typeof value;
+  return (value) => scrub(value, 0) as typeof value;
 }
+
+const maxRedactedDepth = 200;
