@@ -69,7 +69,8 @@ function startLoad(server: () => ServerProcess) {
           } else failures.push(body.errors?.[0]?.message ?? 'no data');
         })
         .catch((error: unknown) => {
-          failures.push(error instanceof Error ? error.message : String(error));
+          const cause = (error as { cause?: { code?: string; message?: string } }).cause;
+          failures.push(`${error instanceof Error ? error.message : String(error)}${cause ? `: ${cause.code ?? cause.message}` : ''}`);
         })
         .finally(() => pending.delete(call));
       pending.add(call);
@@ -187,6 +188,7 @@ async function main(): Promise<void> {
           rowsAddedToTable: counts.total - before,
         }),
       );
+      if (killed.answered.length === 0) console.log(server.output.slice(-5).join('\n'));
     }
     await server.stop();
   } finally {

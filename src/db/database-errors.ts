@@ -19,12 +19,13 @@ function isTransientSqlState(code: string): boolean {
 }
 
 /**
- * Classes that a row's own content can cause: 22 data exceptions (invalid JSON text, an unpaired
- * surrogate, a NUL, a number out of range), 23 integrity violations, 54 program limits (a value
- * nested or sized past what Postgres takes), 2F routine exceptions and XX internal errors.
+ * Classes that a row's own content can cause: 21 cardinality (a row touched twice by one
+ * statement), 22 data exceptions (invalid JSON text, an unpaired surrogate, a NUL, a number out of
+ * range), 23 integrity violations, 54 program limits (a value nested or sized past what Postgres
+ * takes), 2F routine exceptions and XX internal errors.
  */
 function isDataSqlState(code: string): boolean {
-  return /^(22|23|54|2F|XX)/.test(code);
+  return /^(21|22|23|54|2F|XX)/.test(code);
 }
 
 /** Prisma's codes (with driver adapters) for a server it cannot reach or a connection it lost. */

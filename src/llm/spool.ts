@@ -64,7 +64,13 @@ export async function openSpool(dir: string): Promise<Spool> {
   let active: { sequence: number; handle: FileHandle; lines: number } | null = null;
   let buffered: string[] = [];
   let nextSequence = segments.length > 0 ? segments.at(-1)!.sequence + 1 : firstSequence;
-  let syncing: Promise<void> = Promise.resolve();
+  let chain: Promise<unknown> = Promise.resolve();
+  // Every file operation runs after the previous one: a seal must never close a handle an append is using.
+  const serial = <T,>(work: () => Promise<T>): Promise<T> => {
+    const result = chain.then(work, work);
+    chain = result.catch(() => {});
+    return result;
+  };
 
   const fileOf = (sequence: number) => join(dir, `${String(sequence).padStart(16, '0')}.ndjson`);
   const nameOf = (sequence: number) => `${String(sequence).padStart(16, '0')}.ndjson`;
@@ -94,11 +100,7 @@ export async function openSpool(dir: string): Promise<Spool> {
     segments.at(-1)!.lines += lines.length;
   }
 
-  const sync = () => {
-    // One sync at a time, in order: the lines of two overlapping syncs must not interleave.
-    syncing = syncing.then(writeBuffered, writeBuffered);
-    return syncing;
-  };
+  const sync = () => serial(writeBuffered);
 
   return {
     dir,
@@ -107,7 +109,7 @@ export async function openSpool(dir: string): Promise<Spool> {
       if (lines.length === 0) return;
       buffered.push(...lines);
     },
-    async prepend(lines) {
+    prepend: (lines) => serial(async () => {
       if (lines.length === 0) return;
       await ensureDir();
       const sequence = (segments[0]?.sequence ?? nextSequence) - 1;
@@ -121,18 +123,18 @@ export async function openSpool(dir: string): Promise<Spool> {
       }
       segments.unshift({ sequence, lines: lines.length });
       if (nextSequence <= sequence) nextSequence = sequence + 1;
-    },
+    }),
     sync,
-    async oldest() {
-      await sync();
+    oldest: () => serial(async () => {
+      await writeBuffered();
       const first = segments[0];
       if (!first) return null;
       if (active?.sequence === first.sequence) await seal();
       const path = fileOf(first.sequence);
       const lines = splitLines(await readFile(path, 'utf8'));
       return { name: nameOf(first.sequence), lines, done: await readDone(path) };
-    },
-    async markDone(segment, done) {
+    }),
+    markDone: (segment, done) => serial(async () => {
       const handle = await open(join(dir, `${segment.name}.done`), 'w');
       try {
         await handle.writeFile(String(done));
@@ -142,17 +144,17 @@ export async function openSpool(dir: string): Promise<Spool> {
       }
       const known = segments.find((candidate) => nameOf(candidate.sequence) === segment.name);
       if (known) known.lines = Math.max(0, segment.lines.length - done);
-    },
-    async remove(name) {
+    }),
+    remove: (name) => serial(async () => {
       const index = segments.findIndex((candidate) => nameOf(candidate.sequence) === name);
       if (index >= 0) segments.splice(index, 1);
       await rm(join(dir, name), { force: true });
       await rm(join(dir, `${name}.done`), { force: true });
-    },
-    async close() {
-      await sync();
+    }),
+    close: () => serial(async () => {
+      await writeBuffered();
       await seal();
-    },
+    }),
   };
 }
 
