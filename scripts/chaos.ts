@@ -7,7 +7,7 @@
  *
  *   npm run chaos -- [--rate 100] [--outage 60] [--warmup 5] [--after 10]
  */
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -92,6 +92,16 @@ function startLoad(server: () => ServerProcess) {
   };
 }
 
+/** The ids of the calls in a spool's files, synced or not. */
+async function spooledCallIds(dir: string): Promise<Set<string>> {
+  const ids = new Set<string>();
+  const files = await readdir(dir).catch(() => [] as string[]);
+  for (const file of files.filter((name) => name.endsWith('.ndjson'))) {
+    for (const match of (await readFile(join(dir, file), 'utf8')).matchAll(/"kind":"call","id":"([0-9a-f-]+)"/g)) ids.add(match[1]!);
+  }
+  return ids;
+}
+
 async function main(): Promise<void> {
   const [cluster, fake, workDir] = await Promise.all([startThrowawayPostgres(), startFakeOpenAI(), mkdtemp(join(tmpdir(), 'callboard-chaos-'))]);
   const env = {
@@ -174,6 +184,8 @@ async function main(): Promise<void> {
       }
       server.child.kill('SIGKILL');
       await killed.stop();
+      const spooledIds = await spooledCallIds(env.CALLBOARD_HISTORY__SPOOL_DIR);
+      const inDatabase = databaseUp ? (await rowsOf(killed.answered)).found : 0;
       if (!databaseUp) await cluster.start();
       server = await startServerProcess({ cwd: workDir, env });
       const counts = await waitForRows(killed.answered, 30);
@@ -185,6 +197,8 @@ async function main(): Promise<void> {
           firstFailures: [...new Set(killed.failures)].slice(0, 3),
           rowsWritten: counts.found,
           rowsLost: killed.answered.length - counts.found,
+          inSpoolAtKill: killed.answered.filter((id) => spooledIds.has(id)).length,
+          inDatabaseAtKill: inDatabase,
           rowsAddedToTable: counts.total - before,
         }),
       );
