@@ -90,6 +90,7 @@ describe.skipIf(unsupported !== null)('a Postgres outage under load', () => {
     const queryStarted = Date.now();
     const analytics = await graphql('{ calls(first: 1) { edges { node { id } } } }');
     const queryMs = Date.now() - queryStarted;
+    const embedding = await graphql('{ embedding(text: "while the database is down", cache: USE) { dimensions cacheStatus cacheReadFailed call { id } } }');
     await sleep(Math.max(0, 3000 - (Date.now() - stoppedAt)));
     await cluster.start();
     const outageMs = Date.now() - stoppedAt;
@@ -100,10 +101,11 @@ describe.skipIf(unsupported !== null)('a Postgres outage under load', () => {
     expect(ready.status).toBe(503);
     expect(analytics.errors?.[0]?.extensions?.code).toBe('DATABASE_UNAVAILABLE');
     expect(queryMs).toBeLessThan(5000);
+    expect(embedding.data?.embedding).toMatchObject({ cacheStatus: 'MISS', cacheReadFailed: true });
 
     const failed = results.filter((result) => result.errors || !result.data?.sendMessage);
     expect(failed, 'calls that failed').toEqual([]);
-    const ids = results.map((result) => result.data.sendMessage.call.id as string);
+    const ids = [...results.map((result) => result.data.sendMessage.call.id as string), embedding.data.embedding.call.id as string];
     expect(new Set(ids).size).toBe(ids.length);
     const readFailures = results.filter((result) => result.data.sendMessage.cacheReadFailed).length;
     expect(readFailures, 'misses answered while the cache could not be read').toBeGreaterThan(0);
