@@ -7,7 +7,8 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from
 import { v7 as uuidv7 } from 'uuid';
 import type { Database } from '../../src/db/database.ts';
 import { cacheKey, type CacheEntryValue } from '../../src/llm/cache.ts';
-import { createHistoryWriter, storableJson, type CallRecord, type HistoryWriterOptions } from '../../src/llm/history.ts';
+import { storableJson } from '../../src/llm/history-rows.ts';
+import { createHistoryWriter, type CallRecord, type HistoryWriterOptions } from '../../src/llm/history.ts';
 import { createLogger } from '../../src/logger.ts';
 import { createTestDatabase, databaseKinds, type TestDatabase } from '../support/database.ts';
 
