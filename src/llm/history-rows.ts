@@ -16,6 +16,7 @@ export function storableJson(value: unknown): string {
   return json.includes('\\u') ? json.replace(/(?<!\\)((?:\\\\)*)\\u(?:0000|d[89a-f][0-9a-f]{2})/gi, '$1\\ufffd') : json;
 }
 
+/** A row ready for the database and the spool: each table's row as storable JSON text. */
 export type PreparedRow =
   | { kind: 'call'; id: string; call: string; body: string | null; attempts: string[] }
   | { kind: 'entry'; key: string; entry: string }
@@ -143,7 +144,6 @@ export function statementParameters(rows: readonly PreparedRow[]): string[] {
   return [[...entries.values()], hitTexts, calls, bodies, attempts].map((texts) => `[${texts.join(',')}]`);
 }
 
-/** Thrown when the database cannot take rows now: the caller keeps them (spool) and retries later. */
 /**
  * One statement writes a whole batch, atomically and in one round trip: cache entries (upserted),
  * hit counts, calls, their bodies and their attempts, each table's rows passed as one JSON array.

@@ -104,7 +104,7 @@ type Queued =
   | { kind: 'entry'; entry: CacheEntryValue }
   | { kind: 'hit'; key: string; count: number; lastHitAt: Date };
 
-/** A row ready for the database and the spool: each table's row as storable JSON text. */
+/** Thrown when the database cannot take rows now: the caller keeps them (spool) and retries later. */
 class DatabaseDownError extends Error {
   constructor(readonly failure: DatabaseFailure, readonly original: unknown) {
     super(reasonOf(original));
