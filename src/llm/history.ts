@@ -285,10 +285,12 @@ export function createHistoryWriter(options: HistoryWriterOptions): HistoryWrite
     const lines = older.map((row) => JSON.stringify(row));
     if (spooling && spool) {
       // Rows went to the spool while this batch was being written: the batch is older than they are.
-      await spool.prepend(lines).catch((error: unknown) => {
-        logger.error({ err: error }, 'history spool cannot be written; rows wait in memory');
-        return Promise.reject(error);
-      });
+      try {
+        await spool.prepend(lines);
+      } catch (error) {
+        dropped += lines.length;
+        logger.error({ err: error, dropped: lines.length, dir: spool.dir }, 'history rows lost: the spool cannot be written');
+      }
     } else if (spool) {
       spool.append(lines);
     }
