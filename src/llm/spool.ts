@@ -37,7 +37,7 @@ export interface Spool {
 const segmentLines = 2000;
 const segmentPattern = /^(\d{16})\.ndjson$/;
 /** Room below the first sequence number for segments prepended before it. */
-const firstSequence = 5_000_000_000_000_000 / 1000;
+const firstSequence = 1_000_000_000_000;
 
 export async function openSpool(dir: string): Promise<Spool> {
   let created = false;
