@@ -32,7 +32,8 @@ export type ErrorCode =
   | 'TOO_MANY_DIRECTIVES'
   | 'QUERY_TOO_COMPLEX'
   | 'TOO_MANY_PAID_OPERATIONS'
-  | 'QUERY_TIMEOUT';
+  | 'QUERY_TIMEOUT'
+  | 'DATABASE_UNAVAILABLE';
 
 /** The base of every error Callboard raises on purpose: a code and details safe to show a client. */
 export class CallboardError extends Error {

@@ -71,7 +71,7 @@ export async function createServices(options: ServicesOptions): Promise<Services
     () => void overrides.refresh().catch((error: unknown) => logger.warn({ err: error }, 'could not reload runtime overrides')),
     () => void overrides.refresh().catch(() => {}),
   );
-  const cache = createResponseCache({ database, memoryEntries: config.cache.memoryEntries });
+  const cache = createResponseCache({ database, memoryEntries: config.cache.memoryEntries, logger });
   // Each instance keeps hot entries in memory: an invalidation anywhere must reach all of them.
   const stopListening = await database.listen(
     cacheForgetChannel,
@@ -92,6 +92,8 @@ export async function createServices(options: ServicesOptions): Promise<Services
     logger,
     batchSize: config.history.batchSize,
     flushIntervalMs: config.history.flushIntervalMs,
+    maxPendingRows: config.history.maxPendingRows,
+    spoolDir: config.history.spoolDir,
     estimatePromptTokens: (call, prompt) => {
       if (!Array.isArray(prompt)) return null;
       // Calls that share a cache key share a prompt: count it once.

@@ -51,7 +51,7 @@ export interface Config {
   logging: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };
   /** `ttlSeconds` null means entries never expire. */
   cache: { ttlSeconds: number | null; memoryEntries: number; sharedAcrossTenants: boolean };
-  history: { storeBodies: boolean; batchSize: number; flushIntervalMs: number };
+  history: { storeBodies: boolean; batchSize: number; flushIntervalMs: number; maxPendingRows: number; spoolDir: string };
   prompts: { dir: string };
   /** Bounds on what one GraphQL request may ask; `analyticsStatementTimeoutMs` 0 means none. */
   limits: {
@@ -250,6 +250,8 @@ const sections: Record<string, Record<string, KeySpec>> = {
     STORE_BODIES: { path: ['history', 'storeBodies'], default: 'True', schema: configBoolean },
     BATCH_SIZE: { path: ['history', 'batchSize'], default: '200', schema: integer(1, 10_000) },
     FLUSH_INTERVAL_MS: { path: ['history', 'flushIntervalMs'], default: '50', schema: integer(1, 60_000) },
+    MAX_PENDING_ROWS: { path: ['history', 'maxPendingRows'], default: '10000', schema: integer(1) },
+    SPOOL_DIR: { path: ['history', 'spoolDir'], default: './.callboard/spool', schema: text },
   },
   Prompts: {
     DIR: { path: ['prompts', 'dir'], default: './prompts', schema: text },

@@ -1,6 +1,7 @@
 import { GraphQLError } from 'graphql';
 import { maskError as yogaMaskError, type YogaServerOptions } from 'graphql-yoga';
-import { isCallboardError, type CallboardError } from '../errors.ts';
+import { isDatabaseUnreachable } from '../db/database-errors.ts';
+import { CallboardError, isCallboardError } from '../errors.ts';
 
 type MaskError = NonNullable<Exclude<YogaServerOptions<object, object>['maskedErrors'], boolean | undefined>['maskError']>;
 
@@ -11,14 +12,20 @@ type MaskError = NonNullable<Exclude<YogaServerOptions<object, object>['maskedEr
  */
 export const maskError: MaskError = (error, message, isDev) => {
   const original = error instanceof GraphQLError ? error.originalError : error;
-  if (!isCallboardError(original)) return yogaMaskError(error, message, isDev);
+  // A database that cannot be reached (pg, Prisma's adapters, a closed PGlite) is a state, not a bug:
+  // the client gets a code to retry on, and the log is not flooded with one stack per request.
+  const known = isCallboardError(original) ? original : isDatabaseUnreachable(original) ? databaseUnavailable() : undefined;
+  if (!known) return yogaMaskError(error, message, isDev);
   // Handing Yoga back the same error object tells it this is no unexpected failure worth an error log.
-  if (error instanceof GraphQLError && error.message === original.message) {
-    Object.assign(error.extensions, extensionsOf(original));
+  if (error instanceof GraphQLError && (error.message === known.message || known !== original)) {
+    error.message = known.message;
+    Object.assign(error.extensions, extensionsOf(known));
     return error;
   }
-  return toGraphQLError(original);
+  return toGraphQLError(known);
 };
+
+const databaseUnavailable = () => new CallboardError('DATABASE_UNAVAILABLE', 'The database is unavailable right now; try again in a few seconds.');
 
 function extensionsOf(error: CallboardError) {
   return { code: error.code, ...(Object.keys(error.details).length > 0 ? { details: error.details } : {}) };

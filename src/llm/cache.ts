@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import { stringify } from 'safe-stable-stringify';
 import type { Database } from '../db/database.ts';
+import type { Logger } from '../logger.ts';
 import type { ProviderUsage } from './providers/provider.ts';
 
 /** Bumped whenever what goes into a key changes, so old entries stop matching instead of lying. */
@@ -49,11 +50,23 @@ export interface CacheEntryValue {
   apiKeyId: string | null;
 }
 
+/** What a cache lookup found. */
+export interface CacheLookup {
+  entry: CacheEntryValue | undefined;
+  /** The database could not be read: a miss by necessity, not because the entry is absent. */
+  unavailable: boolean;
+}
+
 export interface ResponseCache {
   /** From memory only: the hot path of a hit, with no database round trip. */
   peek(key: string): CacheEntryValue | undefined;
   /** From memory, else from the database (then kept in memory). Expired entries are not returned. */
   get(key: string): Promise<CacheEntryValue | undefined>;
+  /**
+   * As `get`, and never fails: when the database cannot be read, the lookup is a miss marked
+   * `unavailable` (the caller asks the provider, as it would on a miss).
+   */
+  lookup(key: string): Promise<CacheLookup>;
   /** Keeps the entry in memory now; the caller queues the database write (history writer). */
   remember(entry: CacheEntryValue): void;
   /**
@@ -118,6 +131,8 @@ export interface ResponseCacheOptions {
   database: Pick<Database, 'query'>;
   /** @default 10000 */
   memoryEntries: number;
+  /** Told once when reads start failing and once when they work again. */
+  logger?: Pick<Logger, 'warn' | 'info'>;
   now?: () => number;
 }
 
@@ -136,17 +151,38 @@ export function createResponseCache(options: ResponseCacheOptions): ResponseCach
     return entry;
   };
 
+  const get = async (key: string) => {
+    const remembered = peek(key);
+    if (remembered) return remembered;
+    const [row] = await options.database.query<CacheEntryRow>(`SELECT ${cacheEntryColumns('e')} FROM "CacheEntry" e WHERE e."key" = $1`, [key]);
+    if (!row) return undefined;
+    const entry = cacheEntryFromRow(row);
+    if (!isFresh(entry)) return undefined;
+    memory?.set(key, entry);
+    return entry;
+  };
+  let failing: { since: number; count: number } | null = null;
+
   return {
     peek,
-    async get(key) {
-      const remembered = peek(key);
-      if (remembered) return remembered;
-      const [row] = await options.database.query<CacheEntryRow>(`SELECT ${cacheEntryColumns('e')} FROM "CacheEntry" e WHERE e."key" = $1`, [key]);
-      if (!row) return undefined;
-      const entry = cacheEntryFromRow(row);
-      if (!isFresh(entry)) return undefined;
-      memory?.set(key, entry);
-      return entry;
+    get,
+    async lookup(key) {
+      try {
+        const entry = await get(key);
+        if (failing) {
+          options.logger?.info({ failedReads: failing.count, seconds: (Date.now() - failing.since) / 1000 }, 'cache reads work again');
+          failing = null;
+        }
+        return { entry, unavailable: false };
+      } catch (error) {
+        // The cache saves money and time; it is no reason to fail a call the provider can answer.
+        if (!failing) {
+          failing = { since: Date.now(), count: 0 };
+          options.logger?.warn({ err: error }, 'cache reads failing: calls go to the provider until the database answers');
+        }
+        failing.count += 1;
+        return { entry: undefined, unavailable: true };
+      }
     },
     remember(entry) {
       memory?.set(entry.key, entry);

@@ -74,6 +74,8 @@ export interface SendMessageResult {
   model: string;
   usage: ProviderUsage | null;
   cacheStatus: CacheStatus;
+  /** The cache's database could not be read: the provider answered, as on a MISS. */
+  cacheReadFailed: boolean;
   attempts: number;
   latencyMs: number;
   call: CallRecord;
@@ -94,6 +96,8 @@ export interface EmbedResult {
   embeddings: EmbeddingResult[];
   usage: ProviderUsage | null;
   cacheStatus: CacheStatus;
+  /** Some text's cache entry could not be read from the database: the provider embedded it. */
+  cacheReadFailed: boolean;
   attempts: number;
   latencyMs: number;
   call: CallRecord;
@@ -462,7 +466,7 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
         attempts.at(-1)!.requestId = value.requestId;
         return { response: value, attempts };
       };
-      const useResponse = (response: ProviderChatResponse | StoredChat, attempts: AttemptRow[], status: CacheStatus, servedBy: CacheEntryValue | null) => {
+      const useResponse = (response: ProviderChatResponse | StoredChat, attempts: AttemptRow[], status: CacheStatus, servedBy: CacheEntryValue | null, cacheReadFailed = false) => {
         record.cacheStatus = status;
         record.servedByCallId = servedBy?.createdByCallId ?? null;
         const entryCost = servedBy ? servedBy.costUsd : null;
@@ -483,6 +487,7 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
           model: record.model,
           usage: response.usage,
           cacheStatus: status,
+          cacheReadFailed,
           attempts: attempts.length,
           latencyMs: record.latencyMs,
           call: record,
@@ -529,17 +534,17 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
       // signal, and the others (and the cache) still get the answer.
       const { value, leader } = await untilAborted(
         cache.singleFlight(key, async () => {
-          const found = await cache.get(key);
-          if (found) return { entry: found, fresh: null };
+          const found = await cache.lookup(key);
+          if (found.entry) return { entry: found.entry, fresh: null, cacheReadFailed: false };
           const { response, attempts } = await fromUpstream(undefined);
-          return { entry: store(key, response), fresh: { response, attempts } };
+          return { entry: store(key, response), fresh: { response, attempts }, cacheReadFailed: found.unavailable };
         }),
         input.signal,
         bounds,
         () => calledUpstream,
       );
       // The leader answers with the response itself; the stored copy has secrets redacted.
-      if (leader && value.fresh) return useResponse(value.fresh.response, value.fresh.attempts, 'MISS', null);
+      if (leader && value.fresh) return useResponse(value.fresh.response, value.fresh.attempts, 'MISS', null, value.cacheReadFailed);
       history.recordCacheHit(key, new Date());
       return useResponse(value.entry.response as StoredChat, [], 'HIT', value.entry);
     } catch (error) {
@@ -574,9 +579,11 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
       let cachedCost: number | null = null;
       // Counted once the call succeeds: a batch that fails upstream answered nobody from the cache.
       const hitKeys: string[] = [];
+      let cacheReadFailed = false;
       if (mode === 'USE') {
-        const found = await Promise.all(keys.map((key) => cache.peek(key) ?? cache.get(key)));
-        found.forEach((entry, index) => {
+        const lookups = await Promise.all(keys.map((key) => cache.lookup(key)));
+        cacheReadFailed = lookups.some((lookup) => lookup.unavailable);
+        lookups.forEach(({ entry }, index) => {
           if (!entry) return;
           vectors[index] = (entry.response as StoredEmbedding).vector;
           statuses[index] = 'HIT';
@@ -671,6 +678,7 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
         embeddings: vectors.map((vector, index) => ({ vector: vector!, model: responseModel, cacheStatus: statuses[index]! })),
         usage,
         cacheStatus: record.cacheStatus,
+        cacheReadFailed,
         attempts: attempts.length,
         latencyMs: record.latencyMs,
         call: record,
@@ -761,13 +769,15 @@ function untilAborted<T>(promise: Promise<T>, signal: AbortSignal | undefined, b
 export function createRedactor(secrets: readonly string[]): <T>(value: T) => T {
   const needles = secrets.filter((secret) => secret.length >= 4);
   if (needles.length === 0) return (value) => value;
-  const scrub = (value: unknown): unknown => {
+  const scrub = (value: unknown, depth: number): unknown => {
     if (typeof value === 'string') return needles.reduce((text, needle) => text.split(needle).join('[redacted]'), value);
-    if (Array.isArray(value)) return value.map(scrub);
-    if (value && typeof value === 'object' && !(value instanceof Date)) {
-      return Object.fromEntries(Object.entries(value).map(([key, inner]) => [scrub(key), scrub(inner)]));
-    }
-    return value;
+    if (!value || typeof value !== 'object' || value instanceof Date) return value;
+    // A caller's metadata may nest thousands of levels: walking it would overflow the stack and fail the call.
+    if (depth >= maxRedactedDepth) return '[nested too deep to store]';
+    if (Array.isArray(value)) return value.map((inner) => scrub(inner, depth + 1));
+    return Object.fromEntries(Object.entries(value).map(([key, inner]) => [scrub(key, depth), scrub(inner, depth + 1)]));
   };
-  return (value) => scrub(value) as typeof value;
+  return (value) => scrub(value, 0) as typeof value;
 }
+
+const maxRedactedDepth = 200;

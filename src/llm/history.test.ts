@@ -1,3 +1,6 @@
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { createLogger } from '../logger.ts';
 import { createHistoryWriter, type CallRecord } from './history.ts';
@@ -36,6 +39,7 @@ describe('the history writer on close', () => {
   it('reports how many rows it could not write, so that the process can say so in its exit code', async () => {
     let writes = 0;
     const history = createHistoryWriter({
+      spoolDir: mkdtempSync(join(tmpdir(), 'callboard-spool-')),
       database: {
         query: async () => {
           writes += 1;
@@ -56,6 +60,7 @@ describe('the history writer on close', () => {
   it('reports nothing lost when every row was written', async () => {
     const written: unknown[][] = [];
     const history = createHistoryWriter({
+      spoolDir: mkdtempSync(join(tmpdir(), 'callboard-spool-')),
       database: {
         query: async <Row,>(_sql: string, parameters?: unknown[]) => {
           written.push(parameters ?? []);

@@ -1,7 +1,10 @@
-import { v7 as uuidv7 } from 'uuid';
+import { readdirSync } from 'node:fs';
 import type { Database } from '../db/database.ts';
+import { classifyDatabaseError, type DatabaseFailure } from '../db/database-errors.ts';
 import type { Logger } from '../logger.ts';
-import { cacheKeyVersion, type CacheEntryValue, type CacheStatus, type CallKind } from './cache.ts';
+import type { CacheEntryValue, CacheStatus, CallKind } from './cache.ts';
+import { entryRow, prepareCall, reasonOf, reducedCall, statementParameters, storableJson, writeBatchSql, type PreparedRow } from './history-rows.ts';
+import { openSpool, type Spool } from './spool.ts';
 
 /** One upstream attempt of a call, as the audit keeps it. */
 export interface AttemptRow {
@@ -52,23 +55,34 @@ export interface CallRecord {
 
 /**
  * Writes the history and the cache behind the caller's back: nothing waits on the database to get
- * its answer, rows go in batches (one transaction each), a failed write is retried and logged, and
- * close() writes whatever is still pending.
+ * its answer. Rows go in batches (one statement each). A batch the database refuses is split until
+ * the bad row is found, and that row is stored in a reduced form with a note of why, so it never
+ * holds up the rows behind it. While the database cannot be reached, or when more than
+ * `maxPendingRows` wait, rows go to a spool on local disk (synced every flush interval) and are
+ * written from it, in order, once the database answers again; a spool left by a crash is written
+ * on start-up.
  */
 export interface HistoryWriter {
   /** `prompt` (messages or texts) is kept only to estimate the prompt tokens off the caller's path. */
   recordCall(call: CallRecord, prompt?: unknown): void;
   saveCacheEntry(entry: CacheEntryValue): void;
   recordCacheHit(key: string, at: Date): void;
-  /** Writes what is pending now (and waits for a write already running). */
+  /** Writes what is pending now, the spool included (and waits for a write already running). */
   flush(): Promise<void>;
-  /** Stops the timer and writes everything pending, retrying for up to `closeTimeoutMs`; `lost` counts what could not be written. */
+  /**
+   * Stops the timers and writes everything pending, for up to `closeTimeoutMs`; what the database
+   * does not take by then stays in the spool for the next start.
+   */
   close(): Promise<{ lost: number }>;
 }
 
 export interface HistoryWriterOptions {
   database: Pick<Database, 'query'>;
   logger: Logger;
+  /** The spool's folder (created when first needed). One process owns it. */
+  spoolDir: string;
+  /** Rows kept in memory before the rest goes to the spool. @default 10000 */
+  maxPendingRows?: number;
   /** @default 200 */
   batchSize?: number;
   /** @default 50 */
@@ -77,17 +91,8 @@ export interface HistoryWriterOptions {
   estimatePromptTokens?: (call: CallRecord, prompt: unknown) => number | null;
   /** @default 10000 */
   closeTimeoutMs?: number;
-}
-
-/**
- * JSON for Postgres, which stores no NUL character in text or jsonb: one in a prompt would fail its
- * whole batch at every retry. A NUL can only appear escaped in JSON text, as \u0000 after an even
- * run of backslashes (an odd run would be an escaped backslash followed by the letters), so it is
- * replaced there rather than by walking every value.
- */
-function storableJson(value: unknown): string {
-  const json = JSON.stringify(value);
-  return json.includes('\\u0000') ? json.replace(/(?<!\\)((?:\\\\)*)\\u0000/g, '$1\\ufffd') : json;
+  /** The longest wait between two attempts to reach a database that is down. @default 1000 */
+  maxRetryDelayMs?: number;
 }
 
 function estimateSafely(estimate: NonNullable<HistoryWriterOptions['estimatePromptTokens']>, call: CallRecord, prompt: unknown): number | null {
@@ -99,137 +104,255 @@ function estimateSafely(estimate: NonNullable<HistoryWriterOptions['estimateProm
   }
 }
 
-/**
- * One statement writes a whole batch, atomically and in one round trip: cache entries (upserted),
- * hit counts, calls, their bodies and their attempts, each table's rows passed as one JSON array.
- * Attempts may reference calls inserted by the same statement: foreign keys are checked at its end.
- */
-const writeBatchSql = `
-WITH entry_rows AS (
-  SELECT * FROM jsonb_to_recordset($1::jsonb) AS r("key" text, "keyVersion" int, "kind" "CallKind", "apiType" text, "model" text,
-    "request" jsonb, "response" jsonb, "promptTokens" int, "completionTokens" int, "totalTokens" int, "costUsd" float8,
-    "hitCount" int, "createdAt" timestamptz, "lastHitAt" timestamptz, "expiresAt" timestamptz, "createdByCallId" uuid, "tenant" text, "apiKeyId" uuid)
-), written_entries AS (
-  INSERT INTO "CacheEntry" ("key", "keyVersion", "kind", "apiType", "model", "request", "response", "promptTokens", "completionTokens",
-    "totalTokens", "costUsd", "hitCount", "createdAt", "lastHitAt", "expiresAt", "createdByCallId", "tenant", "apiKeyId")
-  SELECT * FROM entry_rows
-  ON CONFLICT ("key") DO UPDATE SET "keyVersion" = EXCLUDED."keyVersion", "kind" = EXCLUDED."kind", "apiType" = EXCLUDED."apiType",
-    "model" = EXCLUDED."model", "request" = EXCLUDED."request", "response" = EXCLUDED."response", "promptTokens" = EXCLUDED."promptTokens",
-    "completionTokens" = EXCLUDED."completionTokens", "totalTokens" = EXCLUDED."totalTokens", "costUsd" = EXCLUDED."costUsd",
-    "hitCount" = EXCLUDED."hitCount", "createdAt" = EXCLUDED."createdAt", "lastHitAt" = EXCLUDED."lastHitAt",
-    "expiresAt" = EXCLUDED."expiresAt", "createdByCallId" = EXCLUDED."createdByCallId", "tenant" = EXCLUDED."tenant", "apiKeyId" = EXCLUDED."apiKeyId"
-  RETURNING 1
-), counted_hits AS (
-  UPDATE "CacheEntry" e SET "hitCount" = e."hitCount" + h."count", "lastHitAt" = GREATEST(e."lastHitAt", h."lastHitAt")
-  FROM jsonb_to_recordset($2::jsonb) AS h("key" text, "count" int, "lastHitAt" timestamptz)
-  WHERE e."key" = h."key"
-  RETURNING 1
-), written_calls AS (
-  INSERT INTO "LlmCall" ("id", "createdAt", "tenant", "apiKeyId", "servedByCallId", "kind", "apiType", "model", "status", "cacheStatus", "cacheKey",
-    "errorCode", "errorMessage", "attemptCount", "latencyMs", "promptTokens", "completionTokens", "totalTokens", "estimatedPromptTokens", "costUsd",
-    "templateName", "templateHash", "tags")
-  SELECT * FROM jsonb_to_recordset($3::jsonb) AS c("id" uuid, "createdAt" timestamptz, "tenant" text, "apiKeyId" uuid, "servedByCallId" uuid,
-    "kind" "CallKind", "apiType" text, "model" text,
-    "status" "CallStatus", "cacheStatus" "CacheStatus", "cacheKey" text, "errorCode" text, "errorMessage" text, "attemptCount" int,
-    "latencyMs" float8, "promptTokens" int, "completionTokens" int, "totalTokens" int, "estimatedPromptTokens" int, "costUsd" float8,
-    "templateName" text, "templateHash" text, "tags" text[])
-  ON CONFLICT DO NOTHING
-  RETURNING 1
-), written_bodies AS (
-  INSERT INTO "LlmCallBody" ("callId", "metadata", "requestBody", "responseBody")
-  SELECT * FROM jsonb_to_recordset($4::jsonb) AS b("callId" uuid, "metadata" jsonb, "requestBody" jsonb, "responseBody" jsonb)
-  ON CONFLICT DO NOTHING
-  RETURNING 1
-), written_attempts AS (
-  INSERT INTO "LlmAttempt" ("id", "callId", "tenant", "apiKeyId", "number", "startedAt", "latencyMs", "httpStatus", "errorCode", "errorMessage", "waitMs", "requestId")
-  SELECT * FROM jsonb_to_recordset($5::jsonb) AS a("id" uuid, "callId" uuid, "tenant" text, "apiKeyId" uuid, "number" int, "startedAt" timestamptz, "latencyMs" float8,
-    "httpStatus" int, "errorCode" text, "errorMessage" text, "waitMs" int, "requestId" text)
-  ON CONFLICT DO NOTHING
-  RETURNING 1
-)
-SELECT (SELECT count(*) FROM written_calls) AS "calls"`;
+type Queued =
+  | { kind: 'call'; call: CallRecord; prompt: unknown }
+  | { kind: 'entry'; entry: CacheEntryValue }
+  | { kind: 'hit'; key: string; count: number; lastHitAt: Date };
+
+/** Thrown when the database cannot take rows now: the caller keeps them (spool) and retries later. */
+class DatabaseDownError extends Error {
+  constructor(readonly failure: DatabaseFailure, readonly original: unknown) {
+    super(reasonOf(original));
+  }
+}
 
 export function createHistoryWriter(options: HistoryWriterOptions): HistoryWriter {
   const { database, logger } = options;
   const batchSize = options.batchSize ?? 200;
   const flushIntervalMs = options.flushIntervalMs ?? 50;
-  const calls: { call: CallRecord; prompt: unknown }[] = [];
-  const entries = new Map<string, CacheEntryValue>();
-  const hits = new Map<string, { count: number; lastHitAt: Date }>();
-  let timer: NodeJS.Timeout | undefined;
+  const maxPendingRows = options.maxPendingRows ?? 10_000;
+  const maxRetryDelayMs = options.maxRetryDelayMs ?? 1000;
+  /** Rows for the database, oldest first; empty whenever the spool holds rows (they are older). */
+  const queue: Queued[] = [];
+  /** Rows for the spool, written and synced every flush interval. */
+  let toSpool: Queued[] = [];
+  /** Hits not yet prepared, by key: repeated hits add to one row. */
+  const openHits = new Map<string, Queued & { kind: 'hit' }>();
+  // A spool left by an earlier process holds older rows: until it is written, new rows queue behind it.
+  let spooling = hasSpooledRows(options.spoolDir);
+  let spool: Spool | null = null;
+  const spoolOpening = openSpool(options.spoolDir).then(
+    (opened) => {
+      spool = opened;
+      if (opened.size() > 0) {
+        logger.info({ rows: opened.size(), dir: opened.dir }, 'history spool found: writing its rows first');
+        // Whether or not a call comes: a restarted instance may see no traffic for a while.
+        scheduleWrite(0);
+      }
+    },
+    (error: unknown) => logger.error({ err: error, dir: options.spoolDir }, 'history spool cannot be opened: rows past the memory bound will be dropped'),
+  );
+  let writeTimer: NodeJS.Timeout | undefined;
+  let spoolTimer: NodeJS.Timeout | undefined;
   let running: Promise<void> | undefined;
-  let failures = 0;
   let closed = false;
+  /** The current outage: when it began, failed attempts, and rows written since (logged once, at its end). */
+  let outage: { since: number; failures: number; lastReport: number } | null = null;
+  let spoolSyncFailing = false;
+  let dropped = 0;
 
-  const pendingCount = () => calls.length + entries.size + hits.size;
-  const schedule = (delayMs: number) => {
-    if (timer || closed) return;
-    timer = setTimeout(() => {
-      timer = undefined;
+  const pendingCount = () => queue.length + toSpool.length + (spool?.size() ?? 0);
+
+  const scheduleWrite = (delayMs: number) => {
+    if (writeTimer || closed) return;
+    writeTimer = setTimeout(() => {
+      writeTimer = undefined;
       void flush();
     }, delayMs);
   };
+  const scheduleSpoolSync = () => {
+    if (spoolTimer || closed) return;
+    spoolTimer = setTimeout(() => {
+      spoolTimer = undefined;
+      void syncSpool();
+    }, flushIntervalMs);
+  };
 
-  async function writeBatch(): Promise<void> {
-    const batch = calls.splice(0, batchSize);
-    const entryBatch = [...entries.values()];
-    entries.clear();
-    const hitBatch = [...hits];
-    hits.clear();
+  function prepare(item: Queued): PreparedRow | null {
+    if (item.kind === 'call') {
+      if (item.call.estimatedPromptTokens === null && options.estimatePromptTokens) {
+        item.call.estimatedPromptTokens = estimateSafely(options.estimatePromptTokens, item.call, item.prompt);
+      }
+      return prepareCall(item.call);
+    }
+    if (item.kind === 'hit') {
+      if (openHits.get(item.key) === item) openHits.delete(item.key);
+      return { kind: 'hit', key: item.key, count: item.count, lastHitAt: item.lastHitAt.toISOString() };
+    }
     try {
-      for (const item of batch) {
-        if (item.call.estimatedPromptTokens === null && options.estimatePromptTokens) {
-          item.call.estimatedPromptTokens = estimateSafely(options.estimatePromptTokens, item.call, item.prompt);
-        }
-      }
-      // Hits on an entry written in this batch go into its row: one statement cannot touch a row twice.
-      const hitsByKey = new Map(hitBatch);
-      const entryRows = entryBatch.map((entry) => {
-        const pendingHit = hitsByKey.get(entry.key);
-        return {
-          key: entry.key,
-          keyVersion: cacheKeyVersion,
-          kind: entry.kind,
-          apiType: entry.apiType,
-          model: entry.model,
-          request: entry.request,
-          response: entry.response,
-          promptTokens: entry.usage?.promptTokens ?? null,
-          completionTokens: entry.usage?.completionTokens ?? null,
-          totalTokens: entry.usage?.totalTokens ?? null,
-          costUsd: entry.costUsd,
-          hitCount: pendingHit?.count ?? 0,
-          createdAt: entry.createdAt,
-          lastHitAt: pendingHit?.lastHitAt ?? null,
-          expiresAt: entry.expiresAt,
-          createdByCallId: entry.createdByCallId,
-          tenant: entry.tenant,
-          apiKeyId: entry.apiKeyId,
-        };
-      });
-      const entryKeys = new Set(entryBatch.map((entry) => entry.key));
-      const hitRows = hitBatch.filter(([key]) => !entryKeys.has(key)).map(([key, hit]) => ({ key, ...hit }));
-      const callRows = batch.map(({ call }) => {
-        const { attempts: _attempts, metadata: _metadata, requestBody: _requestBody, responseBody: _responseBody, ...row } = call;
-        return row;
-      });
-      const bodyRows = batch
-        .filter(({ call }) => call.metadata !== null || call.requestBody !== null || call.responseBody !== null)
-        .map(({ call }) => ({ callId: call.id, metadata: call.metadata, requestBody: call.requestBody, responseBody: call.responseBody }));
-      const attemptRows = batch.flatMap(({ call }) => call.attempts.map((attempt) => ({ id: uuidv7(), callId: call.id, tenant: call.tenant, apiKeyId: call.apiKeyId, ...attempt })));
-      await database.query(writeBatchSql, [entryRows, hitRows, callRows, bodyRows, attemptRows].map(storableJson));
-      failures = 0;
+      return { kind: 'entry', key: item.entry.key, entry: storableJson(entryRow(item.entry)) };
     } catch (error) {
-      // Put everything back in front, newer hits and entries winning over the failed batch's.
-      calls.unshift(...batch);
-      for (const entry of entryBatch) if (!entries.has(entry.key)) entries.set(entry.key, entry);
-      for (const [key, hit] of hitBatch) {
-        const newer = hits.get(key);
-        hits.set(key, newer ? { count: newer.count + hit.count, lastHitAt: newer.lastHitAt } : hit);
+      // A cache entry is only worth its whole answer: one that cannot be stored is not stored.
+      logger.warn({ key: item.entry.key, reason: reasonOf(error) }, 'cache entry not stored: it cannot be serialised');
+      return null;
+    }
+  }
+  const prepareAll = (items: readonly Queued[]) => items.map(prepare).filter((row): row is PreparedRow => row !== null);
+
+  /** Moves the rows waiting for the spool onto its disk, synced. Rows stay in memory while the disk fails. */
+  async function syncSpool(): Promise<void> {
+    await spoolOpening;
+    if (!spool) {
+      // No spool: memory is all there is, and it is bounded.
+      const excess = toSpool.length - maxPendingRows;
+      if (excess > 0) {
+        dropped += excess;
+        toSpool.splice(0, excess);
+        logger.error({ dropped: excess }, 'history rows dropped: the database is unreachable and there is no spool');
       }
-      failures += 1;
-      logger.error({ err: error, pending: pendingCount(), failures }, 'history write failed; it will be retried');
-      throw error;
+      return;
+    }
+    const moving = toSpool;
+    toSpool = [];
+    spool.append(moving.length > 0 ? prepareAll(moving).map((row) => JSON.stringify(row)) : []);
+    try {
+      await spool.sync();
+      if (spoolSyncFailing) logger.info({ dir: spool.dir }, 'history spool writable again');
+      spoolSyncFailing = false;
+    } catch (error) {
+      if (!spoolSyncFailing) logger.error({ err: error, dir: spool.dir }, 'history spool cannot be written; rows wait in memory');
+      spoolSyncFailing = true;
+      // The spool keeps its unsynced lines and retries them at the next sync.
+      scheduleSpoolSync();
+    }
+  }
+
+  async function writeStatement(rows: readonly PreparedRow[]): Promise<void> {
+    await database.query(writeBatchSql, statementParameters(rows));
+  }
+
+  /** Writes rows; a refused batch is split in two until each bad row is found and stored reduced. */
+  async function writeRows(rows: readonly PreparedRow[]): Promise<void> {
+    if (rows.length === 0) return;
+    try {
+      await writeStatement(rows);
+      return;
+    } catch (error) {
+      const failure = classifyDatabaseError(error);
+      if (failure !== 'data') throw new DatabaseDownError(failure, error);
+      if (rows.length === 1) return writeReduced(rows[0]!, error);
+      const half = Math.ceil(rows.length / 2);
+      await writeRows(rows.slice(0, half));
+      await writeRows(rows.slice(half));
+    }
+  }
+
+  async function writeReduced(row: PreparedRow, error: unknown): Promise<void> {
+    const reason = reasonOf(error);
+    if (row.kind !== 'call') {
+      logger.warn({ kind: row.kind, key: row.key, reason }, 'history row not stored: the database refused it');
+      dropped += 1;
+      return;
+    }
+    const reduced = reducedCall(JSON.parse(row.call) as Record<string, unknown>, `refused by the database: ${reason}`);
+    try {
+      await writeStatement([reduced]);
+      logger.warn({ callId: row.id, reason }, 'history row stored without its bodies: the database refused it');
+    } catch (reducedError) {
+      const failure = classifyDatabaseError(reducedError);
+      if (failure !== 'data') throw new DatabaseDownError(failure, reducedError);
+      dropped += 1;
+      logger.error({ callId: row.id, reason: reasonOf(reducedError) }, 'history row dropped: the database refused even its reduced form');
+    }
+  }
+
+  function noteFailure(error: DatabaseDownError): void {
+    const now = Date.now();
+    if (!outage) {
+      outage = { since: now, failures: 0, lastReport: now };
+      logger.error(
+        { err: error.original, failure: error.failure, pending: pendingCount(), spool: options.spoolDir },
+        `history writes failing since ${new Date(now).toISOString()} (${error.failure === 'unreachable' ? 'the database is unreachable' : 'the database refuses the statement'}); rows go to the spool and are written when it answers`,
+      );
+    } else if (now - outage.lastReport >= 60_000) {
+      outage.lastReport = now;
+      logger.error({ failure: error.failure, pending: pendingCount(), failures: outage.failures }, `history writes still failing since ${new Date(outage.since).toISOString()}`);
+    }
+    outage.failures += 1;
+  }
+
+  let writtenInOutage = 0;
+  function noteWritten(count: number): void {
+    if (!outage) return;
+    writtenInOutage += count;
+    if (spooling) return;
+    logger.info(
+      { rows: writtenInOutage, outageSeconds: Math.round((Date.now() - outage.since) / 100) / 10, dropped },
+      `history written: ${writtenInOutage} rows after an outage of ${((Date.now() - outage.since) / 1000).toFixed(1)} s`,
+    );
+    outage = null;
+    writtenInOutage = 0;
+  }
+
+  /** From here on, rows go to the spool; `older` (already prepared) go before everything else. */
+  async function startSpooling(older: readonly PreparedRow[]): Promise<void> {
+    await spoolOpening;
+    const lines = older.map((row) => JSON.stringify(row));
+    if (spooling && spool) {
+      // Rows went to the spool while this batch was being written: the batch is older than they are.
+      try {
+        await spool.prepend(lines);
+      } catch (error) {
+        dropped += lines.length;
+        logger.error({ err: error, dropped: lines.length, dir: spool.dir }, 'history rows lost: the spool cannot be written');
+      }
+    } else if (spool) {
+      spool.append(lines);
+    }
+    spooling = true;
+    toSpool = [...queue.splice(0), ...toSpool];
+    await syncSpool();
+  }
+
+  /** Writes the spool's segments, oldest first, each line once: progress is kept beside each segment. */
+  async function writeFromSpool(current: Spool): Promise<void> {
+    for (let segment = await current.oldest(); segment; segment = await current.oldest()) {
+      let done = segment.done;
+      while (done < segment.lines.length) {
+        const lines = segment.lines.slice(done, done + batchSize);
+        const rows: PreparedRow[] = [];
+        for (const line of lines) {
+          try {
+            rows.push(JSON.parse(line) as PreparedRow);
+          } catch {
+            dropped += 1;
+            logger.error({ segment: segment.name }, 'history spool line unreadable: skipped');
+          }
+        }
+        await writeRows(rows);
+        done += lines.length;
+        if (done < segment.lines.length) await current.markDone(segment, done);
+        noteWritten(rows.length);
+      }
+      await current.remove(segment.name);
+    }
+  }
+
+  async function writePending(): Promise<void> {
+    await spoolOpening;
+    while (spooling) {
+      await syncSpool();
+      if (spool) await writeFromSpool(spool);
+      else queue.unshift(...toSpool.splice(0));
+      // Rows may have arrived while the last segment was written: they are older than any new one.
+      if (toSpool.length === 0 && (spool?.size() ?? 0) === 0) {
+        spooling = false;
+        noteWritten(0);
+      }
+    }
+    while (queue.length > 0) {
+      const batch = queue.splice(0, batchSize);
+      const rows = prepareAll(batch);
+      try {
+        await writeRows(rows);
+      } catch (error) {
+        if (error instanceof DatabaseDownError && spool) await startSpooling(rows);
+        else queue.unshift(...batch);
+        throw error;
+      }
+      noteWritten(rows.length);
+      // The memory bound was reached while this batch was written: the spool holds what came next.
+      if (spooling) return writePending();
     }
   }
 
@@ -238,9 +361,13 @@ export function createHistoryWriter(options: HistoryWriterOptions): HistoryWrite
     // and a `finally` inside the body would clear `running` before it was ever set.
     running ??= (async () => {
       try {
-        while (pendingCount() > 0) await writeBatch();
-      } catch {
-        schedule(Math.min(5000, flushIntervalMs * 2 ** failures));
+        await writePending();
+      } catch (error) {
+        if (!(error instanceof DatabaseDownError)) {
+          logger.error({ err: error }, 'history write failed; it will be retried');
+          outage ??= { since: Date.now(), failures: 0, lastReport: Date.now() };
+        } else noteFailure(error);
+        scheduleWrite(Math.min(maxRetryDelayMs, flushIntervalMs * 2 ** Math.min(outage?.failures ?? 1, 10)));
       }
     })().finally(() => {
       running = undefined;
@@ -248,38 +375,82 @@ export function createHistoryWriter(options: HistoryWriterOptions): HistoryWrite
     return running;
   }
 
-  const enqueued = () => {
-    if (calls.length >= batchSize) void flush();
-    else schedule(flushIntervalMs);
+  const enqueue = (item: Queued) => {
+    if (spooling) {
+      toSpool.push(item);
+      scheduleSpoolSync();
+      if (!outage) scheduleWrite(flushIntervalMs);
+      return;
+    }
+    if (queue.length >= maxPendingRows) {
+      // The database is slower than the callers: the spool takes the rest, in order, behind these.
+      spooling = true;
+      toSpool = [...queue.splice(0), ...toSpool, item];
+      scheduleSpoolSync();
+      return;
+    }
+    queue.push(item);
+    if (queue.length >= batchSize) void flush();
+    else scheduleWrite(flushIntervalMs);
   };
 
   return {
     recordCall(call, prompt?: unknown) {
-      calls.push({ call, prompt });
-      enqueued();
+      enqueue({ kind: 'call', call, prompt });
     },
     saveCacheEntry(entry) {
-      entries.set(entry.key, entry);
-      enqueued();
+      enqueue({ kind: 'entry', entry });
     },
     recordCacheHit(key, at) {
-      const hit = hits.get(key);
-      hits.set(key, { count: (hit?.count ?? 0) + 1, lastHitAt: at });
-      enqueued();
+      const open = openHits.get(key);
+      if (open) {
+        open.count += 1;
+        open.lastHitAt = at;
+        return;
+      }
+      const hit = { kind: 'hit' as const, key, count: 1, lastHitAt: at };
+      openHits.set(key, hit);
+      enqueue(hit);
     },
-    flush,
+    flush: async () => {
+      await running;
+      await flush();
+    },
     async close() {
       closed = true;
-      clearTimeout(timer);
-      timer = undefined;
+      clearTimeout(writeTimer);
+      clearTimeout(spoolTimer);
+      writeTimer = spoolTimer = undefined;
       const deadline = Date.now() + (options.closeTimeoutMs ?? 10_000);
+      await running;
       while (pendingCount() > 0 && Date.now() < deadline) {
         await flush();
-        if (pendingCount() > 0) await new Promise((resolve) => setTimeout(resolve, Math.min(1000, 50 * 2 ** failures)));
+        // A database that is down will not come back in the seconds a shutdown has: the spool keeps the rows.
+        if (outage && spool) break;
+        if (pendingCount() > 0) await new Promise((resolve) => setTimeout(resolve, 50));
       }
-      const lost = pendingCount();
-      if (lost > 0) logger.error({ lost }, 'history rows could not be written before shutdown');
-      return { lost };
+      await spoolOpening;
+      if (pendingCount() > 0 && spool) {
+        const current: Spool = spool;
+        if (!spooling) {
+          spooling = true;
+          toSpool = [...queue.splice(0), ...toSpool];
+        }
+        await syncSpool();
+        await current.close();
+        logger.warn({ rows: current.size() + toSpool.length, dir: current.dir }, 'history rows left in the spool: they are written at the next start');
+      } else await spool?.close();
+      const lost = queue.length + toSpool.length;
+      if (lost > 0 || dropped > 0) logger.error({ lost, dropped }, 'history rows could not be written before shutdown');
+      return { lost: lost + dropped };
     },
   };
+}
+
+function hasSpooledRows(dir: string): boolean {
+  try {
+    return readdirSync(dir).some((file) => file.endsWith('.ndjson'));
+  } catch {
+    return false;
+  }
 }

@@ -155,6 +155,25 @@ describe.each(databaseKinds)('the audit on %s', (kind) => {
       expect(await historyRow(harness, next.call.id)).toMatchObject({ status: 'SUCCESS' });
       expect(await harness.prisma.cacheEntry.count({ where: { key: withNul.call.cacheKey! } })).toBe(1);
     });
+
+    it('keeps writing after a lone surrogate in a message and metadata nested 5,000 levels deep', async () => {
+      const { llm } = await harness.start();
+      let deep: unknown = 'bottom';
+      for (let level = 0; level < 5000; level += 1) deep = { level: deep };
+
+      const lone = await llm.sendMessage({ messages: user('bad \ud800'), cache: 'USE' });
+      const nested = await llm.sendMessage({ messages: user('deep'), metadata: deep });
+      const next = await llm.sendMessage({ messages: user('after them'), cache: 'USE' });
+
+      expect((await historyRow(harness, lone.call.id)).requestBody).toMatchObject({ messages: user('bad \ufffd') });
+      const entry = await harness.prisma.cacheEntry.findUniqueOrThrow({ where: { key: lone.call.cacheKey! } });
+      expect(entry.response).toMatchObject({ message: { content: 'echo: bad \ufffd' } });
+      // Cut where the redactor stops looking for secrets.
+      let stored = (await historyRow(harness, nested.call.id)).metadata as unknown;
+      for (let level = 0; level < 200; level += 1) stored = (stored as { level: unknown }).level;
+      expect(stored).toBe('[nested too deep to store]');
+      expect(await historyRow(harness, next.call.id)).toMatchObject({ status: 'SUCCESS', cacheStatus: 'MISS' });
+    });
   });
 
   describe('runtime overrides', () => {

@@ -1,3 +1,6 @@
+import { randomBytes } from 'node:crypto';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { TypedDocumentNode } from '@graphql-typed-document-node/core';
 import { print, type GraphQLFormattedError } from 'graphql';
 import { createApp, type App } from '../../src/app.ts';
@@ -8,7 +11,9 @@ import { createTestDatabase, type DatabaseKind, type TestDatabase } from './data
 
 /** A configuration built from defaults plus the given config.ini text and environment, as main.ts would. */
 export function testConfig(ini = '', environment: Record<string, string> = {}): LoadedConfig {
-  return loadConfig(ini ? [{ path: 'test.ini', text: ini }] : [], environment);
+  // Each test its own history spool (created only if used): a shared one would replay one test's rows into another's database.
+  const spool = { CALLBOARD_HISTORY__SPOOL_DIR: join(tmpdir(), `callboard-spool-${randomBytes(6).toString('hex')}`) };
+  return loadConfig(ini ? [{ path: 'test.ini', text: ini }] : [], { ...spool, ...environment });
 }
 
 export interface GraphQLResponse<TResult> {

@@ -41,6 +41,9 @@ const SendMessagePayload = builder.objectRef<SendMessageResult>('SendMessagePayl
     model: t.exposeString('model', { description: 'The model that answered.' }),
     usage: t.field({ type: Usage, nullable: true, resolve: (result) => result.usage, description: "The provider's token counts." }),
     cacheStatus: t.field({ type: CacheStatus, resolve: (result) => result.cacheStatus, description: 'What the cache did.' }),
+    cacheReadFailed: t.exposeBoolean('cacheReadFailed', {
+      description: "True when the cache's database could not be read: the provider answered instead (cacheStatus MISS), and the answer is stored once the database is back.",
+    }),
     attempts: t.exposeInt('attempts', { description: 'Upstream requests made (0 for a cache hit).' }),
     latencyMs: t.exposeFloat('latencyMs', { description: 'Time spent in Callboard, provider included.' }),
     call: t.field({ type: LlmCall, resolve: (result) => result.call, description: 'The history row of this call.' }),

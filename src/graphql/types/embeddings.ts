@@ -7,6 +7,7 @@ import { LlmCall } from './refs.ts';
 interface EmbeddingShape extends EmbeddingResult {
   usage: EmbedResult['usage'];
   call: EmbedResult['call'];
+  cacheReadFailed: EmbedResult['cacheReadFailed'];
 }
 
 const Embedding = builder.objectRef<EmbeddingShape>('Embedding').implement({
@@ -16,6 +17,9 @@ const Embedding = builder.objectRef<EmbeddingShape>('Embedding').implement({
     dimensions: t.int({ resolve: (embedding) => embedding.vector.length, description: 'Its length.' }),
     model: t.exposeString('model', { description: 'The model that made it.' }),
     cacheStatus: t.field({ type: CacheStatus, resolve: (embedding) => embedding.cacheStatus, description: 'What the cache did for this text.' }),
+    cacheReadFailed: t.exposeBoolean('cacheReadFailed', {
+      description: "True when the cache's database could not be read for the call: the provider answered instead (cacheStatus MISS).",
+    }),
     usage: t.field({
       type: Usage,
       nullable: true,
@@ -45,7 +49,7 @@ builder.queryFields((t) => ({
     args: { text: t.arg.string({ required: true, description: 'The text to embed.' }), ...commonArguments(t) },
     resolve: async (_root, args, context) => {
       const result = await context.services.llm.embed({ ...args, texts: [args.text], caller: context.caller, signal: context.signal });
-      return { ...result.embeddings[0]!, usage: result.usage, call: result.call };
+      return { ...result.embeddings[0]!, usage: result.usage, call: result.call, cacheReadFailed: result.cacheReadFailed };
     },
   }),
   embeddings: t.field({
@@ -58,7 +62,7 @@ builder.queryFields((t) => ({
     args: { texts: t.arg.stringList({ required: true, description: 'The texts to embed, at most 2048.' }), ...commonArguments(t) },
     resolve: async (_root, args, context) => {
       const result = await context.services.llm.embed({ ...args, caller: context.caller, signal: context.signal });
-      return result.embeddings.map((embedding) => ({ ...embedding, usage: result.usage, call: result.call }));
+      return result.embeddings.map((embedding) => ({ ...embedding, usage: result.usage, call: result.call, cacheReadFailed: result.cacheReadFailed }));
     },
   }),
 }));

@@ -1,0 +1,201 @@
+import { v7 as uuidv7 } from 'uuid';
+import { cacheKeyVersion, type CacheEntryValue } from './cache.ts';
+import type { CallRecord } from './history.ts';
+
+/**
+ * JSON text Postgres stores: it refuses a NUL (\u0000) in text and jsonb, and an unpaired UTF-16
+ * surrogate escape (\ud800-\udfff); either would fail a whole batch at every retry. Both are
+ * replaced by U+FFFD. Of the \u escapes JSON.stringify writes (control characters and lone
+ * surrogates; a valid pair is written as the character itself), these are the only ones Postgres
+ * refuses. An escape counts only after an even run of backslashes (an odd run is an escaped
+ * backslash followed by the letters). Throws on a value JSON.stringify cannot write (nested too
+ * deep, too long, a BigInt).
+ */
+export function storableJson(value: unknown): string {
+  const json = JSON.stringify(value) ?? 'null';
+  return json.includes('\\u') ? json.replace(/(?<!\\)((?:\\\\)*)\\u(?:0000|d[89a-f][0-9a-f]{2})/gi, '$1\\ufffd') : json;
+}
+
+/** A row ready for the database and the spool: each table's row as storable JSON text. */
+export type PreparedRow =
+  | { kind: 'call'; id: string; call: string; body: string | null; attempts: string[] }
+  | { kind: 'entry'; key: string; entry: string }
+  | { kind: 'hit'; key: string; count: number; lastHitAt: string };
+
+/** Why a row was stored reduced or dropped, as its note says. */
+export function reasonOf(error: unknown): string {
+  const code = (error as { code?: unknown } | null)?.code;
+  const message = error instanceof Error ? error.message : String(error);
+  return clip(`${message}${typeof code === 'string' ? ` (${code})` : ''}`, 500)!;
+}
+
+function clip(value: unknown, length: number): string | null {
+  return typeof value === 'string' ? value.slice(0, length) : null;
+}
+
+const int32 = (value: unknown) => (Number.isInteger(value) && Math.abs(value as number) < 2 ** 31 ? (value as number) : null);
+const finite = (value: unknown) => (typeof value === 'number' && Number.isFinite(value) ? value : null);
+
+/**
+ * A call row that Postgres takes whatever the original held: short plain fields, no attempts, and
+ * a note instead of the bodies and the metadata. Cutting a string may split a surrogate pair:
+ * storableJson repairs that.
+ */
+export function reducedCall(row: Record<string, unknown>, reason: string): PreparedRow {
+  const id = String(row.id);
+  const createdAt = new Date(row.createdAt as string);
+  const note = { unstorable: reason };
+  const reduced = {
+    id,
+    createdAt: Number.isNaN(createdAt.getTime()) ? new Date() : createdAt,
+    tenant: clip(row.tenant, 100) ?? 'default',
+    apiKeyId: row.apiKeyId,
+    servedByCallId: row.servedByCallId,
+    kind: row.kind,
+    apiType: clip(row.apiType, 200) ?? 'unknown',
+    model: clip(row.model, 200) ?? 'unknown',
+    status: row.status,
+    cacheStatus: row.cacheStatus,
+    cacheKey: clip(row.cacheKey, 200),
+    errorCode: clip(row.errorCode, 100),
+    errorMessage: clip(row.errorMessage, 1000),
+    attemptCount: int32(row.attemptCount) ?? 0,
+    latencyMs: finite(row.latencyMs) ?? 0,
+    promptTokens: int32(row.promptTokens),
+    completionTokens: int32(row.completionTokens),
+    totalTokens: int32(row.totalTokens),
+    estimatedPromptTokens: int32(row.estimatedPromptTokens),
+    costUsd: finite(row.costUsd),
+    templateName: clip(row.templateName, 200),
+    templateHash: clip(row.templateHash, 200),
+    tags: Array.isArray(row.tags) ? row.tags.filter((tag): tag is string => typeof tag === 'string').slice(0, 50).map((tag) => tag.slice(0, 200)) : [],
+  };
+  return {
+    kind: 'call',
+    id,
+    call: storableJson(reduced),
+    body: storableJson({ callId: id, metadata: note, requestBody: note, responseBody: note }),
+    attempts: [],
+  };
+}
+
+export function prepareCall(call: CallRecord): PreparedRow {
+  const { attempts, metadata, requestBody, responseBody, ...row } = call;
+  let callText: string;
+  try {
+    callText = storableJson(row);
+  } catch (error) {
+    return reducedCall(row, `could not be serialised: ${reasonOf(error)}`);
+  }
+  try {
+    const body = metadata !== null || requestBody !== null || responseBody !== null ? storableJson({ callId: call.id, metadata, requestBody, responseBody }) : null;
+    // Ids given now, so that a row written twice (replayed from the spool) is stored once.
+    const attemptTexts = attempts.map((attempt) => storableJson({ id: uuidv7(), callId: call.id, tenant: call.tenant, apiKeyId: call.apiKeyId, ...attempt }));
+    return { kind: 'call', id: call.id, call: callText, body, attempts: attemptTexts };
+  } catch (error) {
+    return reducedCall(row, `could not be serialised: ${reasonOf(error)}`);
+  }
+}
+
+export function entryRow(entry: CacheEntryValue) {
+  return {
+    key: entry.key,
+    keyVersion: cacheKeyVersion,
+    kind: entry.kind,
+    apiType: entry.apiType,
+    model: entry.model,
+    request: entry.request,
+    response: entry.response,
+    promptTokens: entry.usage?.promptTokens ?? null,
+    completionTokens: entry.usage?.completionTokens ?? null,
+    totalTokens: entry.usage?.totalTokens ?? null,
+    costUsd: entry.costUsd,
+    hitCount: 0,
+    createdAt: entry.createdAt,
+    lastHitAt: null as string | null,
+    expiresAt: entry.expiresAt,
+    createdByCallId: entry.createdByCallId,
+    tenant: entry.tenant,
+    apiKeyId: entry.apiKeyId,
+  };
+}
+
+/** The five parameters of writeBatchSql for some rows, in order: later entries win, hits add up. */
+export function statementParameters(rows: readonly PreparedRow[]): string[] {
+  const entries = new Map<string, string>();
+  const hits = new Map<string, { count: number; lastHitAt: string }>();
+  const calls: string[] = [];
+  const bodies: string[] = [];
+  const attempts: string[] = [];
+  for (const row of rows) {
+    if (row.kind === 'entry') entries.set(row.key, row.entry);
+    else if (row.kind === 'hit') {
+      const hit = hits.get(row.key);
+      hits.set(row.key, { count: (hit?.count ?? 0) + row.count, lastHitAt: hit && hit.lastHitAt > row.lastHitAt ? hit.lastHitAt : row.lastHitAt });
+    } else {
+      calls.push(row.call);
+      if (row.body !== null) bodies.push(row.body);
+      attempts.push(...row.attempts);
+    }
+  }
+  // Hits on an entry written by the same statement go into its row: one statement cannot touch a row twice.
+  for (const [key, hit] of hits) {
+    const entry = entries.get(key);
+    if (entry === undefined) continue;
+    entries.set(key, JSON.stringify({ ...(JSON.parse(entry) as object), hitCount: hit.count, lastHitAt: hit.lastHitAt }));
+    hits.delete(key);
+  }
+  const hitTexts = [...hits].map(([key, hit]) => storableJson({ key, ...hit }));
+  return [[...entries.values()], hitTexts, calls, bodies, attempts].map((texts) => `[${texts.join(',')}]`);
+}
+
+/**
+ * One statement writes a whole batch, atomically and in one round trip: cache entries (upserted),
+ * hit counts, calls, their bodies and their attempts, each table's rows passed as one JSON array.
+ * Attempts may reference calls inserted by the same statement: foreign keys are checked at its end.
+ */
+export const writeBatchSql = `
+WITH entry_rows AS (
+  SELECT * FROM jsonb_to_recordset($1::jsonb) AS r("key" text, "keyVersion" int, "kind" "CallKind", "apiType" text, "model" text,
+    "request" jsonb, "response" jsonb, "promptTokens" int, "completionTokens" int, "totalTokens" int, "costUsd" float8,
+    "hitCount" int, "createdAt" timestamptz, "lastHitAt" timestamptz, "expiresAt" timestamptz, "createdByCallId" uuid, "tenant" text, "apiKeyId" uuid)
+), written_entries AS (
+  INSERT INTO "CacheEntry" ("key", "keyVersion", "kind", "apiType", "model", "request", "response", "promptTokens", "completionTokens",
+    "totalTokens", "costUsd", "hitCount", "createdAt", "lastHitAt", "expiresAt", "createdByCallId", "tenant", "apiKeyId")
+  SELECT * FROM entry_rows
+  ON CONFLICT ("key") DO UPDATE SET "keyVersion" = EXCLUDED."keyVersion", "kind" = EXCLUDED."kind", "apiType" = EXCLUDED."apiType",
+    "model" = EXCLUDED."model", "request" = EXCLUDED."request", "response" = EXCLUDED."response", "promptTokens" = EXCLUDED."promptTokens",
+    "completionTokens" = EXCLUDED."completionTokens", "totalTokens" = EXCLUDED."totalTokens", "costUsd" = EXCLUDED."costUsd",
+    "hitCount" = EXCLUDED."hitCount", "createdAt" = EXCLUDED."createdAt", "lastHitAt" = EXCLUDED."lastHitAt",
+    "expiresAt" = EXCLUDED."expiresAt", "createdByCallId" = EXCLUDED."createdByCallId", "tenant" = EXCLUDED."tenant", "apiKeyId" = EXCLUDED."apiKeyId"
+  RETURNING 1
+), counted_hits AS (
+  UPDATE "CacheEntry" e SET "hitCount" = e."hitCount" + h."count", "lastHitAt" = GREATEST(e."lastHitAt", h."lastHitAt")
+  FROM jsonb_to_recordset($2::jsonb) AS h("key" text, "count" int, "lastHitAt" timestamptz)
+  WHERE e."key" = h."key"
+  RETURNING 1
+), written_calls AS (
+  INSERT INTO "LlmCall" ("id", "createdAt", "tenant", "apiKeyId", "servedByCallId", "kind", "apiType", "model", "status", "cacheStatus", "cacheKey",
+    "errorCode", "errorMessage", "attemptCount", "latencyMs", "promptTokens", "completionTokens", "totalTokens", "estimatedPromptTokens", "costUsd",
+    "templateName", "templateHash", "tags")
+  SELECT * FROM jsonb_to_recordset($3::jsonb) AS c("id" uuid, "createdAt" timestamptz, "tenant" text, "apiKeyId" uuid, "servedByCallId" uuid,
+    "kind" "CallKind", "apiType" text, "model" text,
+    "status" "CallStatus", "cacheStatus" "CacheStatus", "cacheKey" text, "errorCode" text, "errorMessage" text, "attemptCount" int,
+    "latencyMs" float8, "promptTokens" int, "completionTokens" int, "totalTokens" int, "estimatedPromptTokens" int, "costUsd" float8,
+    "templateName" text, "templateHash" text, "tags" text[])
+  ON CONFLICT DO NOTHING
+  RETURNING 1
+), written_bodies AS (
+  INSERT INTO "LlmCallBody" ("callId", "metadata", "requestBody", "responseBody")
+  SELECT * FROM jsonb_to_recordset($4::jsonb) AS b("callId" uuid, "metadata" jsonb, "requestBody" jsonb, "responseBody" jsonb)
+  ON CONFLICT DO NOTHING
+  RETURNING 1
+), written_attempts AS (
+  INSERT INTO "LlmAttempt" ("id", "callId", "tenant", "apiKeyId", "number", "startedAt", "latencyMs", "httpStatus", "errorCode", "errorMessage", "waitMs", "requestId")
+  SELECT * FROM jsonb_to_recordset($5::jsonb) AS a("id" uuid, "callId" uuid, "tenant" text, "apiKeyId" uuid, "number" int, "startedAt" timestamptz, "latencyMs" float8,
+    "httpStatus" int, "errorCode" text, "errorMessage" text, "waitMs" int, "requestId" text)
+  ON CONFLICT DO NOTHING
+  RETURNING 1
+)
+SELECT (SELECT count(*) FROM written_calls) AS "calls"`;
+
