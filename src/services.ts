@@ -30,7 +30,7 @@ export interface Services {
   /** Tells every instance that a key changed, so none trusts what it remembers of it. */
   announceKeyChange(id: string): Promise<void>;
   /** Drops cache entries (all when null) from the memory of every instance on this database, this one included. */
-  forgetCacheEverywhere(keys: readonly string[] | null): Promise<void>;
+  forgetCacheEverywhere(keys: readonly string[] | null, invalidation?: CacheInvalidationNotice): Promise<void>;
   /** Writes what is pending and stops background work; the database stays open. `lost` counts the history rows that could not be written. */
   close(): Promise<{ lost: number }>;
 }
@@ -49,6 +49,17 @@ export interface ServicesOptions {
 }
 
 const cacheForgetChannel = 'callboard_cache_forget';
+
+/** An invalidation of a tenant's entries (null: every tenant's), which answers still in flight must not undo. */
+export interface CacheInvalidationNotice {
+  tenant: string | null;
+}
+
+/** What crosses instances on the cache channel: keys to forget (null: all), and the invalidation, if it was one. */
+interface ForgetMessage {
+  keys: readonly string[] | null;
+  invalidation: CacheInvalidationNotice | null;
+}
 const overridesChangedChannel = 'callboard_overrides_changed';
 
 /** The composition of the LLM layer over a database: registry, overrides, cache, history, client. */
@@ -75,7 +86,11 @@ export async function createServices(options: ServicesOptions): Promise<Services
   // Each instance keeps hot entries in memory: an invalidation anywhere must reach all of them.
   const stopListening = await database.listen(
     cacheForgetChannel,
-    (payload) => cache.forget(payload === '*' ? null : payload.split(',')),
+    (payload) => {
+      const message = JSON.parse(payload) as ForgetMessage;
+      if (message.invalidation) cache.invalidated(message.invalidation.tenant);
+      cache.forget(message.keys);
+    },
     () => cache.forget(null),
   );
   const keys = createKeyStore({ database });
@@ -107,6 +122,17 @@ export async function createServices(options: ServicesOptions): Promise<Services
       return tokens;
     },
   });
+  async function forgetCacheEverywhere(keys: readonly string[] | null, invalidation?: CacheInvalidationNotice): Promise<void> {
+    const message: ForgetMessage = { keys, invalidation: invalidation ?? null };
+    let payload = JSON.stringify(message);
+    // NOTIFY payloads stop at 8000 bytes: past that, everyone forgets everything (it all comes back from the database).
+    if (payload.length > 7000) payload = JSON.stringify({ ...message, keys: null });
+    // In process first: PGlite's notifications are in process too, and a Postgres one comes back here anyway.
+    if (invalidation) cache.invalidated(invalidation.tenant);
+    cache.forget(keys);
+    await database.notify(cacheForgetChannel, payload);
+  }
+
   const llm = createLlmClient({
     registry,
     overrides,
@@ -122,6 +148,12 @@ export async function createServices(options: ServicesOptions): Promise<Services
     sleep: options.sleep,
     random: options.random,
     signal: options.signal,
+    // A REFRESH replaced an entry other instances may remember: they forget it once the new row is written.
+    entryReplaced: (key) =>
+      void history
+        .flush()
+        .then(() => forgetCacheEverywhere([key]))
+        .catch((error: unknown) => logger.warn({ err: error }, 'could not tell other instances of a refreshed cache entry')),
   });
   return {
     loaded,
@@ -139,12 +171,7 @@ export async function createServices(options: ServicesOptions): Promise<Services
       keys.forget(id);
       await database.notify(keyChangedChannel, id);
     },
-    async forgetCacheEverywhere(keys) {
-      cache.forget(keys);
-      const payload = keys === null ? '*' : keys.join(',');
-      // NOTIFY payloads stop at 8000 bytes: past that, everyone forgets everything (it all comes back from the database).
-      await database.notify(cacheForgetChannel, payload.length > 7000 ? '*' : payload);
-    },
+    forgetCacheEverywhere,
     async close() {
       overrides.close();
       await stopListening();

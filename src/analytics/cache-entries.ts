@@ -76,7 +76,7 @@ export interface CacheEntryQueriesOptions {
   tenant: string | null;
   cache: Pick<ResponseCache, 'peek'>;
   /** Drops deleted entries from the memory of every instance. */
-  forget: (keys: readonly string[] | null) => Promise<void>;
+  forget: (keys: readonly string[] | null, invalidation: { tenant: string | null }) => Promise<void>;
 }
 
 export function createCacheEntryQueries({ prisma, query, tenant, cache, forget }: CacheEntryQueriesOptions) {
@@ -140,9 +140,14 @@ export function createCacheEntryQueries({ prisma, query, tenant, cache, forget }
         const [row] = await prisma.$queryRawUnsafe<{ count: bigint }[]>(`SELECT count(*) AS "count" FROM "CacheEntry" e WHERE ${where.sql}`, ...where.parameters);
         return { matched: Number(row!.count), deleted: 0 };
       }
+      // The tombstone goes first: from now on no instance stores an answer its call asked for before it,
+      // whether or not that answer was in flight when the rows below were deleted.
+      const invalidation = await prisma.cacheInvalidation.create({ data: { tenant, filter: (requested ?? {}) as object, count: 0, invalidatedBy: actor, at: new Date() } });
       const rows = await prisma.$queryRawUnsafe<{ key: string }[]>(`DELETE FROM "CacheEntry" e WHERE ${where.sql} RETURNING e."key"`, ...where.parameters);
-      await prisma.cacheInvalidation.create({ data: { tenant, filter: (requested ?? {}) as object, count: rows.length, invalidatedBy: actor } });
-      await forget(filter && Object.values(filter).some((value) => value !== null && value !== undefined) ? rows.map((row) => row.key) : null);
+      await prisma.cacheInvalidation.update({ where: { id: invalidation.id }, data: { count: rows.length } });
+      // Every instance forgets all it remembers (it comes back from the database): an answer still in
+      // flight may sit in memory under a key the filter matches but the database never held.
+      await forget(null, { tenant });
       return { matched: rows.length, deleted: rows.length };
     },
   };

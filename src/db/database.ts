@@ -103,7 +103,9 @@ async function openPglite(dataDir: string): Promise<Database> {
 
 async function openPostgres(url: string, options: { poolSize: number; analyticsPoolSize: number; analyticsStatementTimeoutMs: number }): Promise<Database> {
   // JIT compilation costs more than it saves on Callboard's queries (up to 0.7 s on callStats).
-  const pool = new pg.Pool({ connectionString: url, max: options.poolSize, options: '-c jit=off' });
+  // A host that drops packets instead of refusing them must not hang the calls: their cache read fails
+  // open and the history spools, after this wait for a connection at the most.
+  const pool = new pg.Pool({ connectionString: url, max: options.poolSize, options: '-c jit=off', connectionTimeoutMillis: 5000 });
   const timeoutMs = options.analyticsStatementTimeoutMs;
   const analyticsPool = new pg.Pool({
     connectionString: url,

@@ -48,6 +48,11 @@ export interface CacheEntryValue {
   /** The tenant and API key of the call that filled it. */
   tenant: string;
   apiKeyId: string | null;
+  /**
+   * When the call that made the answer started (for a row read back: when it was stored). An answer
+   * requested before an invalidation of its tenant is never stored nor remembered after it.
+   */
+  requestedAt: Date;
 }
 
 /** What a cache lookup found. */
@@ -76,6 +81,11 @@ export interface ResponseCache {
   singleFlight<T>(key: string, work: () => Promise<T>): Promise<{ value: T; leader: boolean }>;
   /** Drops entries from memory (after they were deleted from the database); all when keys is null. */
   forget(keys: readonly string[] | null): void;
+  /**
+   * Records an invalidation of a tenant's entries (null: every tenant's): from now on, answers whose
+   * call started before it are neither remembered nor kept from a database read already under way.
+   */
+  invalidated(tenant: string | null): void;
   /** Entries kept in memory now. */
   size(): number;
 }
@@ -123,6 +133,7 @@ export function cacheEntryFromRow(row: CacheEntryRow): CacheEntryValue {
     createdByCallId: row.createdByCallId,
     tenant: row.tenant,
     apiKeyId: row.apiKeyId,
+    requestedAt: new Date(row.createdAt),
   };
 }
 
@@ -141,6 +152,9 @@ export function createResponseCache(options: ResponseCacheOptions): ResponseCach
   const memory = options.memoryEntries > 0 ? new LRUCache<string, CacheEntryValue>({ max: options.memoryEntries }) : null;
   const flights = new Map<string, Promise<unknown>>();
   const isFresh = (entry: CacheEntryValue) => entry.expiresAt === null || entry.expiresAt.getTime() > now();
+  // When each tenant's entries ('*': everyone's) were last invalidated, on this process's clock.
+  const invalidations = new Map<string, number>();
+  const staleSince = (tenant: string, time: number) => time <= Math.max(invalidations.get('*') ?? -Infinity, invalidations.get(tenant) ?? -Infinity);
 
   const peek = (key: string) => {
     const entry = memory?.get(key);
@@ -154,10 +168,13 @@ export function createResponseCache(options: ResponseCacheOptions): ResponseCach
   const get = async (key: string) => {
     const remembered = peek(key);
     if (remembered) return remembered;
+    const readAt = now();
     const [row] = await options.database.query<CacheEntryRow>(`SELECT ${cacheEntryColumns('e')} FROM "CacheEntry" e WHERE e."key" = $1`, [key]);
     if (!row) return undefined;
     const entry = cacheEntryFromRow(row);
     if (!isFresh(entry)) return undefined;
+    // A row read while an invalidation deleted it is not kept: the next call reads again.
+    if (staleSince(entry.tenant, readAt)) return undefined;
     memory?.set(key, entry);
     return entry;
   };
@@ -185,7 +202,7 @@ export function createResponseCache(options: ResponseCacheOptions): ResponseCach
       }
     },
     remember(entry) {
-      memory?.set(entry.key, entry);
+      if (!staleSince(entry.tenant, entry.requestedAt.getTime())) memory?.set(entry.key, entry);
     },
     async singleFlight(key, work) {
       const running = flights.get(key);
@@ -201,6 +218,9 @@ export function createResponseCache(options: ResponseCacheOptions): ResponseCach
     forget(keys) {
       if (keys === null) memory?.clear();
       else for (const key of keys) memory?.delete(key);
+    },
+    invalidated(tenant) {
+      invalidations.set(tenant ?? '*', now());
     },
     size: () => memory?.size ?? 0,
   };

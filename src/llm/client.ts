@@ -127,6 +127,8 @@ export interface LlmClientDependencies {
   /** Seconds an entry lives; null: forever. */
   cacheTtlSeconds: number | null;
   storeBodies: boolean;
+  /** Told when a REFRESH replaced the entry under a key, so that every instance stops serving the old one. */
+  entryReplaced?: (key: string) => void;
   /** Holds each call that goes upstream to its key's limits and budgets; none: no limits. */
   spend?: SpendGuard;
   /** [Cache] SHARED_ACROSS_TENANTS: one tenant's answers may serve another's identical requests. */
@@ -371,9 +373,9 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
     return { apiType, endpoint, tenant: dependencies.sharedAcrossTenants ? null : (input.caller ?? defaultCaller).tenant };
   }
 
-  /** Who an entry belongs to: the tenant and key of the call that filled it. */
-  function ownerOf(record: CallRecord): Pick<CacheEntryValue, 'tenant' | 'apiKeyId'> {
-    return { tenant: record.tenant, apiKeyId: record.apiKeyId };
+  /** Who an entry belongs to (the tenant and key of the call that filled it), and when that call started. */
+  function ownerOf(record: CallRecord): Pick<CacheEntryValue, 'tenant' | 'apiKeyId' | 'requestedAt'> {
+    return { tenant: record.tenant, apiKeyId: record.apiKeyId, requestedAt: record.createdAt };
   }
 
   function cacheModeOf(input: CallOptions, settings: OpenAiConfig): CacheMode {
@@ -445,6 +447,7 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
     const record = baseRecord('CHAT', apiType, model, input);
     // Callers waiting on another's single-flight share its error, but not its attempts.
     let calledUpstream = false;
+    let leaderGaveUp: Promise<{ attempts: AttemptRow[]; response: ProviderChatResponse | null }> | undefined;
     try {
       validateCallOptions(input);
       const bounds = boundsOf(input, settings, started);
@@ -523,6 +526,7 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
       if (mode === 'REFRESH') {
         const { response, attempts } = await fromUpstream(input.signal);
         store(key, response);
+        dependencies.entryReplaced?.(key);
         return useResponse(response, attempts, 'REFRESH', null);
       }
       const remembered = cache.peek(key);
@@ -532,23 +536,41 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
       }
       // The shared upstream call ignores any one caller's abort: each caller stops waiting on its own
       // signal, and the others (and the cache) still get the answer.
-      const { value, leader } = await untilAborted(
-        cache.singleFlight(key, async () => {
-          const found = await cache.lookup(key);
-          if (found.entry) return { entry: found.entry, fresh: null, cacheReadFailed: false };
-          const { response, attempts } = await fromUpstream(undefined);
-          return { entry: store(key, response), fresh: { response, attempts }, cacheReadFailed: found.unavailable };
-        }),
-        input.signal,
-        bounds,
-        () => calledUpstream,
-      );
+      const flight = cache.singleFlight(key, async () => {
+        const found = await cache.lookup(key);
+        if (found.entry) return { entry: found.entry, fresh: null, cacheReadFailed: false };
+        const { response, attempts } = await fromUpstream(undefined);
+        return { entry: store(key, response), fresh: { response, attempts }, cacheReadFailed: found.unavailable };
+      });
+      const { value, leader } = await untilAborted(flight, input.signal, bounds, () => calledUpstream).catch((error: unknown) => {
+        // The caller that made the shared request stopped waiting; the request goes on for the others.
+        // Its attempts and what it cost still belong on this caller's row, written once it ends.
+        if (calledUpstream) {
+          leaderGaveUp = flight.then(
+            ({ value: shared }) => ({ attempts: shared.fresh?.attempts ?? [], response: shared.fresh?.response ?? null }),
+            (failure: unknown) => ({ attempts: (failure as { attempts?: AttemptRow[] }).attempts ?? [], response: null }),
+          );
+        }
+        throw error;
+      });
       // The leader answers with the response itself; the stored copy has secrets redacted.
       if (leader && value.fresh) return useResponse(value.fresh.response, value.fresh.attempts, 'MISS', null, value.cacheReadFailed);
       history.recordCacheHit(key, new Date());
       return useResponse(value.entry.response as StoredChat, [], 'HIT', value.entry);
     } catch (error) {
-      finish(record, started, input.messages, error, calledUpstream);
+      if (leaderGaveUp) {
+        void leaderGaveUp.then(({ attempts, response }) => {
+          record.attempts = attempts;
+          record.attemptCount = attempts.length;
+          if (response) {
+            record.promptTokens = response.usage?.promptTokens ?? null;
+            record.completionTokens = response.usage?.completionTokens ?? null;
+            record.totalTokens = response.usage?.totalTokens ?? null;
+            record.costUsd = costOf(dependencies.prices, response.model || model, response.usage);
+          }
+          finish(record, started, input.messages, error, false);
+        });
+      } else finish(record, started, input.messages, error, calledUpstream);
       return failWith(error, record);
     }
   }
@@ -590,6 +612,8 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
           cachedUsage += entry.usage?.promptTokens ?? 0;
           if (entry.costUsd !== null) cachedCost = (cachedCost ?? 0) + entry.costUsd;
           hitKeys.push(entry.key);
+          // A call of one text links to the entry that served it, as chat hits do.
+          if (keys.length === 1) record.servedByCallId = entry.createdByCallId;
         });
       }
       // Sorted, so that concurrent calls missing the same texts share one upstream request.

@@ -117,6 +117,7 @@ export function entryRow(entry: CacheEntryValue) {
     createdByCallId: entry.createdByCallId,
     tenant: entry.tenant,
     apiKeyId: entry.apiKeyId,
+    requestedAt: entry.requestedAt,
   };
 }
 
@@ -158,11 +159,16 @@ export const writeBatchSql = `
 WITH entry_rows AS (
   SELECT * FROM jsonb_to_recordset($1::jsonb) AS r("key" text, "keyVersion" int, "kind" "CallKind", "apiType" text, "model" text,
     "request" jsonb, "response" jsonb, "promptTokens" int, "completionTokens" int, "totalTokens" int, "costUsd" float8,
-    "hitCount" int, "createdAt" timestamptz, "lastHitAt" timestamptz, "expiresAt" timestamptz, "createdByCallId" uuid, "tenant" text, "apiKeyId" uuid)
+    "hitCount" int, "createdAt" timestamptz, "lastHitAt" timestamptz, "expiresAt" timestamptz, "createdByCallId" uuid, "tenant" text, "apiKeyId" uuid,
+    "requestedAt" timestamptz)
 ), written_entries AS (
   INSERT INTO "CacheEntry" ("key", "keyVersion", "kind", "apiType", "model", "request", "response", "promptTokens", "completionTokens",
     "totalTokens", "costUsd", "hitCount", "createdAt", "lastHitAt", "expiresAt", "createdByCallId", "tenant", "apiKeyId")
-  SELECT * FROM entry_rows
+  SELECT r."key", r."keyVersion", r."kind", r."apiType", r."model", r."request", r."response", r."promptTokens", r."completionTokens",
+    r."totalTokens", r."costUsd", r."hitCount", r."createdAt", r."lastHitAt", r."expiresAt", r."createdByCallId", r."tenant", r."apiKeyId"
+  FROM entry_rows r
+  -- The tombstone: an answer requested before an invalidation of its tenant would bring back what it deleted.
+  WHERE NOT EXISTS (SELECT 1 FROM "CacheInvalidation" i WHERE i."at" >= r."requestedAt" AND (i."tenant" IS NULL OR i."tenant" = r."tenant"))
   ON CONFLICT ("key") DO UPDATE SET "keyVersion" = EXCLUDED."keyVersion", "kind" = EXCLUDED."kind", "apiType" = EXCLUDED."apiType",
     "model" = EXCLUDED."model", "request" = EXCLUDED."request", "response" = EXCLUDED."response", "promptTokens" = EXCLUDED."promptTokens",
     "completionTokens" = EXCLUDED."completionTokens", "totalTokens" = EXCLUDED."totalTokens", "costUsd" = EXCLUDED."costUsd",

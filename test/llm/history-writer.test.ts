@@ -62,6 +62,7 @@ function entry(text: string, response: unknown): CacheEntryValue {
     createdByCallId: null,
     tenant: 'default',
     apiKeyId: null,
+    requestedAt: new Date(),
   };
 }
 

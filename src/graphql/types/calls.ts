@@ -40,8 +40,14 @@ LlmCall.implement({
       authScopes: { member: true },
       type: CacheEntry,
       nullable: true,
-      description: 'The cache entry it read or wrote, while it exists.',
-      resolve: (call, _args, context) => (call.cacheKey ? context.loaders.cacheEntry.load(call.cacheKey) : null),
+      description:
+        'The cache entry it read or wrote, while that entry exists: null once it was invalidated, expired, or replaced by a REFRESH (another answer under the same key is not the one this call got).',
+      resolve: async (call, _args, context) => {
+        if (!call.cacheKey) return null;
+        const entry = await context.loaders.cacheEntry.load(call.cacheKey);
+        const filledBy = call.cacheStatus === 'HIT' ? call.servedByCallId : call.id;
+        return entry && entry.createdByCallId === filledBy ? entry : null;
+      },
     }),
     errorCode: t.exposeString('errorCode', { nullable: true, description: 'Why it failed (the code the caller got); null on success.' }),
     errorMessage: t.exposeString('errorMessage', { nullable: true, description: 'The message the caller got.' }),
