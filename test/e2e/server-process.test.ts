@@ -247,7 +247,13 @@ describe.runIf(process.env.TEST_DATABASE_URL)('the server process with DATABASE_
   it('exits with 1 when history rows could not be written before it stopped, and says how many', async () => {
     const fake = await startFakeOpenAI();
     fake.script('chat', { json: { id: 'x', object: 'chat.completion', created: 0, model: 'gpt-4o-mini', choices: [{ index: 0, message: { role: 'assistant', content: 'kept?', refusal: null }, finish_reason: 'stop' }] } });
-    const server = await startServerProcess({ cwd: tmpdir(), env: { DATABASE_URL: testDatabase.url!, CALLBOARD_OPENAI__BASE_URL: fake.openaiBaseURL, OPENAI_API_KEY: 'sk-process-test' } });
+    // Neither the database nor the spool can keep the row: the spool's folder would sit under a plain file.
+    const notAFolder = join(await mkdtemp(join(tmpdir(), 'callboard-nospool-')), 'file');
+    await writeFile(notAFolder, 'not a folder');
+    const server = await startServerProcess({
+      cwd: tmpdir(),
+      env: { DATABASE_URL: testDatabase.url!, CALLBOARD_OPENAI__BASE_URL: fake.openaiBaseURL, OPENAI_API_KEY: 'sk-process-test', CALLBOARD_HISTORY__SPOOL_DIR: join(notAFolder, 'spool') },
+    });
     try {
       // The history's table goes away under the running server: every write of its row fails.
       await testDatabase.database.query('ALTER TABLE "LlmCall" RENAME TO "LlmCallAway"');
