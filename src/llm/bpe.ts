@@ -1,0 +1,548 @@
+/**
+ * A byte-pair encoder that gives the same token ids as OpenAI's tiktoken (js-tiktoken is the reference), in time
+ * near-linear in the input even for one very long "word", where tiktoken's merge loop is quadratic.
+ *
+ * The text is split by the encoding's own pre-tokenizer regex; each piece is UTF-8 encoded (a lone surrogate as
+ * U+FFFD, as TextEncoder does) into a scratch buffer and looked up whole in an open-addressing table keyed by
+ * bytes, so the common case allocates nothing. Other pieces are merged by tiktoken's rule (always the pair whose
+ * concatenation has the lowest rank, leftmost first): by rescanning for short pieces, and with a min-heap over
+ * adjacent pairs and a linked list of parts (stale heap entries skipped on pop) for long ones.
+ */
+
+/** The shape of js-tiktoken's rank files (`js-tiktoken/ranks/*`). */
+export interface RankFile {
+  pat_str: string;
+  special_tokens: Record<string, number>;
+  bpe_ranks: string;
+}
+
+export interface BytePairEncoderOptions {
+  /** Pieces of more bytes than this are merged with the heap; shorter ones by rescanning. */
+  heapFromBytes?: number;
+}
+
+const noRank = -1;
+// Heap keys pack (rank, start) into one double, rank * 2^32 + start, which orders by rank, then leftmost start.
+// Exact while rank < 2^21; a piece has fewer than 2^32 bytes (a string holds under 2^30 UTF-16 units).
+const startSpan = 2 ** 32;
+const rankLimit = 2 ** 21;
+
+function fnv1a(bytes: Uint8Array, start: number, end: number): number {
+  let hash = 0x811c9dc5;
+  for (let index = start; index < end; index++) {
+    hash = Math.imul(hash ^ bytes[index]!, 0x01000193);
+  }
+  return hash >>> 0;
+}
+
+const base64Values = (() => {
+  const values = new Int8Array(128).fill(-1);
+  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/';
+  for (let index = 0; index < alphabet.length; index++) values[alphabet.charCodeAt(index)] = index;
+  return values;
+})();
+
+/** Decodes base64 text[start, end) into target at offset; returns the number of bytes written. */
+function decodeBase64Into(text: string, start: number, end: number, target: Uint8Array, offset: number): number {
+  let bits = 0;
+  let bitCount = 0;
+  let written = 0;
+  for (let index = start; index < end; index++) {
+    const code = text.charCodeAt(index);
+    if (code === 61 /* = */) break;
+    const value = code < 128 ? base64Values[code]! : -1;
+    if (value < 0) throw new Error(`Invalid base64 in rank file at ${index}`);
+    bits = (bits << 6) | value;
+    bitCount += 6;
+    if (bitCount >= 8) {
+      bitCount -= 8;
+      target[offset + written++] = (bits >>> bitCount) & 0xff;
+    }
+  }
+  return written;
+}
+
+/**
+ * Merge state of one long piece, kept in its own buffers so that an asynchronous count can pause in the middle of
+ * it while other counts use the encoder's scratch space.
+ */
+class HeapMerge {
+  private readonly next: Int32Array;
+  private readonly previous: Int32Array;
+  /** Rank of the token the part starting here is. */
+  private readonly partRank: Int32Array;
+  /** Rank of the concatenation of the part starting here with the part after it, or noRank. */
+  private readonly pairRank: Int32Array;
+  private readonly heap: Float64Array;
+  private heapSize = 0;
+  private steps = 0;
+  parts: number;
+
+  /** Pairs [0, initialized) have their rank computed and their heap entry pushed. */
+  private initialized = 0;
+
+  constructor(
+    private readonly encoder: BytePairEncoder,
+    private readonly bytes: Uint8Array,
+  ) {
+    const length = bytes.length;
+    this.parts = length;
+    this.next = new Int32Array(length);
+    this.previous = new Int32Array(length);
+    this.partRank = new Int32Array(length);
+    this.pairRank = new Int32Array(length);
+    // The heap starts with fewer than `length` pairs, and each merge pops one entry and pushes at most two.
+    this.heap = new Float64Array(2 * length);
+    for (let index = 0; index < length; index++) {
+      this.next[index] = index + 1;
+      this.previous[index] = index - 1;
+      this.partRank[index] = encoder.byteRank(bytes[index]!);
+    }
+    this.pairRank[length - 1] = noRank;
+  }
+
+  /** Does up to `budget` steps (a pair ranked or a heap entry popped); returns true once no pair can merge. */
+  run(budget: number): boolean {
+    let step = 0;
+    const lastPair = this.bytes.length - 1;
+    if (this.initialized < lastPair) {
+      const { bytes, partRank, pairRank, encoder } = this;
+      let index = this.initialized;
+      // Pushing one at a time (rather than heapifying at the end) lets a count pause half-way through a huge piece.
+      for (; index < lastPair && step < budget; index++, step++) {
+        const rank = encoder.pairRank(partRank[index]!, partRank[index + 1]!, bytes, index, index + 2);
+        pairRank[index] = rank;
+        if (rank !== noRank) this.push(rank * startSpan + index);
+      }
+      this.initialized = index;
+      this.steps += step;
+      if (index < lastPair) return false;
+    }
+    return this.merge(budget - step);
+  }
+
+  /** Steps done since the last call. */
+  takeSteps(): number {
+    const steps = this.steps;
+    this.steps = 0;
+    return steps;
+  }
+
+  private merge(budget: number): boolean {
+    const { bytes, next, previous, partRank, pairRank, heap, encoder } = this;
+    const length = bytes.length;
+    let step = 0;
+    for (; step < budget && this.heapSize > 0; step++) {
+      const key = heap[0]!;
+      this.heapSize--;
+      if (this.heapSize > 0) {
+        heap[0] = heap[this.heapSize]!;
+        this.siftDown(0);
+      }
+      const rank = Math.floor(key / startSpan);
+      const start = key - rank * startSpan;
+      // A part's pair only ever grows to the right, so its rank never comes back: an entry whose rank is not the
+      // current one is stale.
+      if (pairRank[start] !== rank) continue;
+      const right = next[start]!;
+      const afterRight = next[right]!;
+      next[start] = afterRight;
+      if (afterRight < length) previous[afterRight] = start;
+      pairRank[right] = noRank;
+      partRank[start] = rank;
+      this.parts--;
+
+      if (afterRight < length) {
+        const newRank = encoder.pairRank(rank, partRank[afterRight]!, bytes, start, next[afterRight]!);
+        pairRank[start] = newRank;
+        if (newRank !== noRank) this.push(newRank * startSpan + start);
+      } else {
+        pairRank[start] = noRank;
+      }
+      const before = previous[start]!;
+      if (before >= 0) {
+        const beforeRank = encoder.pairRank(partRank[before]!, rank, bytes, before, afterRight);
+        pairRank[before] = beforeRank;
+        if (beforeRank !== noRank) this.push(beforeRank * startSpan + before);
+      }
+    }
+    this.steps += step;
+    return this.heapSize === 0;
+  }
+
+  /** Appends the ranks of the final parts. */
+  emit(output: number[]): void {
+    const length = this.bytes.length;
+    for (let start = 0; start < length; start = this.next[start]!) output.push(this.partRank[start]!);
+  }
+
+  private push(key: number): void {
+    const heap = this.heap;
+    let index = this.heapSize++;
+    while (index > 0) {
+      const parent = (index - 1) >> 1;
+      const parentKey = heap[parent]!;
+      if (parentKey <= key) break;
+      heap[index] = parentKey;
+      index = parent;
+    }
+    heap[index] = key;
+  }
+
+  private siftDown(from: number): void {
+    const heap = this.heap;
+    const size = this.heapSize;
+    const key = heap[from]!;
+    let index = from;
+    for (;;) {
+      let child = 2 * index + 1;
+      if (child >= size) break;
+      if (child + 1 < size && heap[child + 1]! < heap[child]!) child++;
+      if (heap[child]! >= key) break;
+      heap[index] = heap[child]!;
+      index = child;
+    }
+    heap[index] = key;
+  }
+}
+
+/** An encoding in progress over one text; `BytePairEncoder.advance` moves it on by a bounded amount of work. */
+export class EncodeJob {
+  /** Where the next piece starts. */
+  position = 0;
+  /** A long piece whose merge was paused; its tokens are not counted yet. */
+  pending: HeapMerge | null = null;
+  tokens = 0;
+  /** Units of work done so far (bytes encoded, pairs ranked, heap entries popped). */
+  work = 0;
+
+  constructor(
+    readonly text: string,
+    /** Receives the token ids, or null to only count them. */
+    readonly output: number[] | null,
+  ) {}
+
+  get done(): boolean {
+    return this.pending === null && this.position >= this.text.length;
+  }
+}
+
+export class BytePairEncoder {
+  /** Every token's bytes, one after another; token i holds bytes [tokenOffsets[i], tokenOffsets[i + 1]). */
+  private readonly tokenBytes: Uint8Array;
+  private readonly tokenOffsets: Int32Array;
+  private readonly tokenRanks: Int32Array;
+  /** Open addressing with linear probing: token index + 1, or 0 for an empty slot. */
+  private readonly table: Int32Array;
+  private readonly tableMask: number;
+  private readonly maxTokenBytes: number;
+  private readonly heapFromBytes: number;
+  private readonly stickyPattern: RegExp;
+  private readonly searchPattern: RegExp;
+  private scratch = new Uint8Array(1024);
+  private readonly byteRanks = new Int32Array(256);
+  /**
+   * Direct-mapped cache of (left rank, right rank) -> rank of their concatenation (or noRank): a long piece
+   * repeats few distinct pairs, and a lookup here costs no hashing of the bytes. Slots hold left, right, result;
+   * left is -1 in an empty slot.
+   */
+  private readonly pairCache = new Int32Array(3 * 65536).fill(-1);
+  // Pieces that are not one token but recur (a name, an identifier) skip the merge the second time.
+  private readonly mergedCounts = new Map<string, number>();
+
+  constructor(ranks: RankFile, options: BytePairEncoderOptions = {}) {
+    this.heapFromBytes = options.heapFromBytes ?? 128;
+    // tiktoken scans with the "ug" flags; sticky matching at the end of the previous piece finds the same pieces
+    // whenever a piece starts there, and the pattern matches at every position (its last branches take any
+    // character), so the searching fallback is only a guard.
+    this.stickyPattern = new RegExp(ranks.pat_str, 'uy');
+    this.searchPattern = new RegExp(ranks.pat_str, 'ug');
+
+    const source = ranks.bpe_ranks;
+    let tokenCount = 0;
+    let byteEstimate = 0;
+    const lines = source.split('\n').filter((line) => line !== '');
+    for (const line of lines) {
+      const fields = line.split(' ');
+      tokenCount += fields.length - 2;
+      for (let index = 2; index < fields.length; index++) byteEstimate += (fields[index]!.length * 3) >> 2;
+    }
+    this.tokenBytes = new Uint8Array(byteEstimate);
+    this.tokenOffsets = new Int32Array(tokenCount + 1);
+    this.tokenRanks = new Int32Array(tokenCount);
+    let tableSize = 1;
+    while (tableSize < tokenCount * 2) tableSize <<= 1;
+    this.table = new Int32Array(tableSize);
+    this.tableMask = tableSize - 1;
+
+    let maxTokenBytes = 0;
+    let count = 0;
+    let offset = 0;
+    for (const line of lines) {
+      const fields = line.split(' ');
+      const firstRank = Number.parseInt(fields[1]!, 10);
+      for (let index = 2; index < fields.length; index++) {
+        const token = fields[index]!;
+        const written = decodeBase64Into(token, 0, token.length, this.tokenBytes, offset);
+        const rank = firstRank + index - 2;
+        if (!(rank >= 0 && rank < rankLimit)) throw new Error(`Rank ${rank} out of range in rank file`);
+        const existing = this.find(this.tokenBytes, offset, offset + written);
+        if (existing >= 0) {
+          // js-tiktoken keeps the last rank given for the same bytes.
+          this.tokenRanks[existing] = rank;
+          continue;
+        }
+        this.tokenOffsets[count] = offset;
+        this.tokenRanks[count] = rank;
+        this.tokenOffsets[count + 1] = offset + written;
+        this.insert(count, fnv1a(this.tokenBytes, offset, offset + written));
+        offset += written;
+        count++;
+        if (written > maxTokenBytes) maxTokenBytes = written;
+      }
+    }
+    this.maxTokenBytes = maxTokenBytes;
+    const single = new Uint8Array(1);
+    for (let byte = 0; byte < 256; byte++) {
+      single[0] = byte;
+      const rank = this.rankOf(single, 0, 1);
+      if (rank === noRank) throw new Error(`Rank file has no token for byte ${byte}`);
+      this.byteRanks[byte] = rank;
+    }
+  }
+
+  /** @internal */
+  byteRank(byte: number): number {
+    return this.byteRanks[byte]!;
+  }
+
+  /** @internal The rank of the concatenation bytes[start, end) of the tokens ranked left and right, or noRank. */
+  pairRank(left: number, right: number, bytes: Uint8Array, start: number, end: number): number {
+    const cache = this.pairCache;
+    const slot = 3 * ((Math.imul(left, 0x9e3779b1) ^ Math.imul(right, 0x85ebca77)) >>> 16);
+    if (cache[slot] === left && cache[slot + 1] === right) return cache[slot + 2]!;
+    const rank = this.rankOf(bytes, start, end);
+    cache[slot] = left;
+    cache[slot + 1] = right;
+    cache[slot + 2] = rank;
+    return rank;
+  }
+
+  private insert(tokenIndex: number, hash: number): void {
+    let slot = hash & this.tableMask;
+    while (this.table[slot] !== 0) slot = (slot + 1) & this.tableMask;
+    this.table[slot] = tokenIndex + 1;
+  }
+
+  /** Index of the token whose bytes are bytes[start, end), or -1. */
+  private find(bytes: Uint8Array, start: number, end: number): number {
+    const length = end - start;
+    const { table, tableMask, tokenBytes, tokenOffsets } = this;
+    let slot = fnv1a(bytes, start, end) & tableMask;
+    for (;;) {
+      const entry = table[slot]!;
+      if (entry === 0) return -1;
+      const tokenIndex = entry - 1;
+      const tokenStart = tokenOffsets[tokenIndex]!;
+      if (tokenOffsets[tokenIndex + 1]! - tokenStart === length) {
+        let index = 0;
+        while (index < length && tokenBytes[tokenStart + index] === bytes[start + index]) index++;
+        if (index === length) return tokenIndex;
+      }
+      slot = (slot + 1) & tableMask;
+    }
+  }
+
+  /** The rank of the token whose bytes are bytes[start, end), or -1 when there is none. */
+  rankOf(bytes: Uint8Array, start: number, end: number): number {
+    if (end - start > this.maxTokenBytes) return noRank;
+    const tokenIndex = this.find(bytes, start, end);
+    return tokenIndex < 0 ? noRank : this.tokenRanks[tokenIndex]!;
+  }
+
+  /** Token ids of text, special-token text included as plain characters (js-tiktoken's encode(text, [], [])). */
+  encode(text: string): number[] {
+    const job = new EncodeJob(text, []);
+    this.advance(job, Infinity);
+    return job.output!;
+  }
+
+  /** Number of tokens encode(text) would give. */
+  count(text: string): number {
+    const job = new EncodeJob(text, null);
+    this.advance(job, Infinity);
+    return job.tokens;
+  }
+
+  /**
+   * Moves the job on by about `budget` units of work (a unit is an encoded byte, a ranked pair or a heap pop, each
+   * well under a microsecond), or until it is done. The job's state lives in the job, so jobs may interleave.
+   */
+  advance(job: EncodeJob, budget: number): void {
+    const { text, output } = job;
+    const length = text.length;
+    const sticky = this.stickyPattern;
+    const limit = job.work + budget;
+    let work = job.work;
+    let tokens = job.tokens;
+    let position = job.position;
+    if (job.pending !== null) {
+      const merge = job.pending;
+      const finished = merge.run(budget);
+      work += merge.takeSteps();
+      if (!finished) {
+        job.work = work;
+        return;
+      }
+      if (output !== null) merge.emit(output);
+      tokens += merge.parts;
+      job.pending = null;
+    }
+    while (position < length && work < limit) {
+      let start = position;
+      sticky.lastIndex = position;
+      if (!sticky.test(text)) {
+        // Characters no branch of the pattern takes are skipped, as String.prototype.matchAll skips them.
+        const search = this.searchPattern;
+        search.lastIndex = position;
+        const match = search.exec(text);
+        if (match === null) {
+          position = length;
+          break;
+        }
+        start = match.index;
+        sticky.lastIndex = search.lastIndex;
+      }
+      const end = sticky.lastIndex;
+      position = end;
+      const byteLength = this.encodeUtf8(text, start, end);
+      work += byteLength;
+      const whole = this.rankOf(this.scratch, 0, byteLength);
+      if (whole !== noRank) {
+        tokens++;
+        output?.push(whole);
+        continue;
+      }
+      if (byteLength >= this.heapFromBytes) {
+        const merge = new HeapMerge(this, this.scratch.slice(0, byteLength));
+        const finished = merge.run(limit - work);
+        work += merge.takeSteps();
+        if (!finished) {
+          job.pending = merge;
+          break;
+        }
+        if (output !== null) merge.emit(output);
+        tokens += merge.parts;
+        continue;
+      }
+      if (output !== null) {
+        tokens += this.mergeShort(byteLength, output);
+        continue;
+      }
+      const piece = text.slice(start, end);
+      const known = this.mergedCounts.get(piece);
+      if (known !== undefined) {
+        tokens += known;
+        continue;
+      }
+      const parts = this.mergeShort(byteLength, null);
+      work += byteLength;
+      if (this.mergedCounts.size >= 4096) this.mergedCounts.clear();
+      this.mergedCounts.set(piece, parts);
+      tokens += parts;
+    }
+    job.position = position;
+    job.tokens = tokens;
+    job.work = work;
+  }
+
+  private partStarts = new Int32Array(256);
+  private partRanks = new Int32Array(256);
+
+  /**
+   * tiktoken's own merge over the scratch bytes [0, length): keep the rank of each adjacent pair, merge the lowest
+   * (leftmost on ties), refresh the two neighbouring pairs. Quadratic, and the fastest for short pieces.
+   */
+  private mergeShort(length: number, output: number[] | null): number {
+    const bytes = this.scratch;
+    if (this.partStarts.length < length + 1) {
+      this.partStarts = new Int32Array(length + 1);
+      this.partRanks = new Int32Array(length + 1);
+    }
+    const starts = this.partStarts;
+    const ranks = this.partRanks;
+    const none = 0x7fffffff;
+    for (let index = 0; index <= length; index++) starts[index] = index;
+    let parts = length;
+    for (let index = 0; index + 1 < parts; index++) {
+      const rank = this.rankOf(bytes, index, index + 2);
+      ranks[index] = rank === noRank ? none : rank;
+    }
+    ranks[parts - 1] = none;
+    for (;;) {
+      let minimum = none;
+      let at = -1;
+      for (let index = 0; index + 1 < parts; index++) {
+        if (ranks[index]! < minimum) {
+          minimum = ranks[index]!;
+          at = index;
+        }
+      }
+      if (at < 0) break;
+      // Part at+1 joins part at: drop its start and its pair rank.
+      starts.copyWithin(at + 1, at + 2, parts + 1);
+      ranks.copyWithin(at + 1, at + 2, parts);
+      parts--;
+      if (at + 1 < parts) {
+        const rank = this.rankOf(bytes, starts[at]!, starts[at + 2]!);
+        ranks[at] = rank === noRank ? none : rank;
+      } else {
+        ranks[at] = none;
+      }
+      if (at > 0) {
+        const rank = this.rankOf(bytes, starts[at - 1]!, starts[at + 1]!);
+        ranks[at - 1] = rank === noRank ? none : rank;
+      }
+    }
+    if (output !== null) {
+      for (let index = 0; index < parts; index++) output.push(this.rankOf(bytes, starts[index]!, starts[index + 1]!));
+    }
+    return parts;
+  }
+
+  /** UTF-8 of text[start, end) into the scratch buffer, lone surrogates as U+FFFD; returns the byte count. */
+  private encodeUtf8(text: string, start: number, end: number): number {
+    const needed = (end - start) * 3;
+    if (this.scratch.length < needed) this.scratch = new Uint8Array(Math.max(needed, this.scratch.length * 2));
+    const bytes = this.scratch;
+    let written = 0;
+    for (let index = start; index < end; index++) {
+      let code = text.charCodeAt(index);
+      if (code < 0x80) {
+        bytes[written++] = code;
+      } else if (code < 0x800) {
+        bytes[written++] = 0xc0 | (code >> 6);
+        bytes[written++] = 0x80 | (code & 0x3f);
+      } else if (code >= 0xd800 && code <= 0xdfff) {
+        const low = index + 1 < end ? text.charCodeAt(index + 1) : 0;
+        if (code <= 0xdbff && low >= 0xdc00 && low <= 0xdfff) {
+          code = 0x10000 + ((code - 0xd800) << 10) + (low - 0xdc00);
+          index++;
+          bytes[written++] = 0xf0 | (code >> 18);
+          bytes[written++] = 0x80 | ((code >> 12) & 0x3f);
+          bytes[written++] = 0x80 | ((code >> 6) & 0x3f);
+          bytes[written++] = 0x80 | (code & 0x3f);
+        } else {
+          bytes[written++] = 0xef;
+          bytes[written++] = 0xbf;
+          bytes[written++] = 0xbd;
+        }
+      } else {
+        bytes[written++] = 0xe0 | (code >> 12);
+        bytes[written++] = 0x80 | ((code >> 6) & 0x3f);
+        bytes[written++] = 0x80 | (code & 0x3f);
+      }
+    }
+    return written;
+  }
+}
