@@ -107,6 +107,8 @@ describe.each([
   // The two merge strategies must agree everywhere, not only on the lengths where each is used.
   const heapOnly = new BytePairEncoder(ranks, { heapFromBytes: 2 });
   const rescanOnly = new BytePairEncoder(ranks, { heapFromBytes: Infinity });
+  // And the hand-written ASCII pre-tokenizer must find the regex's pieces.
+  const regexOnly = new BytePairEncoder(ranks, { asciiScanner: false });
 
   function expectSameAsReference(text: string): void {
     const expected = reference.encode(text, [], []);
@@ -117,6 +119,7 @@ describe.each([
     expect(heapOnly.count(text), label).toBe(expected.length);
     expect(rescanOnly.encode(text), label).toEqual(expected);
     expect(rescanOnly.count(text), label).toBe(expected.length);
+    expect(regexOnly.encode(text), label).toEqual(expected);
   }
 
   it('on hand-picked texts: empty, whitespace, contractions, long runs, lone surrogates, bytes as characters', () => {
@@ -133,6 +136,19 @@ describe.each([
     const seed = 20_251_201;
     const random = randomGenerator(seed);
     for (let index = 0; index < 400; index++) expectSameAsReference(generate(random));
+  });
+
+  it('on 2,000 generated strings of the characters the pre-tokenizer treats apart, mostly ASCII', () => {
+    // Apostrophes and contraction letters, every ASCII whitespace, slashes, digits, case changes, control
+    // characters, and a few non-ASCII letters, digits, spaces and marks where the ASCII scanner hands over.
+    const alphabet = [..."'''sStTrReEvVmMlLdDaZ09 \t\n\r\v\f/.,!-_\u0000\u001c\u007f", 'é', 'É', '²', '\u00a0', '\u2028', '\u0301', '日', '\ud800'];
+    const random = randomGenerator(99);
+    for (let index = 0; index < 2000; index++) {
+      const length = 1 + Math.floor(random() * 24);
+      let text = '';
+      for (let position = 0; position < length; position++) text += alphabet[Math.floor(random() * alphabet.length)];
+      expectSameAsReference(text);
+    }
   });
 
   it('gives the same ids when the work is cut into tiny slices, as the asynchronous counts do', () => {

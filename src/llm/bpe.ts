@@ -19,7 +19,15 @@ export interface RankFile {
 export interface BytePairEncoderOptions {
   /** Pieces of more bytes than this are merged with the heap; shorter ones by rescanning. */
   heapFromBytes?: number;
+  /** False to find every piece with the regex, even where the ASCII scanner knows the two shipped patterns. */
+  asciiScanner?: boolean;
 }
+
+// The patterns of js-tiktoken's rank files that asciiPieceEnd follows.
+const o200kPattern =
+  "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+('s|'S|'t|'T|'re|'rE|'Re|'RE|'ve|'vE|'Ve|'VE|'m|'M|'ll|'lL|'Ll|'LL|'d|'D)?|[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*('s|'S|'t|'T|'re|'rE|'Re|'RE|'ve|'vE|'Ve|'VE|'m|'M|'ll|'lL|'Ll|'LL|'d|'D)?|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+const cl100kPattern =
+  "('s|'S|'t|'T|'re|'rE|'Re|'RE|'ve|'vE|'Ve|'VE|'m|'M|'ll|'lL|'Ll|'LL|'d|'D)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
 const noRank = -1;
 // Heap keys pack (rank, start) into one double, rank * 2^32 + start, which orders by rank, then leftmost start.
@@ -60,6 +68,132 @@ function decodeBase64Into(text: string, start: number, end: number, target: Uint
     }
   }
   return written;
+}
+
+// The pre-tokenizer regex costs most of the time on ordinary text. For the two patterns we ship, the piece that
+// starts at an ASCII character is found by hand below, following the regex's alternatives and backtracking in
+// order; as soon as a decision would depend on a non-ASCII character (a Unicode letter, digit or space may
+// continue a run), the scanner gives up and the regex decides that piece.
+
+const atEnd = 0;
+const lowerLetter = 1;
+const upperLetter = 2;
+const decimalDigit = 3;
+/** \r and \n */
+const lineBreak = 4;
+/** the space character itself, which the punctuation branch may take before its punctuation */
+const spaceCharacter = 5;
+/** \t, \v and \f: whitespace, and in the optional prefix class [^\r\n\p{L}\p{N}] like the space */
+const otherBlank = 6;
+/** any other ASCII character: [^\s\p{L}\p{N}] */
+const punctuationMark = 7;
+const beyondAscii = 8;
+
+const asciiClasses = (() => {
+  const classes = new Uint8Array(128).fill(punctuationMark);
+  for (let code = 97; code <= 122; code++) classes[code] = lowerLetter;
+  for (let code = 65; code <= 90; code++) classes[code] = upperLetter;
+  for (let code = 48; code <= 57; code++) classes[code] = decimalDigit;
+  classes[10] = lineBreak;
+  classes[13] = lineBreak;
+  classes[32] = spaceCharacter;
+  classes[9] = otherBlank;
+  classes[11] = otherBlank;
+  classes[12] = otherBlank;
+  return classes;
+})();
+
+function classAt(text: string, index: number): number {
+  if (index >= text.length) return atEnd;
+  const code = text.charCodeAt(index);
+  return code < 128 ? asciiClasses[code]! : beyondAscii;
+}
+
+/** End of tiktoken's contraction ('s 't 're 've 'm 'll 'd, any case) at index, or index when there is none. */
+function contractionEnd(text: string, index: number): number {
+  if (text.charCodeAt(index) !== 39 /* ' */) return index;
+  const first = text.charCodeAt(index + 1) | 0x20; // lower-cases ASCII letters; NaN past the end becomes 0x20
+  if (first === 0x73 /* s */ || first === 0x74 /* t */ || first === 0x6d /* m */ || first === 0x64 /* d */) return index + 2;
+  const second = text.charCodeAt(index + 2) | 0x20;
+  if ((first === 0x72 /* r */ || first === 0x76) /* v */ && second === 0x65 /* e */) return index + 3;
+  if (first === 0x6c /* l */ && second === 0x6c) return index + 3;
+  return index;
+}
+
+/** \s*[\r\n]+|\s+(?!\S)|\s+ at a whitespace character. */
+function whitespaceEnd(text: string, start: number): number {
+  let index = start;
+  let lastNewline = -1;
+  for (;;) {
+    const kind = classAt(text, index);
+    if (kind === lineBreak) lastNewline = index;
+    else if (kind !== spaceCharacter && kind !== otherBlank) {
+      if (kind === beyondAscii) return -1;
+      break;
+    }
+    index++;
+  }
+  if (lastNewline >= 0) return lastNewline + 1;
+  if (index === text.length || index - start === 1) return index;
+  return index - 1;
+}
+
+/** The letter branches: an optional prefix character, then letters, then (o200k) a contraction. */
+function lettersEnd(text: string, from: number, o200k: boolean): number {
+  let index = from;
+  if (o200k) {
+    // [Lu...]*[Ll...]+ and else [Lu...]+[Ll...]*: either way uppercase letters, then lowercase ones.
+    while (classAt(text, index) === upperLetter) index++;
+    while (classAt(text, index) === lowerLetter) index++;
+  } else {
+    for (let kind = classAt(text, index); kind === upperLetter || kind === lowerLetter; kind = classAt(text, index)) index++;
+  }
+  if (classAt(text, index) === beyondAscii) return -1;
+  return o200k ? contractionEnd(text, index) : index;
+}
+
+/**
+ * ` ?[^\s\p{L}\p{N}]+[\r\n/]*` (o200k) or ` ?[^\s\p{L}\p{N}]+[\r\n]*` (cl100k): its end, -2 when the branch does
+ * not match, or -1 when a non-ASCII character decides.
+ */
+function punctuationEnd(text: string, start: number, o200k: boolean): number {
+  let index = text.charCodeAt(start) === 32 ? start + 1 : start;
+  const runStart = index;
+  let kind = classAt(text, index);
+  while (kind === punctuationMark) kind = classAt(text, ++index);
+  if (kind === beyondAscii) return -1;
+  if (index === runStart) return -2; // nothing after the optional space: the branch fails
+  for (;;) {
+    const code = text.charCodeAt(index);
+    if (code === 10 || code === 13 || (o200k && code === 47 /* / */)) index++;
+    else return index;
+  }
+}
+
+/**
+ * End of the piece the encoding's pattern matches at `start` (an ASCII character), or -1 when a non-ASCII
+ * character could change the answer.
+ */
+function asciiPieceEnd(text: string, start: number, o200k: boolean): number {
+  const kind = classAt(text, start);
+  if (kind === lowerLetter || kind === upperLetter) return lettersEnd(text, start, o200k);
+  if (kind === decimalDigit) {
+    let index = start + 1;
+    while (index < start + 3 && classAt(text, index) === decimalDigit) index++;
+    return index < start + 3 && classAt(text, index) === beyondAscii ? -1 : index;
+  }
+  if (!o200k && kind === punctuationMark) {
+    const contraction = contractionEnd(text, start);
+    if (contraction !== start) return contraction;
+  }
+  if (kind === punctuationMark || kind === spaceCharacter || kind === otherBlank) {
+    const next = classAt(text, start + 1);
+    if (next === beyondAscii) return -1;
+    if (next === lowerLetter || next === upperLetter) return lettersEnd(text, start + 1, o200k);
+    const punctuationMatch = punctuationEnd(text, start, o200k);
+    if (punctuationMatch !== -2) return punctuationMatch;
+  }
+  return whitespaceEnd(text, start);
 }
 
 /**
@@ -239,6 +373,8 @@ export class BytePairEncoder {
   private readonly heapFromBytes: number;
   private readonly stickyPattern: RegExp;
   private readonly searchPattern: RegExp;
+  /** Which pattern asciiPieceEnd follows: 1 for o200k_base, 2 for cl100k_base, 0 for none (regex only). */
+  private readonly asciiPattern: 0 | 1 | 2;
   private scratch = new Uint8Array(1024);
   private readonly byteRanks = new Int32Array(256);
   /**
@@ -257,6 +393,8 @@ export class BytePairEncoder {
     // character), so the searching fallback is only a guard.
     this.stickyPattern = new RegExp(ranks.pat_str, 'uy');
     this.searchPattern = new RegExp(ranks.pat_str, 'ug');
+    const knownPattern = ranks.pat_str === o200kPattern ? 1 : ranks.pat_str === cl100kPattern ? 2 : 0;
+    this.asciiPattern = options.asciiScanner === false ? 0 : knownPattern;
 
     const source = ranks.bpe_ranks;
     let tokenCount = 0;
@@ -398,22 +536,28 @@ export class BytePairEncoder {
       tokens += merge.parts;
       job.pending = null;
     }
+    const asciiPattern = this.asciiPattern;
     while (position < length && work < limit) {
       let start = position;
-      sticky.lastIndex = position;
-      if (!sticky.test(text)) {
-        // Characters no branch of the pattern takes are skipped, as String.prototype.matchAll skips them.
-        const search = this.searchPattern;
-        search.lastIndex = position;
-        const match = search.exec(text);
-        if (match === null) {
-          position = length;
-          break;
+      let end = -1;
+      if (asciiPattern !== 0 && text.charCodeAt(position) < 128) end = asciiPieceEnd(text, position, asciiPattern === 1);
+      if (end <= position) {
+        sticky.lastIndex = position;
+        if (sticky.test(text)) {
+          end = sticky.lastIndex;
+        } else {
+          // Characters no branch of the pattern takes are skipped, as String.prototype.matchAll skips them.
+          const search = this.searchPattern;
+          search.lastIndex = position;
+          const match = search.exec(text);
+          if (match === null) {
+            position = length;
+            break;
+          }
+          start = match.index;
+          end = search.lastIndex;
         }
-        start = match.index;
-        sticky.lastIndex = search.lastIndex;
       }
-      const end = sticky.lastIndex;
       position = end;
       const byteLength = this.encodeUtf8(text, start, end);
       work += byteLength;
