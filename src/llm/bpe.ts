@@ -2,11 +2,12 @@
  * A byte-pair encoder that gives the same token ids as OpenAI's tiktoken (js-tiktoken is the reference), in time
  * near-linear in the input even for one very long "word", where tiktoken's merge loop is quadratic.
  *
- * The text is split by the encoding's own pre-tokenizer regex; each piece is UTF-8 encoded (a lone surrogate as
- * U+FFFD, as TextEncoder does) into a scratch buffer and looked up whole in an open-addressing table keyed by
- * bytes, so the common case allocates nothing. Other pieces are merged by tiktoken's rule (always the pair whose
- * concatenation has the lowest rank, leftmost first): by rescanning for short pieces, and with a min-heap over
- * adjacent pairs and a linked list of parts (stale heap entries skipped on pop) for long ones.
+ * The text is split into pieces by the encoding's pre-tokenizer pattern (by hand where the text is ASCII, by the
+ * regex elsewhere); each piece is UTF-8 encoded (a lone surrogate as U+FFFD, as TextEncoder does) into a scratch
+ * buffer and looked up whole in an open-addressing table keyed by bytes, so the common case allocates nothing.
+ * Other pieces are merged by tiktoken's rule (always the pair whose concatenation has the lowest rank, leftmost
+ * first): by rescanning for short pieces, and for long ones with a min-heap over adjacent pairs and a linked list
+ * of parts, stale heap entries being skipped when popped, in O(n log n).
  */
 
 /** The shape of js-tiktoken's rank files (`js-tiktoken/ranks/*`). */
@@ -17,7 +18,7 @@ export interface RankFile {
 }
 
 export interface BytePairEncoderOptions {
-  /** Pieces of more bytes than this are merged with the heap; shorter ones by rescanning. */
+  /** Pieces of at least this many bytes are merged with the heap, shorter ones by rescanning (default 128). */
   heapFromBytes?: number;
   /** False to find every piece with the regex, even where the ASCII scanner knows the two shipped patterns. */
   asciiScanner?: boolean;
@@ -314,7 +315,7 @@ class HeapMerge {
     const heap = this.heap;
     let index = this.heapSize++;
     while (index > 0) {
-      const parent = (index - 1) >> 1;
+      const parent = (index - 1) >> 2;
       const parentKey = heap[parent]!;
       if (parentKey <= key) break;
       heap[index] = parentKey;
@@ -329,11 +330,20 @@ class HeapMerge {
     const key = heap[from]!;
     let index = from;
     for (;;) {
-      let child = 2 * index + 1;
-      if (child >= size) break;
-      if (child + 1 < size && heap[child + 1]! < heap[child]!) child++;
-      if (heap[child]! >= key) break;
-      heap[index] = heap[child]!;
+      const first = 4 * index + 1;
+      if (first >= size) break;
+      // A four-way heap: half the depth of a binary one, and the four children share a cache line.
+      let child = first;
+      let childKey = heap[first]!;
+      const last = first + 4 < size ? first + 4 : size;
+      for (let other = first + 1; other < last; other++) {
+        if (heap[other]! < childKey) {
+          childKey = heap[other]!;
+          child = other;
+        }
+      }
+      if (childKey >= key) break;
+      heap[index] = childKey;
       index = child;
     }
     heap[index] = key;
@@ -413,6 +423,7 @@ export class BytePairEncoder {
     this.table = new Int32Array(tableSize);
     this.tableMask = tableSize - 1;
 
+    const ranksSeen = new Uint8Array(rankLimit);
     let maxTokenBytes = 0;
     let count = 0;
     let offset = 0;
@@ -430,6 +441,9 @@ export class BytePairEncoder {
           this.tokenRanks[existing] = rank;
           continue;
         }
+        // The pair cache names a token by its rank, so a rank must name one token.
+        if (ranksSeen[rank] === 1) throw new Error(`Rank ${rank} given twice in rank file`);
+        ranksSeen[rank] = 1;
         this.tokenOffsets[count] = offset;
         this.tokenRanks[count] = rank;
         this.tokenOffsets[count + 1] = offset + written;
