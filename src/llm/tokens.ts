@@ -57,8 +57,8 @@ export function encodingForModel(model: string): { encoding: Encoding; fallback:
   return { encoding: 'o200k_base', fallback: true };
 }
 
-// About 32,000 units (bytes, merges) take one to four milliseconds: the asynchronous counts give the event loop a turn
-// after each such slice, so a multi-megabyte text, or one long "word", never blocks other requests for long.
+// About 32,000 units of work (bytes, merges) take one to four milliseconds: the asynchronous counts give the event
+// loop a turn after each such slice, so a multi-megabyte text, or one long "word", never blocks other requests long.
 const sliceWork = 32_768;
 
 /** Counts several texts in slices of bounded work, yielding to the event loop between slices. */
