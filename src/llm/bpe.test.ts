@@ -2,10 +2,11 @@ import { Tiktoken } from 'js-tiktoken/lite';
 import cl100kBase from 'js-tiktoken/ranks/cl100k_base';
 import o200kBase from 'js-tiktoken/ranks/o200k_base';
 import { describe, expect, it } from 'vitest';
-import { BytePairEncoder, EncodeJob, type RankFile } from './bpe.ts';
+import { BytePairEncoder, EncodeJob, type RankFile, withTiktokenWhitespace } from './bpe.ts';
 
 // js-tiktoken is the reference: it is OpenAI's tiktoken algorithm, quadratic on long words, so the generated
-// inputs keep words short enough (a few hundred characters) for it to stay fast.
+// inputs keep words short enough (a few hundred characters) for it to stay fast. It is given tiktoken's own
+// whitespace (see withTiktokenWhitespace), checked on its own below against ids from OpenAI's tiktoken.
 
 /** mulberry32: a small seeded generator, so that a failing input can be reproduced from the seed. */
 function randomGenerator(seed: number): () => number {
@@ -102,7 +103,7 @@ describe.each([
   ['o200k_base', o200kBase],
   ['cl100k_base', cl100kBase],
 ] as const)('%s gives js-tiktoken\'s token ids', (_name, ranks: RankFile) => {
-  const reference = new Tiktoken(ranks);
+  const reference = new Tiktoken({ ...ranks, pat_str: withTiktokenWhitespace(ranks.pat_str) });
   const encoder = new BytePairEncoder(ranks);
   // The two merge strategies must agree everywhere, not only on the lengths where each is used.
   const heapOnly = new BytePairEncoder(ranks, { heapFromBytes: 2 });
@@ -170,5 +171,26 @@ describe.each([
         if (text.length > 200) expect(rounds).toBeGreaterThan(1);
       }
     }
+  });
+});
+
+describe("tiktoken's whitespace, where JavaScript's \\s differs", () => {
+  const o200k = new BytePairEncoder(o200kBase);
+  const cl100k = new BytePairEncoder(cl100kBase);
+  // Token ids from OpenAI's tiktoken 0.14.0 (Python), built from js-tiktoken's rank files: U+0085 is whitespace
+  // there and U+FEFF is not, the other way round from JavaScript's \s, so js-tiktoken itself splits these apart.
+  it.each([
+    ['a\u0085/x', [64, 126, 227, 22739], [64, 126, 227, 11009]],
+    ['x\u0085\u0085 y', [87, 126, 227, 126, 227, 342], [87, 126, 227, 126, 227, 379]],
+    ['a \ufeff b', [64, 71280, 287], [64, 76880, 293]],
+    ['\ufeff\ufeff  x', [135153, 220, 1215], [3305, 3305, 220, 865]],
+    ['end\u0085', [419, 126, 227], [408, 126, 227]],
+  ])('%j', (text, o200kIds, cl100kIds) => {
+    expect(o200k.encode(text)).toEqual(o200kIds);
+    expect(cl100k.encode(text)).toEqual(cl100kIds);
+  });
+
+  it('is where js-tiktoken, with JavaScript\'s \\s, differs', () => {
+    expect(new Tiktoken(o200kBase).encode('a\u0085/x', [], [])).not.toEqual([64, 126, 227, 22739]);
   });
 });

@@ -1,6 +1,7 @@
 /**
- * A byte-pair encoder that gives the same token ids as OpenAI's tiktoken (js-tiktoken is the reference), in time
- * near-linear in the input even for one very long "word", where tiktoken's merge loop is quadratic.
+ * A byte-pair encoder that gives the same token ids as OpenAI's tiktoken (those of js-tiktoken, but for the two
+ * characters where js-tiktoken's whitespace is not tiktoken's), in time near-linear in the input even for one
+ * very long "word", where js-tiktoken's merge loop is quadratic.
  *
  * The text is split into pieces by the encoding's pre-tokenizer pattern (by hand where the text is ASCII, by the
  * regex elsewhere); each piece is UTF-8 encoded (a lone surrogate as U+FFFD, as TextEncoder does) into a scratch
@@ -29,6 +30,33 @@ const o200kPattern =
   "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+('s|'S|'t|'T|'re|'rE|'Re|'RE|'ve|'vE|'Ve|'VE|'m|'M|'ll|'lL|'Ll|'LL|'d|'D)?|[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*('s|'S|'t|'T|'re|'rE|'Re|'RE|'ve|'vE|'Ve|'VE|'m|'M|'ll|'lL|'Ll|'LL|'d|'D)?|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 const cl100kPattern =
   "('s|'S|'t|'T|'re|'rE|'Re|'RE|'ve|'vE|'Ve|'VE|'m|'M|'ll|'lL|'Ll|'LL|'d|'D)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+
+/**
+ * tiktoken's `\s` is Unicode's White_Space (Rust's regex); JavaScript's also takes U+FEFF and leaves out U+0085.
+ * js-tiktoken runs the pattern as is, so it splits differently from OpenAI's tiktoken around those two characters;
+ * the pattern is rewritten with tiktoken's whitespace, spelled out.
+ */
+const whiteSpace = '\\t-\\r \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000';
+
+export function withTiktokenWhitespace(pattern: string): string {
+  let rewritten = '';
+  let inClass = false;
+  for (let index = 0; index < pattern.length; index++) {
+    const character = pattern[index]!;
+    if (character === '\\') {
+      const escaped = pattern[++index]!;
+      if (escaped === 's') rewritten += inClass ? whiteSpace : `[${whiteSpace}]`;
+      else if (escaped === 'S' && !inClass) rewritten += `[^${whiteSpace}]`;
+      else if (escaped === 'S') throw new Error('\\S inside a character class is not supported');
+      else rewritten += `\\${escaped}`;
+      continue;
+    }
+    if (character === '[') inClass = true;
+    else if (character === ']') inClass = false;
+    rewritten += character;
+  }
+  return rewritten;
+}
 
 const noRank = -1;
 // Heap keys pack (rank, start) into one double, rank * 2^32 + start, which orders by rank, then leftmost start.
@@ -401,8 +429,9 @@ export class BytePairEncoder {
     // tiktoken scans with the "ug" flags; sticky matching at the end of the previous piece finds the same pieces
     // whenever a piece starts there, and the pattern matches at every position (its last branches take any
     // character), so the searching fallback is only a guard.
-    this.stickyPattern = new RegExp(ranks.pat_str, 'uy');
-    this.searchPattern = new RegExp(ranks.pat_str, 'ug');
+    const pattern = withTiktokenWhitespace(ranks.pat_str);
+    this.stickyPattern = new RegExp(pattern, 'uy');
+    this.searchPattern = new RegExp(pattern, 'ug');
     const knownPattern = ranks.pat_str === o200kPattern ? 1 : ranks.pat_str === cl100kPattern ? 2 : 0;
     this.asciiPattern = options.asciiScanner === false ? 0 : knownPattern;
 
