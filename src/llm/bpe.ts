@@ -59,6 +59,9 @@ export function withTiktokenWhitespace(pattern: string): string {
 }
 
 const noRank = -1;
+// V8 makes a substring of 13 characters or more a view that keeps its whole source string alive: the cache of
+// merged pieces takes only shorter ones, so that it never holds on to a request's text.
+const maxCachedPieceLength = 12;
 // Heap keys pack (rank, start) into one double, rank * 2^32 + start, which orders by rank, then leftmost start.
 // Exact while rank < 2^21; a piece has fewer than 2^32 bytes (a string holds under 2^30 UTF-16 units).
 const startSpan = 2 ** 32;
@@ -612,6 +615,7 @@ export class BytePairEncoder {
       }
       if (byteLength >= this.heapFromBytes) {
         const merge = new HeapMerge(this, this.scratch.slice(0, byteLength));
+        if (this.scratch.length > 1 << 16) this.scratch = new Uint8Array(1024); // not kept at the size of a huge piece
         const finished = merge.run(limit - work);
         work += merge.takeSteps();
         if (!finished) {
@@ -622,7 +626,7 @@ export class BytePairEncoder {
         tokens += merge.parts;
         continue;
       }
-      if (output !== null) {
+      if (output !== null || end - start > maxCachedPieceLength) {
         tokens += this.mergeShort(byteLength, output);
         continue;
       }
