@@ -259,11 +259,10 @@ class HeapMerge {
     this.pairRank = new Int32Array(length);
     // The heap starts with fewer than `length` pairs, and each merge pops one entry and pushes at most two.
     this.heap = new Float64Array(2 * length);
-    for (let index = 0; index < length; index++) {
-      this.next[index] = index + 1;
-      this.previous[index] = index - 1;
-      this.partRank[index] = encoder.byteRank(bytes[index]!);
-    }
+    // Parts of one byte each; part 0 here, the others as run() ranks the pair they end.
+    this.next[0] = 1;
+    this.previous[0] = -1;
+    this.partRank[0] = encoder.byteRank(bytes[0]!);
     this.pairRank[length - 1] = noRank;
   }
 
@@ -272,10 +271,13 @@ class HeapMerge {
     let step = 0;
     const lastPair = this.bytes.length - 1;
     if (this.initialized < lastPair) {
-      const { bytes, partRank, pairRank, encoder } = this;
+      const { bytes, next, previous, partRank, pairRank, encoder } = this;
       let index = this.initialized;
       // Pushing one at a time (rather than heapifying at the end) lets a count pause half-way through a huge piece.
       for (; index < lastPair && step < budget; index++, step++) {
+        next[index + 1] = index + 2;
+        previous[index + 1] = index;
+        partRank[index + 1] = encoder.byteRank(bytes[index + 1]!);
         const rank = encoder.pairRank(partRank[index]!, partRank[index + 1]!, bytes, index, index + 2);
         pairRank[index] = rank;
         if (rank !== noRank) this.push(rank * startSpan + index);
