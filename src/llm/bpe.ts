@@ -497,7 +497,7 @@ export class BytePairEncoder {
     }
   }
 
-  /** @internal */
+  /** @internal The rank of the one-byte token. */
   byteRank(byte: number): number {
     return this.byteRanks[byte]!;
   }
