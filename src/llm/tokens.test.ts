@@ -1,6 +1,15 @@
 import { describe, expect, it } from 'vitest';
 import { CallboardError } from '../errors.ts';
-import { countMessageTokens, countTextTokens, countTokens, encodingForModel, type TokenMessage } from './tokens.ts';
+import {
+  countMessageTokens,
+  countMessageTokensAsync,
+  countTextTokens,
+  countTextTokensAsync,
+  countTokens,
+  countTokensAsync,
+  encodingForModel,
+  type TokenMessage,
+} from './tokens.ts';
 
 // The example conversation of the OpenAI cookbook "How to count tokens with tiktoken"
 // (openai/openai-cookbook, examples/How_to_count_tokens_with_tiktoken.ipynb, section 6), copied exactly.
@@ -179,5 +188,128 @@ describe('countTokens', () => {
 
   it('rejects a blank model with BAD_USER_INPUT', () => {
     expect(codeOf(() => countTokens({ model: '  ', text: 'hi' }))).toBe('BAD_USER_INPUT');
+  });
+});
+
+/** mulberry32: seeded, so the long inputs below are the same on every run. */
+function randomGenerator(seed: number): () => number {
+  let state = seed >>> 0;
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let value = state;
+    value = Math.imul(value ^ (value >>> 15), value | 1);
+    value ^= value + Math.imul(value ^ (value >>> 7), value | 61);
+    return ((value ^ (value >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function randomLetters(length: number, seed: number): string {
+  const random = randomGenerator(seed);
+  let text = '';
+  for (let index = 0; index < length; index++) text += String.fromCharCode(97 + Math.floor(random() * 26));
+  return text;
+}
+
+const paragraphs = [
+  'The gateway records every call with its model, its latency and the tokens it used, so that a tenant can see',
+  "what it spends. When the provider fails, the call is retried with backoff; if it still fails, the error's",
+  'code says why. function retry(attempt) {\n  return Math.min(2 ** attempt * 100, 5_000);\n}\n',
+  '日本語のテキストも、絵文字 🎉 も、数字 1234567 も数えます。',
+  '    indented line\twith tabs\r\n\r\n',
+];
+
+/** About `length` characters of prose, code, numbers and unicode, varied so that few pieces repeat exactly. */
+function ordinaryText(length: number, seed: number): string {
+  const random = randomGenerator(seed);
+  const parts: string[] = [];
+  let size = 0;
+  while (size < length) {
+    const part = `${paragraphs[Math.floor(random() * paragraphs.length)]} ${Math.floor(random() * 1e6)}${randomLetters(
+      1 + Math.floor(random() * 8),
+      Math.floor(random() * 1e9),
+    )} `;
+    parts.push(part);
+    size += part.length;
+  }
+  return parts.join('').slice(0, length);
+}
+
+describe('long inputs count in near-linear time', () => {
+  // The expected counts are OpenAI's tiktoken 0.14.0 (Python) on the same strings, built from js-tiktoken's rank
+  // files: js-tiktoken itself needs about half a minute for the first one. The bounds are generous for a loaded
+  // machine; on an idle one each count takes tens of milliseconds.
+  const megabyte = ordinaryText(1 << 20, 3);
+
+  it.each([
+    ['gpt-4o', '64,000 times the letter a', 'a'.repeat(64_000), 8000],
+    ['gpt-4', '64,000 times the letter a', 'a'.repeat(64_000), 8000],
+    ['gpt-4o', '64,000 random letters without a space', randomLetters(64_000, 1), 33_218],
+    ['gpt-4', '64,000 random letters without a space', randomLetters(64_000, 1), 34_619],
+    ['gpt-4o', 'a megabyte of prose, code and unicode', megabyte, 339_427],
+    ['gpt-4', 'a megabyte of prose, code and unicode', megabyte, 345_446],
+  ] as const)('%s: %s in under a second', (model, _label, text, tokens) => {
+    countTextTokens('', model); // builds the encoder outside the timed count
+    const started = performance.now();
+    const result = countTextTokens(text, model);
+    expect(performance.now() - started).toBeLessThan(1000);
+    expect(result.tokens).toBe(tokens);
+  });
+});
+
+describe('asynchronous counts', () => {
+  /** Counts the event loop turns that run while `work` is pending. */
+  async function turnsDuring<T>(work: () => Promise<T>): Promise<{ result: T; turns: number }> {
+    let turns = 0;
+    let pending = true;
+    const tick = () => {
+      turns++;
+      if (pending) setImmediate(tick);
+    };
+    setImmediate(tick);
+    const result = await work();
+    pending = false;
+    return { result, turns };
+  }
+
+  it('equal the synchronous counts', async () => {
+    for (const model of ['gpt-4o', 'gpt-4', 'gpt-3.5-turbo-0301']) {
+      expect(await countMessageTokensAsync(cookbookMessages, model)).toEqual(countMessageTokens(cookbookMessages, model));
+      expect(await countTextTokensAsync('tiktoken is great!', model)).toEqual(countTextTokens('tiktoken is great!', model));
+      expect(await countTokensAsync({ model, messages: cookbookMessages })).toEqual(countTokens({ model, messages: cookbookMessages }));
+      expect(await countTokensAsync({ model, text: '<|endoftext|>' })).toEqual(countTokens({ model, text: '<|endoftext|>' }));
+    }
+  });
+
+  it('give the event loop turns while counting a megabyte of text', async () => {
+    const text = ordinaryText(1 << 20, 5);
+    const { result, turns } = await turnsDuring(() => countTextTokensAsync(text, 'gpt-4o'));
+    expect(result.tokens).toBe(countTextTokens(text, 'gpt-4o').tokens);
+    expect(turns).toBeGreaterThan(5);
+  });
+
+  it('give the event loop turns inside one long word', async () => {
+    const text = 'a'.repeat(1 << 20);
+    const { result, turns } = await turnsDuring(() => countTextTokensAsync(text, 'gpt-4'));
+    expect(result.tokens).toBe(countTextTokens(text, 'gpt-4').tokens);
+    expect(turns).toBeGreaterThan(5);
+  });
+
+  it('give the event loop turns across many messages that are each short', async () => {
+    const messages = Array.from({ length: 2000 }, (_, index) => ({ role: 'user', content: ordinaryText(500, index) }));
+    const { result, turns } = await turnsDuring(() => countMessageTokensAsync(messages, 'gpt-4o'));
+    expect(result).toEqual(countMessageTokens(messages, 'gpt-4o'));
+    expect(turns).toBeGreaterThan(5);
+  });
+
+  it('stay exact when several long counts interleave', async () => {
+    const texts = ['a'.repeat(200_000), randomLetters(100_000, 9), ordinaryText(300_000, 11), '\ud800'.repeat(100_000)];
+    const results = await Promise.all(texts.map((text) => countTextTokensAsync(text, 'gpt-4o')));
+    expect(results.map((result) => result.tokens)).toEqual(texts.map((text) => countTextTokens(text, 'gpt-4o').tokens));
+  });
+
+  it('reject the same inputs as countTokens', async () => {
+    await expect(countTokensAsync({ model: 'gpt-4o' })).rejects.toMatchObject({ code: 'BAD_USER_INPUT' });
+    await expect(countTokensAsync({ model: 'gpt-4o', text: 'hi', messages: [] })).rejects.toMatchObject({ code: 'BAD_USER_INPUT' });
+    await expect(countTokensAsync({ model: ' ', text: 'hi' })).rejects.toMatchObject({ code: 'BAD_USER_INPUT' });
   });
 });

@@ -1,7 +1,8 @@
-import { Tiktoken } from 'js-tiktoken/lite';
+import { setImmediate as nextTurn } from 'node:timers/promises';
 import cl100kBase from 'js-tiktoken/ranks/cl100k_base';
 import o200kBase from 'js-tiktoken/ranks/o200k_base';
 import { badUserInput } from '../errors.ts';
+import { BytePairEncoder, EncodeJob } from './bpe.ts';
 
 export type Encoding = 'o200k_base' | 'cl100k_base';
 
@@ -21,13 +22,15 @@ export interface TokenCountResult {
 
 const ranksByEncoding = { o200k_base: o200kBase, cl100k_base: cl100kBase } as const;
 
-// Building an encoder parses the whole rank table (about half a second), so each is built once, on first use.
-const encoders = new Map<Encoding, Tiktoken>();
+// Building an encoder reads the whole rank table (a tenth of a second or more), so each is built once, on first use.
+// Special-token text such as "<|endoftext|>" counts as the plain characters the API sees (js-tiktoken's
+// encode(text, [], [])): the encoder never reads it as one control token, and never throws on it.
+const encoders = new Map<Encoding, BytePairEncoder>();
 
-function encoderFor(encoding: Encoding): Tiktoken {
+function encoderFor(encoding: Encoding): BytePairEncoder {
   let encoder = encoders.get(encoding);
   if (encoder === undefined) {
-    encoder = new Tiktoken(ranksByEncoding[encoding]);
+    encoder = new BytePairEncoder(ranksByEncoding[encoding]);
     encoders.set(encoding, encoder);
   }
   return encoder;
@@ -54,47 +57,101 @@ export function encodingForModel(model: string): { encoding: Encoding; fallback:
   return { encoding: 'o200k_base', fallback: true };
 }
 
-// An empty disallowed list makes user text such as "<|endoftext|>" count as the plain characters the API sees,
-// instead of throwing (js-tiktoken's default) or being read as one control token.
-function encodedLength(encoder: Tiktoken, text: string): number {
-  return encoder.encode(text, [], []).length;
+// About 32,000 units of work (bytes, merges) take one to four milliseconds: the asynchronous counts give the event
+// loop a turn after each such slice, so a multi-megabyte text, or one long "word", never blocks other requests long.
+const sliceWork = 32_768;
+
+/** Counts several texts in slices of bounded work, yielding to the event loop between slices. */
+class SlicedCounter {
+  private spent = 0;
+
+  constructor(private readonly encoder: BytePairEncoder) {}
+
+  async count(text: string): Promise<number> {
+    const job = new EncodeJob(text, null);
+    for (;;) {
+      const before = job.work;
+      if (this.spent < sliceWork) this.encoder.advance(job, sliceWork - this.spent);
+      this.spent += job.work - before;
+      if (job.done) return job.tokens;
+      await nextTurn();
+      this.spent = 0;
+    }
+  }
 }
 
 export function countTextTokens(text: string, model: string): TokenCountResult {
   const { encoding, fallback } = encodingForModel(model);
-  return { tokens: encodedLength(encoderFor(encoding), text), model, encoding, fallback };
+  return { tokens: encoderFor(encoding).count(text), model, encoding, fallback };
 }
 
-function contentTokens(encoder: Tiktoken, content: TokenMessage['content']): number {
-  if (content === null) return 0;
-  if (typeof content === 'string') return encodedLength(encoder, content);
-  let tokens = 0;
-  for (const part of content) {
-    // Image, audio and file parts are billed by size and detail, which tiktoken cannot know: they are left out,
-    // so the count is a lower bound for such messages.
-    if (part.type === 'text' && typeof part.text === 'string') tokens += encodedLength(encoder, part.text);
+/** countTextTokens, giving the event loop a turn every few milliseconds of work on a long text. */
+export async function countTextTokensAsync(text: string, model: string): Promise<TokenCountResult> {
+  const { encoding, fallback } = encodingForModel(model);
+  const tokens = await new SlicedCounter(encoderFor(encoding)).count(text);
+  return { tokens, model, encoding, fallback };
+}
+
+/**
+ * The texts of a chat request that are encoded, and the tokens added around them, by the OpenAI cookbook's
+ * "How to count tokens with tiktoken" accounting.
+ */
+function messageAccounting(messages: readonly TokenMessage[], model: string): { texts: string[]; fixedTokens: number } {
+  // gpt-3.5-turbo-0301 wrapped each message as <|start|>{role/name}\n{content}<|end|>\n and dropped the role when a name was given.
+  const isTurbo0301 = normalizeModel(model) === 'gpt-3.5-turbo-0301';
+  const tokensPerMessage = isTurbo0301 ? 4 : 3;
+  const tokensPerName = isTurbo0301 ? -1 : 1;
+
+  const texts: string[] = [];
+  let fixedTokens = 0;
+  for (const message of messages) {
+    fixedTokens += tokensPerMessage;
+    texts.push(message.role);
+    const { content } = message;
+    if (typeof content === 'string') {
+      texts.push(content);
+    } else if (content !== null) {
+      for (const part of content) {
+        // Image, audio and file parts are billed by size and detail, which tiktoken cannot know: they are left out,
+        // so the count is a lower bound for such messages.
+        if (part.type === 'text' && typeof part.text === 'string') texts.push(part.text);
+      }
+    }
+    if (message.name != null) {
+      texts.push(message.name);
+      fixedTokens += tokensPerName;
+    }
   }
-  return tokens;
+  fixedTokens += 3; // every reply is primed with <|start|>assistant<|message|>
+  return { texts, fixedTokens };
 }
 
 /** Prompt tokens of a chat request, by the OpenAI cookbook's "How to count tokens with tiktoken" accounting. */
 export function countMessageTokens(messages: readonly TokenMessage[], model: string): TokenCountResult {
   const { encoding, fallback } = encodingForModel(model);
   const encoder = encoderFor(encoding);
-  // gpt-3.5-turbo-0301 wrapped each message as <|start|>{role/name}\n{content}<|end|>\n and dropped the role when a name was given.
-  const isTurbo0301 = normalizeModel(model) === 'gpt-3.5-turbo-0301';
-  const tokensPerMessage = isTurbo0301 ? 4 : 3;
-  const tokensPerName = isTurbo0301 ? -1 : 1;
-
-  let tokens = 0;
-  for (const message of messages) {
-    tokens += tokensPerMessage;
-    tokens += encodedLength(encoder, message.role);
-    tokens += contentTokens(encoder, message.content);
-    if (message.name != null) tokens += encodedLength(encoder, message.name) + tokensPerName;
-  }
-  tokens += 3; // every reply is primed with <|start|>assistant<|message|>
+  const { texts, fixedTokens } = messageAccounting(messages, model);
+  let tokens = fixedTokens;
+  for (const text of texts) tokens += encoder.count(text);
   return { tokens, model, encoding, fallback };
+}
+
+/** countMessageTokens, giving the event loop a turn every few milliseconds of work on a long conversation. */
+export async function countMessageTokensAsync(messages: readonly TokenMessage[], model: string): Promise<TokenCountResult> {
+  const { encoding, fallback } = encodingForModel(model);
+  const counter = new SlicedCounter(encoderFor(encoding));
+  const { texts, fixedTokens } = messageAccounting(messages, model);
+  let tokens = fixedTokens;
+  for (const text of texts) tokens += await counter.count(text);
+  return { tokens, model, encoding, fallback };
+}
+
+function checkCountInput(input: { model: string; text?: string | null; messages?: readonly TokenMessage[] | null }): void {
+  const { model, text, messages } = input;
+  if (model.trim() === '') throw badUserInput('model must not be blank', { field: 'model' });
+  if ((text != null) === (messages != null)) {
+    throw badUserInput('Give exactly one of text or messages to count', { hasText: text != null, hasMessages: messages != null });
+  }
 }
 
 export function countTokens(input: {
@@ -102,9 +159,18 @@ export function countTokens(input: {
   text?: string | null;
   messages?: readonly TokenMessage[] | null;
 }): TokenCountResult {
-  const { model, text, messages } = input;
-  if (model.trim() === '') throw badUserInput('model must not be blank', { field: 'model' });
-  if (text != null && messages == null) return countTextTokens(text, model);
-  if (messages != null && text == null) return countMessageTokens(messages, model);
-  throw badUserInput('Give exactly one of text or messages to count', { hasText: text != null, hasMessages: messages != null });
+  checkCountInput(input);
+  return input.text != null ? countTextTokens(input.text, input.model) : countMessageTokens(input.messages!, input.model);
+}
+
+/** countTokens, giving the event loop a turn every few milliseconds of work on a long input. */
+export async function countTokensAsync(input: {
+  model: string;
+  text?: string | null;
+  messages?: readonly TokenMessage[] | null;
+}): Promise<TokenCountResult> {
+  checkCountInput(input);
+  return input.text != null
+    ? countTextTokensAsync(input.text, input.model)
+    : countMessageTokensAsync(input.messages!, input.model);
 }

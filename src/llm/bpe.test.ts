@@ -1,0 +1,196 @@
+import { Tiktoken } from 'js-tiktoken/lite';
+import cl100kBase from 'js-tiktoken/ranks/cl100k_base';
+import o200kBase from 'js-tiktoken/ranks/o200k_base';
+import { describe, expect, it } from 'vitest';
+import { BytePairEncoder, EncodeJob, type RankFile, withTiktokenWhitespace } from './bpe.ts';
+
+// js-tiktoken is the reference: it is OpenAI's tiktoken algorithm, quadratic on long words, so the generated
+// inputs keep words short enough (a few hundred characters) for it to stay fast. It is given tiktoken's own
+// whitespace (see withTiktokenWhitespace), checked on its own below against ids from OpenAI's tiktoken.
+
+/** mulberry32: a small seeded generator, so that a failing input can be reproduced from the seed. */
+function randomGenerator(seed: number): () => number {
+  let state = seed >>> 0;
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let value = state;
+    value = Math.imul(value ^ (value >>> 15), value | 1);
+    value ^= value + Math.imul(value ^ (value >>> 7), value | 61);
+    return ((value ^ (value >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+const english = [
+  'The quick brown fox jumps over the lazy dog.',
+  "Let's circle back when we have more bandwidth; we're sure it'll work, isn't it? I'M SURE THEY'LL AGREE.",
+  'New synergies will help drive top-line growth.',
+  'Mr. O\'Neil said: "Hello, world!" -- and left (quietly).',
+  'tiktoken is great!',
+  'e.g. i.e. etc. U.S.A. Dr. Smith\'s',
+];
+const code = [
+  'function foo(x) {\n  return x * 2;\n}\n',
+  'const value = items.map((item) => item.id).filter(Boolean); // why not\r\n',
+  'def main():\n    for i in range(10):\n        print(f"{i:>4}")\n\n\n',
+  '{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"temperature":0.2}',
+  'https://example.com/path/to/file.ts?query=1&other=two#anchor',
+  'src/llm/tokens.ts:42:7 - error TS2322: Type \'string\' is not assignable',
+  '<div class="a">&nbsp;</div>\t\t<!-- comment -->',
+  'SELECT id, "createdAt" FROM "LlmCall" WHERE tenant = $1 ORDER BY 2 DESC;',
+];
+const unicode = [
+  '日本語の文章です。東京は大きい。',
+  '한국어 문장입니다',
+  'مرحبا بالعالم',
+  'नमस्ते दुनिया',
+  'สวัสดีชาวโลก',
+  'Ελληνικά και кириллица',
+  'e\u0301cole cafe\u0301 naïve façade',
+  '👨‍👩‍👧‍👦 👍🏽 🇫🇷🇯🇵 🎉✨',
+  'ǅungla ʰaspirated ᾈ Ⅻ ½ ² ٣٤٥ １２３',
+  '\u00a0\u2003\u3000\u200b\ufeff',
+  '\u0300\u0301 combining first',
+];
+const specials = ['<|endoftext|>', '<|fim_prefix|>', '<|fim_middle|>', '<|fim_suffix|>', '<|endofprompt|>'];
+const whitespaceUnits = [' ', ' ', ' ', '\t', '\n', '\r\n', '\r', '\u00a0', '\u2003', '\u3000', '\u000b', '\f', '\u2028'];
+const repeatedUnits = ['a', 'z', 'A', 'é', ' ', '!', '7', '日', '\n', '🎉', 'ab', 'xY', '\ud800', '.', '-'];
+
+function generate(random: () => number): string {
+  const pick = <T,>(items: readonly T[]): T => items[Math.floor(random() * items.length)]!;
+  const integer = (low: number, high: number) => low + Math.floor(random() * (high - low + 1));
+  const fragments: Array<() => string> = [
+    () => pick(english),
+    () => pick(code),
+    () => pick(unicode),
+    () => pick(specials),
+    () => Array.from({ length: integer(1, 12) }, () => pick(whitespaceUnits)).join(''),
+    () => Array.from({ length: integer(1, 24) }, () => String(integer(0, 9))).join(''),
+    () => `${integer(0, 99999)}.${integer(0, 9999)} ${integer(1, 9)},${integer(100, 999)},${integer(100, 999)}`,
+    // Lone and reversed surrogates: UTF-8 encoding turns each into U+FFFD, as TextEncoder does.
+    () => pick(['\ud800', '\udfff', '\udc00\ud800', 'x\ud83d', '\ud83dx', '\ude00']),
+    () => pick(repeatedUnits).repeat(integer(2, 200)),
+    () => Array.from({ length: integer(1, 300) }, () => String.fromCharCode(97 + integer(0, 25))).join(''),
+    () => Array.from({ length: integer(1, 120) }, () => String.fromCharCode(integer(0, 255))).join(''),
+    () => Array.from({ length: integer(1, 60) }, () => String.fromCharCode(integer(0, 0xffff))).join(''),
+    () => Array.from({ length: integer(1, 40) }, () => String.fromCodePoint(integer(0x10000, 0x10ffff))).join(''),
+  ];
+  let text = '';
+  const count = integer(1, 10);
+  for (let index = 0; index < count; index++) {
+    text += pick(fragments)();
+    if (random() < 0.5) text += pick([' ', '', '\n', "'s ", "'LL", '.', ', ']);
+  }
+  return text;
+}
+
+const fixed = [
+  '',
+  ' ',
+  'a',
+  'hello world',
+  '  \n\n  x  y   \t\n',
+  "I'm here, you're there, they'd've gone. He'S",
+  'a'.repeat(1000),
+  ' '.repeat(700) + 'x',
+  'abcdefghijklmnopqrstuvwxyz'.repeat(20),
+  '!'.repeat(500),
+  '\ud800'.repeat(100),
+  '1234567890'.repeat(50),
+  String.fromCharCode(...Array.from({ length: 400 }, (_, index) => (index * 7919) % 256)),
+];
+
+describe.each([
+  ['o200k_base', o200kBase],
+  ['cl100k_base', cl100kBase],
+] as const)('%s gives js-tiktoken\'s token ids', (_name, ranks: RankFile) => {
+  const reference = new Tiktoken({ ...ranks, pat_str: withTiktokenWhitespace(ranks.pat_str) });
+  const encoder = new BytePairEncoder(ranks);
+  // The two merge strategies must agree everywhere, not only on the lengths where each is used.
+  const heapOnly = new BytePairEncoder(ranks, { heapFromBytes: 2 });
+  const rescanOnly = new BytePairEncoder(ranks, { heapFromBytes: Infinity });
+  // And the hand-written ASCII pre-tokenizer must find the regex's pieces.
+  const regexOnly = new BytePairEncoder(ranks, { asciiScanner: false });
+
+  function expectSameAsReference(text: string): void {
+    const expected = reference.encode(text, [], []);
+    const label = JSON.stringify(text.slice(0, 200));
+    expect(encoder.encode(text), label).toEqual(expected);
+    expect(encoder.count(text), label).toBe(expected.length);
+    expect(heapOnly.encode(text), label).toEqual(expected);
+    expect(heapOnly.count(text), label).toBe(expected.length);
+    expect(rescanOnly.encode(text), label).toEqual(expected);
+    expect(rescanOnly.count(text), label).toBe(expected.length);
+    expect(regexOnly.encode(text), label).toEqual(expected);
+  }
+
+  it('on hand-picked texts: empty, whitespace, contractions, long runs, lone surrogates, bytes as characters', () => {
+    for (const text of fixed) expectSameAsReference(text);
+  });
+
+  it('on every fragment of the corpus alone', () => {
+    for (const text of [...english, ...code, ...unicode, ...specials, ...whitespaceUnits, ...repeatedUnits]) {
+      expectSameAsReference(text);
+    }
+  });
+
+  it('on 400 generated mixtures of English, code, whitespace, numbers, unicode and random characters', () => {
+    const seed = 20_251_201;
+    const random = randomGenerator(seed);
+    for (let index = 0; index < 400; index++) expectSameAsReference(generate(random));
+  });
+
+  it('on 2,000 generated strings of the characters the pre-tokenizer treats apart, mostly ASCII', () => {
+    // Apostrophes and contraction letters, every ASCII whitespace, slashes, digits, case changes, control
+    // characters, and a few non-ASCII letters, digits, spaces and marks where the ASCII scanner hands over.
+    const alphabet = [..."'''sStTrReEvVmMlLdDaZ09 \t\n\r\v\f/.,!-_\u0000\u001c\u007f", 'é', 'É', '²', '\u00a0', '\u2028', '\u0301', '日', '\ud800'];
+    const random = randomGenerator(99);
+    for (let index = 0; index < 2000; index++) {
+      const length = 1 + Math.floor(random() * 24);
+      let text = '';
+      for (let position = 0; position < length; position++) text += alphabet[Math.floor(random() * alphabet.length)];
+      expectSameAsReference(text);
+    }
+  });
+
+  it('gives the same ids when the work is cut into tiny slices, as the asynchronous counts do', () => {
+    const random = randomGenerator(7);
+    const texts = [...fixed, ...Array.from({ length: 40 }, () => generate(random))];
+    for (const text of texts) {
+      for (const budget of [1, 5, 97]) {
+        const counting = new EncodeJob(text, null);
+        const encoding = new EncodeJob(text, []);
+        let rounds = 0;
+        while (!counting.done) {
+          heapOnly.advance(counting, budget);
+          rounds++;
+        }
+        while (!encoding.done) heapOnly.advance(encoding, budget);
+        const expected = heapOnly.encode(text);
+        expect(encoding.output).toEqual(expected);
+        expect(counting.tokens).toBe(expected.length);
+        if (text.length > 200) expect(rounds).toBeGreaterThan(1);
+      }
+    }
+  });
+});
+
+describe("tiktoken's whitespace, where JavaScript's \\s differs", () => {
+  const o200k = new BytePairEncoder(o200kBase);
+  const cl100k = new BytePairEncoder(cl100kBase);
+  // Token ids from OpenAI's tiktoken 0.14.0 (Python), built from js-tiktoken's rank files: U+0085 is whitespace
+  // there and U+FEFF is not, the other way round from JavaScript's \s, so js-tiktoken itself splits these apart.
+  it.each([
+    ['a\u0085/x', [64, 126, 227, 22739], [64, 126, 227, 11009]],
+    ['x\u0085\u0085 y', [87, 126, 227, 126, 227, 342], [87, 126, 227, 126, 227, 379]],
+    ['a \ufeff b', [64, 71280, 287], [64, 76880, 293]],
+    ['\ufeff\ufeff  x', [135153, 220, 1215], [3305, 3305, 220, 865]],
+    ['end\u0085', [419, 126, 227], [408, 126, 227]],
+  ])('%j', (text, o200kIds, cl100kIds) => {
+    expect(o200k.encode(text)).toEqual(o200kIds);
+    expect(cl100k.encode(text)).toEqual(cl100kIds);
+  });
+
+  it('is where js-tiktoken, with JavaScript\'s \\s, differs', () => {
+    expect(new Tiktoken(o200kBase).encode('a\u0085/x', [], [])).not.toEqual([64, 126, 227, 22739]);
+  });
+});
