@@ -49,6 +49,8 @@ export interface ServicesOptions {
 }
 
 const cacheForgetChannel = 'callboard_cache_forget';
+/** About a millisecond of counting: prompts longer than this are counted on read instead. */
+const maxEstimatedCharacters = 20_000;
 
 /** An invalidation of a tenant's entries (null: every tenant's), which answers still in flight must not undo. */
 export interface CacheInvalidationNotice {
@@ -111,6 +113,10 @@ export async function createServices(options: ServicesOptions): Promise<Services
     spoolDir: config.history.spoolDir,
     estimatePromptTokens: (call, prompt) => {
       if (!Array.isArray(prompt)) return null;
+      // The writer counts between batches, on the event loop: a long prompt is left for the API to count
+      // when a reader asks (estimatedPromptTokens, with a count that yields), never at a caller's expense.
+      const length = (prompt as unknown[]).reduce<number>((sum, item) => sum + (typeof item === 'string' ? item.length : String((item as TokenMessage).content ?? '').length), 0);
+      if (length > maxEstimatedCharacters) return null;
       // Calls that share a cache key share a prompt: count it once.
       const known = call.cacheKey === null ? undefined : estimates.get(call.cacheKey);
       if (known !== undefined) return known;

@@ -2,7 +2,7 @@ import type { CallStatsBucket } from '../../analytics/call-stats.ts';
 import type { CallFilter } from '../../analytics/calls.ts';
 import { selectsField } from '../selection.ts';
 import type { AttemptRow } from '../../llm/history.ts';
-import { countMessageTokens, countTextTokens, type TokenMessage } from '../../llm/tokens.ts';
+import { countMessageTokensAsync, countTextTokensAsync, type TokenMessage } from '../../llm/tokens.ts';
 import { access, builder } from '../builder.ts';
 import { connectionComplexity, connectionOf } from './connection.ts';
 import { CacheStatus, CallKind, CallStatus, OrderDirection, Usage } from './enums.ts';
@@ -67,12 +67,17 @@ LlmCall.implement({
     }),
     estimatedPromptTokens: t.int({
       nullable: true,
-      description: "Callboard's own js-tiktoken count of the prompt.",
-      resolve: (call) => {
+      description: "Callboard's own count of the prompt (OpenAI's tokenizer), made off the caller's path.",
+      resolve: async (call) => {
         if (call.estimatedPromptTokens !== null) return call.estimatedPromptTokens;
+        // Long prompts are not counted while the history is written; the async count yields as it goes.
         const body = call.requestBody as { messages?: TokenMessage[]; input?: string[] } | null;
-        if (body?.messages) return countMessageTokens(body.messages, call.model).tokens;
-        if (body?.input) return body.input.reduce((sum, text) => sum + countTextTokens(text, call.model).tokens, 0);
+        if (body?.messages) return (await countMessageTokensAsync(body.messages, call.model)).tokens;
+        if (body?.input) {
+          let tokens = 0;
+          for (const text of body.input) tokens += (await countTextTokensAsync(text, call.model)).tokens;
+          return tokens;
+        }
         return null;
       },
     }),

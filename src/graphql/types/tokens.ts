@@ -1,4 +1,4 @@
-import { countTokens, type TokenCountResult } from '../../llm/tokens.ts';
+import { countTokensAsync, type TokenCountResult } from '../../llm/tokens.ts';
 import { access, builder } from '../builder.ts';
 import { ChatMessageInput } from './chat.ts';
 
@@ -27,6 +27,7 @@ builder.queryField('tokenCount', (t) =>
       messages: t.arg({ type: [ChatMessageInput], description: 'Chat messages to count as a prompt.' }),
     },
     resolve: (_root, args, context) =>
-      countTokens({ model: args.model ?? context.services.overrides.settings().model, text: args.text, messages: args.messages }),
+      // The async count gives the event loop a turn between slices: a megabyte of text blocks nobody.
+      countTokensAsync({ model: args.model ?? context.services.overrides.settings().model, text: args.text, messages: args.messages }),
   }),
 );
