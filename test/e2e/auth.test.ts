@@ -1,6 +1,10 @@
 import { execFileSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createApp } from '../../src/app.ts';
+import { createDatabase } from '../../src/db/database.ts';
 import { schema } from '../../src/graphql/schema.ts';
+import { createLogger } from '../../src/logger.ts';
+import { createServices } from '../../src/services.ts';
 import { createTestApp, testConfig, type TestApp } from '../support/app.ts';
 import { databaseKinds } from '../support/database.ts';
 import { startFakeOpenAI, type FakeOpenAI } from '../support/fake-openai.ts';
@@ -259,6 +263,30 @@ describe.each(databaseKinds)('keys, roles and tenants on %s', (kind) => {
     const sent = await post(testApp, 'mutation { sendMessage(input: { messages: [{ role: USER, content: "where to?" }], cache: BYPASS }) { message { content } } }', {}, keys.memberA.key);
     expect(sent.body.errors).toBeUndefined();
     expect(fake.requests.at(-1)!.headers.authorization).toBe(`Bearer ${openaiKey}`);
+  });
+
+  it('stops a revoked key on every instance within a second', async () => {
+    const url = testApp.testDatabase.url;
+    const otherDatabase = url ? await createDatabase({ url, dataDir: 'unused', poolSize: 2 }) : testApp.testDatabase.database;
+    const otherServices = await createServices({ loaded: testApp.services.loaded, database: otherDatabase, logger: createLogger('silent') });
+    const other = { app: createApp(otherServices) } as TestApp;
+    try {
+      const key = await createKey('revoked everywhere', 'VIEWER', 'team-a');
+      expect((await post(other, '{ me { id } }', {}, key.key)).body.data).toEqual({ me: { id: key.id } });
+      const revokedAt = Date.now();
+      await post(testApp, 'mutation ($id: ID!) { revokeApiKey(id: $id) { id } }', { id: key.id }, masterKey);
+      let status = 200;
+      while (status !== 401 && Date.now() - revokedAt < 5000) {
+        status = (await post(other, '{ me { id } }', {}, key.key)).status;
+        if (status !== 401) await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+      expect(status).toBe(401);
+      expect(Date.now() - revokedAt).toBeLessThan(1000);
+    } finally {
+      await other.app.dispose();
+      await otherServices.close();
+      if (otherDatabase !== testApp.testDatabase.database) await otherDatabase.close();
+    }
   });
 
   it('keeps only hashes of keys: no table, and no database dump, holds a key in clear', async () => {

@@ -38,6 +38,8 @@ const untilLogged = async (output: string[], text: string) => {
 
 const hangingCall = JSON.stringify({ query: 'mutation { sendMessage(input: { messages: [{ role: USER, content: "are you there?" }] }) { call { id } } }' });
 
+const repositoryRoot = fileURLToPath(new URL('../..', import.meta.url));
+
 describe('the server process (npm start)', () => {
   let workDir: string;
   beforeAll(async () => {
@@ -146,7 +148,6 @@ describe('the server process (npm start)', () => {
   }, 90_000);
 
   it('stops with nothing left behind when SIGTERM is sent to `npm start` itself', async () => {
-    const repositoryRoot = fileURLToPath(new URL('../..', import.meta.url));
     // --ignore-scripts skips only prestart (prisma generate), which would rewrite the client other test files import meanwhile.
     const npm = spawn('npm', ['start', '--ignore-scripts'], {
       cwd: repositoryRoot,
@@ -222,6 +223,43 @@ describe('the server process (npm start)', () => {
     expect(output).toContain(`${badFile}: [OpenAI] MAX_ATTEMPTS`);
     expect(output).toContain('CALLBOARD_SERVER__PORT: [Server] PORT');
   });
+
+  it('refuses to listen beyond loopback without a master key, and says what to set', async () => {
+    const failure = await startServerProcess({ cwd: workDir, env: { CALLBOARD_SERVER__HOST: '0.0.0.0', CALLBOARD_DATABASE__DATA_DIR: join(workDir, 'never') } }).then(
+      () => {
+        throw new Error('the server started');
+      },
+      (error: { code: number; output: string[] }) => error,
+    );
+    expect(failure.code).toBe(1);
+    expect(failure.output.join('\n')).toContain('Set CALLBOARD_MASTER_KEY');
+  });
+
+  it('npm run keys creates a key it prints once, lists it without the secret, and revokes it', async () => {
+    const dataDir = join(workDir, 'keys-data');
+    const run = (...args: string[]) => {
+      const result = spawnSync(process.execPath, ['--import', 'tsx', 'scripts/keys.ts', ...args], {
+        cwd: repositoryRoot,
+        env: { PATH: process.env.PATH ?? '', CALLBOARD_DATABASE__DATA_DIR: dataDir },
+        encoding: 'utf8',
+        timeout: 60_000,
+      });
+      return { code: result.status, output: `${result.stdout}${result.stderr}` };
+    };
+    const created = run('create', '--name', 'ops', '--role', 'ADMIN', '--tenant', 'default');
+    expect(created.code, created.output).toBe(0);
+    const key = /^(cb_\S+)$/m.exec(created.output)![1]!;
+    const id = /\(id ([0-9a-f-]{36})\)/.exec(created.output)![1]!;
+    const listed = run('list');
+    expect(listed.code, listed.output).toBe(0);
+    expect(listed.output).toContain(id);
+    expect(listed.output).toContain(key.slice(0, 10));
+    expect(listed.output).not.toContain(key);
+    const revoked = run('revoke', id);
+    expect(revoked.code, revoked.output).toBe(0);
+    expect(revoked.output).toContain(`Revoked key "ops" (${id})`);
+    expect(run('create', '--name', 'x', '--role', 'OWNER', '--tenant', 'default').code).toBe(2);
+  }, 120_000);
 });
 
 describe.runIf(process.env.TEST_DATABASE_URL)('the server process with DATABASE_URL', () => {
