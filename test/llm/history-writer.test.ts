@@ -1,4 +1,5 @@
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -285,5 +286,47 @@ describe.each(databaseKinds)('the history writer on %s', (kind) => {
     const writtenCalls = await prisma().llmCall.count({ where: { id: { in: calls.map((record) => record.id) } } });
     expect(writtenCalls).toBe(10 - lines.slice(0, 5).filter((line) => line.includes('"kind":"call"')).length);
     await switched.close();
+  });
+});
+
+describe('the history writer on close', () => {
+  it('reports how many rows it could not write, so that the process can say so in its exit code', async () => {
+    let writes = 0;
+    const history = createHistoryWriter({
+      spoolDir: mkdtempSync(join(tmpdir(), 'callboard-spool-')),
+      database: {
+        query: async () => {
+          writes += 1;
+          throw new Error('database is gone');
+        },
+      },
+      logger: createLogger('silent'),
+      closeTimeoutMs: 200,
+    });
+    history.recordCall(call({ id: '0190a8f2-0000-7000-8000-000000000001' }));
+    history.recordCall(call({ id: '0190a8f2-0000-7000-8000-000000000002' }));
+    history.recordCacheHit('some-key', new Date());
+
+    expect(await history.close()).toEqual({ lost: 3 });
+    expect(writes).toBeGreaterThanOrEqual(1);
+  });
+
+  it('reports nothing lost when every row was written', async () => {
+    const written: unknown[][] = [];
+    const history = createHistoryWriter({
+      spoolDir: mkdtempSync(join(tmpdir(), 'callboard-spool-')),
+      database: {
+        query: async <Row,>(_sql: string, parameters?: unknown[]) => {
+          written.push(parameters ?? []);
+          return [] as Row[];
+        },
+      },
+      logger: createLogger('silent'),
+    });
+    history.recordCall(call({ id: '0190a8f2-0000-7000-8000-000000000003' }));
+
+    expect(await history.close()).toEqual({ lost: 0 });
+    expect(written).toHaveLength(1);
+    expect(JSON.parse(written[0]![2] as string)).toMatchObject([{ id: '0190a8f2-0000-7000-8000-000000000003' }]);
   });
 });
