@@ -1,3 +1,4 @@
+import { checkMessages, checkTexts } from '../../llm/input-limits.ts';
 import { countTokens, type TokenCountResult } from '../../llm/tokens.ts';
 import { access, builder } from '../builder.ts';
 import { ChatMessageInput } from './chat.ts';
@@ -26,7 +27,12 @@ builder.queryField('tokenCount', (t) =>
       text: t.arg.string({ description: 'A plain text to count.' }),
       messages: t.arg({ type: [ChatMessageInput], description: 'Chat messages to count as a prompt.' }),
     },
-    resolve: (_root, args, context) =>
-      countTokens({ model: args.model ?? context.services.overrides.settings().model, text: args.text, messages: args.messages }),
+    resolve: (_root, args, context) => {
+      // Counting takes time in proportion to the text: the bound of a call holds here too.
+      const limits = context.services.loaded.config.limits;
+      if (args.text != null) checkTexts([args.text], limits, 'text');
+      if (args.messages != null) checkMessages(args.messages, limits);
+      return countTokens({ model: args.model ?? context.services.overrides.settings().model, text: args.text, messages: args.messages });
+    },
   }),
 );
