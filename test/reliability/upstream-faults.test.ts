@@ -66,7 +66,10 @@ describe.each(databaseKinds)('upstream faults under load, on %s', (kind) => {
     const tag = `faults-${kind}`;
     const answers: Promise<GraphQLAnswer>[] = [];
     for (let index = 0; index < calls; index++) {
-      answers.push(postGraphQL(server.port, { query: sendMessage, variables: { input: { messages: [{ role: 'USER', content: `call ${index}` }], tags: [tag] } } }, agent));
+      // One call in ten gets one attempt, one in ten half a second: some calls must end with a fault's code.
+      const bounds = index % 10 === 0 ? { maxAttempts: 1 } : index % 10 === 5 ? { deadlineSeconds: 0.5 } : {};
+      const input = { messages: [{ role: 'USER', content: `call ${index}` }], tags: [tag], ...bounds };
+      answers.push(postGraphQL(server.port, { query: sendMessage, variables: { input } }, agent));
       await new Promise((resolve) => setTimeout(resolve, intervalMs));
     }
     const results = await Promise.all(answers);
@@ -89,6 +92,7 @@ describe.each(databaseKinds)('upstream faults under load, on %s', (kind) => {
       }
     });
     expect(new Set(callIds).size).toBe(calls);
+    expect(calls - (outcomes.get('SUCCESS') ?? 0), 'calls that ended with a code').toBeGreaterThan(0);
     for (const fault of ['rate-limited', 'server-error', 'hang', 'reset'] as const) expect(faults.get(fault) ?? 0, fault).toBeGreaterThan(10);
 
     await testApp.services.history.flush();
