@@ -11,6 +11,7 @@ import { createLoaders } from './graphql/loaders.ts';
 import { exampleOperations } from './graphql/examples.ts';
 import { createParseCaches, createQueryLimitPlugins } from './graphql/query-limits.ts';
 import { schema } from './graphql/schema.ts';
+import { useBodyLimit } from './http/body-limit.ts';
 import { createCorsOptions, useBrowserSafety } from './http/browser-safety.ts';
 import type { Services } from './services.ts';
 
@@ -68,10 +69,13 @@ export function createApp(services: Services): App {
     cors: createCorsOptions(server.corsOrigins),
     // No field takes an upload, and multipart is a body any web page can post.
     multipart: false,
+    // useBodyLimit below bounds bodies instead, with a Callboard code.
+    maxRequestBodySize: false,
     parserAndValidationCache: createParseCaches(),
     plugins: [
       // A rebound Host is refused before anyone is asked for a key.
       useBrowserSafety({ corsOrigins: server.corsOrigins, allowedHosts: server.allowedHosts, checkHost: services.authenticator.openMode }),
+      useBodyLimit(loaded.config.limits.maxBodyBytes),
       door.plugin,
       useReadinessCheck({ endpoint: '/ready', check: () => database.isReachable() }),
       ...createQueryLimitPlugins(loaded.config.limits),

@@ -5,6 +5,8 @@ export type ErrorCode =
   | 'UNSUPPORTED_MEDIA_TYPE'
   | 'CSRF_PREVENTED'
   | 'HOST_NOT_ALLOWED'
+  /** A request body past [Limits] MAX_BODY_BYTES (HTTP 413), refused before it is read in full. */
+  | 'PAYLOAD_TOO_LARGE'
   | 'CONFIG_INVALID'
   | 'UNKNOWN_PROVIDER'
   | 'PROVIDER_NOT_CONFIGURED'
@@ -123,5 +125,21 @@ export class QueryLimitError extends CallboardError {
     super(queryLimitCodes[limit], message, { details: { limit, ...details } });
     this.name = 'QueryLimitError';
     this.limit = limit;
+  }
+}
+
+/** Which configured bound of `[Limits]` one call's input went past. */
+export type InputLimitKey = 'MAX_MESSAGES' | 'MAX_CHARACTERS_PER_CALL' | 'MAX_METADATA_DEPTH' | 'MAX_METADATA_BYTES' | 'MAX_TAGS' | 'MAX_TAG_LENGTH';
+
+/** A call refused before it went anywhere: its input goes past one of the `[Limits]`; `details.field` names the input. */
+export class InputLimitError extends CallboardError {
+  readonly limit: InputLimitKey;
+  readonly field: string;
+
+  constructor(limit: InputLimitKey, field: string, message: string, details: { max: number; actual?: number; index?: number }) {
+    super('BAD_USER_INPUT', message, { details: { field, limit, ...details } });
+    this.name = 'InputLimitError';
+    this.limit = limit;
+    this.field = field;
   }
 }

@@ -151,6 +151,7 @@ export async function createServices(options: ServicesOptions): Promise<Services
     sharedAcrossTenants: config.cache.sharedAcrossTenants,
     spend: createSpendGuard({ limits, prices: config.prices, logger }),
     secrets: Object.values(config.secrets).filter((secret): secret is string => secret !== null),
+    inputLimits: config.limits,
     sleep: options.sleep,
     random: options.random,
     signal: options.signal,

@@ -62,6 +62,17 @@ export interface Config {
     maxDirectives: number;
     maxPaidOperations: number;
     analyticsStatementTimeoutMs: number;
+    /** Bytes of one request body. */
+    maxBodyBytes: number;
+    /** Chat messages in one call. */
+    maxMessages: number;
+    /** Characters (UTF-16 units) of one call's messages, texts to embed or text to count. */
+    maxCharactersPerCall: number;
+    maxMetadataDepth: number;
+    /** Bytes of a call's metadata as JSON. */
+    maxMetadataBytes: number;
+    maxTags: number;
+    maxTagLength: number;
   };
   prices: Record<string, ModelPrice>;
   /** From the environment only; never logged, stored or answered. */
@@ -265,6 +276,14 @@ const sections: Record<string, Record<string, KeySpec>> = {
     MAX_DIRECTIVES: { path: ['limits', 'maxDirectives'], default: '50', schema: integer(0) },
     MAX_PAID_OPERATIONS: { path: ['limits', 'maxPaidOperations'], default: '5', schema: integer(0) },
     ANALYTICS_STATEMENT_TIMEOUT_MS: { path: ['limits', 'analyticsStatementTimeoutMs'], default: '15000', schema: integer(0) },
+    // What one request or call may carry (src/http/body-limit.ts, src/llm/input-limits.ts).
+    MAX_BODY_BYTES: { path: ['limits', 'maxBodyBytes'], default: '4194304', schema: integer(1) },
+    MAX_MESSAGES: { path: ['limits', 'maxMessages'], default: '1000', schema: integer(1) },
+    MAX_CHARACTERS_PER_CALL: { path: ['limits', 'maxCharactersPerCall'], default: '1000000', schema: integer(1) },
+    MAX_METADATA_DEPTH: { path: ['limits', 'maxMetadataDepth'], default: '20', schema: integer(1, 1000) },
+    MAX_METADATA_BYTES: { path: ['limits', 'maxMetadataBytes'], default: '65536', schema: integer(2) },
+    MAX_TAGS: { path: ['limits', 'maxTags'], default: '20', schema: integer(0) },
+    MAX_TAG_LENGTH: { path: ['limits', 'maxTagLength'], default: '200', schema: integer(1) },
   },
 };
 

@@ -1,8 +1,10 @@
 import { describe, expect, it } from 'vitest';
+import { loadConfig } from '../config/config.ts';
 import { isCallboardError, type CallboardError } from '../errors.ts';
 import { createParseCaches, parseWithinLimits, type QueryLimits } from './query-limits.ts';
 
 const limits: QueryLimits = {
+  ...loadConfig([], {}).config.limits,
   maxQueryDepth: 15,
   maxAliases: 30,
   maxQueryTokens: 5000,

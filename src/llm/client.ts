@@ -5,7 +5,8 @@ import { noLimits } from '../auth/keys.ts';
 import type { KeyLimits } from '../auth/limits.ts';
 import type { SpendEstimate, SpendGuard } from './pipeline/spend.ts';
 import { countMessageTokens, countTextTokens } from './tokens.ts';
-import { badUserInput, CallboardError, isCallboardError, ProviderError } from '../errors.ts';
+import { badUserInput, CallboardError, InputLimitError, isCallboardError, ProviderError } from '../errors.ts';
+import { checkCallOptions, checkMessages, checkTexts, type InputLimits } from './input-limits.ts';
 import { cacheKey, type CacheEntryValue, type CacheScope, type CacheMode, type CacheStatus, type CallKind, type ResponseCache } from './cache.ts';
 import type { AttemptRow, CallRecord, HistoryWriter } from './history.ts';
 import type { OverrideStore } from './overrides.ts';
@@ -135,6 +136,8 @@ export interface LlmClientDependencies {
   sharedAcrossTenants?: boolean;
   /** Values that must never reach a stored row (API keys). */
   secrets: readonly string[];
+  /** What one call may carry: messages, characters, tags, metadata. */
+  inputLimits: InputLimits;
   /** Injected for tests on a fake clock. */
   sleep?: (ms: number, signal?: AbortSignal) => Promise<void>;
   random?: () => number;
@@ -329,6 +332,12 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
   /** Finishes a record, hands it to the history writer, and returns it. */
   function finish(record: CallRecord, started: number, prompt: unknown, error?: unknown, ownsAttempts = true): CallRecord {
     record.latencyMs = performance.now() - started;
+    // A call refused for what it carries keeps none of the refused part, and its prompt is not counted.
+    if (error instanceof InputLimitError) {
+      prompt = null;
+      if (error.field === 'tags') record.tags = [];
+      if (error.field === 'metadata') record.metadata = null;
+    }
     if (error !== undefined) {
       record.status = 'ERROR';
       record.errorCode = isCallboardError(error) ? error.code : 'INTERNAL_SERVER_ERROR';
@@ -386,14 +395,9 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
     return dependencies.cacheTtlSeconds === null ? null : new Date(Date.now() + dependencies.cacheTtlSeconds * 1000);
   }
 
-  function validateCallOptions(input: CallOptions): void {
-    if (input.tags && input.tags.some((tag) => typeof tag !== 'string' || tag.trim() === '' || tag.length > 200)) {
-      throw badUserInput('Tags must be non-empty strings of at most 200 characters.');
-    }
-  }
-
   function chatRequest(input: SendMessageInput, settings: OpenAiConfig, model: string): ProviderChatRequest {
     if (input.messages.length === 0) throw badUserInput('Give at least one message.');
+    checkMessages(input.messages, dependencies.inputLimits);
     for (const [index, message] of input.messages.entries()) {
       if (!roles.has(message.role)) throw badUserInput(`Message ${index}: unknown role "${message.role}".`, { index });
       if (typeof message.content !== 'string') throw badUserInput(`Message ${index}: content must be a string.`, { index });
@@ -449,7 +453,7 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
     let calledUpstream = false;
     let leaderGaveUp: Promise<{ attempts: AttemptRow[]; response: ProviderChatResponse | null }> | undefined;
     try {
-      validateCallOptions(input);
+      checkCallOptions(input, dependencies.inputLimits);
       const bounds = boundsOf(input, settings, started);
       const request = chatRequest(input, settings, model);
       // Redacted once: the history row and a cache entry store the same copy.
@@ -582,11 +586,12 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
     const model = input.model ?? settings.embeddingModel;
     const record = baseRecord('EMBEDDING', apiType, model, input);
     try {
-      validateCallOptions(input);
+      checkCallOptions(input, dependencies.inputLimits);
       const bounds = boundsOf(input, settings, started);
       if (input.texts.length === 0) throw badUserInput('Give at least one text to embed.');
       if (input.texts.length > maxEmbeddingBatch) throw badUserInput(`Give at most ${maxEmbeddingBatch} texts per call.`);
       if (input.texts.some((text) => text.length === 0)) throw badUserInput('Texts to embed must not be empty.');
+      checkTexts(input.texts, dependencies.inputLimits);
       record.requestBody = redact({ model, input: input.texts });
       const provider: Provider = registry.providerFor(apiType, settings);
       const mode = cacheModeOf(input, settings);
@@ -720,6 +725,7 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
       const started = performance.now();
       let rendered: Awaited<ReturnType<typeof renderCall>>;
       try {
+        checkCallOptions(input, dependencies.inputLimits);
         rendered = await renderCall(dependencies.templates, input);
       } catch (error) {
         // A call that fails before it is sent (a missing template, a template and a prompt) still gets its history row.

@@ -58,7 +58,8 @@ describe.each(databaseKinds)('query limits, on %s', (kind) => {
     const ini = `[OpenAI]\nBASE_URL=${fake.openaiBaseURL}\n`;
     const environment = { OPENAI_API_KEY: 'sk-limits' };
     [testApp, manyAliasesApp] = await Promise.all([
-      createTestApp(kind, testConfig(ini, environment)),
+      // A query of a million tokens is a 6 MB body: past MAX_BODY_BYTES, which would refuse it first.
+      createTestApp(kind, testConfig(`${ini}[Limits]\nMAX_BODY_BYTES=16777216\n`, environment)),
       // Aliases are refused first otherwise: this one lets 50 paid aliases reach the paid-operations bound.
       createTestApp(kind, testConfig(`${ini}[Limits]\nMAX_ALIASES=100\nMAX_QUERY_COST=2000\n`, environment)),
     ]);
@@ -309,6 +310,13 @@ describe('[Limits] configuration', () => {
       maxDirectives: 50,
       maxPaidOperations: 5,
       analyticsStatementTimeoutMs: 15_000,
+      maxBodyBytes: 4 * 1024 * 1024,
+      maxMessages: 1000,
+      maxCharactersPerCall: 1_000_000,
+      maxMetadataDepth: 20,
+      maxMetadataBytes: 65_536,
+      maxTags: 20,
+      maxTagLength: 200,
     });
     expect(testConfig('', { CALLBOARD_LIMITS__MAX_PAID_OPERATIONS: '0' }).config.limits.maxPaidOperations).toBe(0);
     expect(() => testConfig('[Limits]\nMAX_QUERY_DEPTH=100000\n')).toThrow(/MAX_QUERY_DEPTH/);

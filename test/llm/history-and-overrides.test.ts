@@ -156,13 +156,18 @@ describe.each(databaseKinds)('the audit on %s', (kind) => {
       expect(await harness.prisma.cacheEntry.count({ where: { key: withNul.call.cacheKey! } })).toBe(1);
     });
 
-    it('keeps writing after a lone surrogate in a message and metadata nested 5,000 levels deep', async () => {
-      const { llm } = await harness.start();
-      let deep: unknown = 'bottom';
-      for (let level = 0; level < 5000; level += 1) deep = { level: deep };
+    it('keeps writing after a lone surrogate in a message, metadata nested 1,000 levels deep, and metadata refused at 5,000', async () => {
+      // The bound's highest value: deeper metadata is refused before anything is stored.
+      const { llm } = await harness.start({ ini: '[Limits]\nMAX_METADATA_DEPTH=1000\n' });
+      const nestedLevels = (levels: number) => {
+        let deep: unknown = 'bottom';
+        for (let level = 0; level < levels; level += 1) deep = { level: deep };
+        return deep;
+      };
 
       const lone = await llm.sendMessage({ messages: user('bad \ud800'), cache: 'USE' });
-      const nested = await llm.sendMessage({ messages: user('deep'), metadata: deep });
+      const nested = await llm.sendMessage({ messages: user('deep'), metadata: nestedLevels(999) });
+      const refused = await failure(llm.sendMessage({ messages: user('deeper'), metadata: nestedLevels(5000) }));
       const next = await llm.sendMessage({ messages: user('after them'), cache: 'USE' });
 
       expect((await historyRow(harness, lone.call.id)).requestBody).toMatchObject({ messages: user('bad \ufffd') });
@@ -172,6 +177,8 @@ describe.each(databaseKinds)('the audit on %s', (kind) => {
       let stored = (await historyRow(harness, nested.call.id)).metadata as unknown;
       for (let level = 0; level < 200; level += 1) stored = (stored as { level: unknown }).level;
       expect(stored).toBe('[nested too deep to store]');
+      expect(refused.details).toMatchObject({ field: 'metadata', limit: 'MAX_METADATA_DEPTH', max: 1000 });
+      expect(await historyRow(harness, refused.details.callId as string)).toMatchObject({ status: 'ERROR', errorCode: 'BAD_USER_INPUT', metadata: null });
       expect(await historyRow(harness, next.call.id)).toMatchObject({ status: 'SUCCESS', cacheStatus: 'MISS' });
     });
   });

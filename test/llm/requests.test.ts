@@ -350,5 +350,27 @@ describe.each(databaseKinds)('requests on %s', (kind) => {
       const row = await historyRow(harness, error.details.callId as string);
       expect(row).toMatchObject({ status: 'ERROR', errorCode: 'NOT_FOUND', templateName: 'missing.mustache', templateHash: null });
     });
+
+    it('refuses tags past MAX_TAGS before rendering, and records the call without them', async () => {
+      const { llm } = await start();
+
+      const tags = Array.from({ length: 21 }, (_, index) => `tag-${index}`);
+      const error = await failure(llm.templatedCall({ systemTemplateName: 'missing.mustache', tags }));
+
+      expect(error.details).toMatchObject({ field: 'tags', limit: 'MAX_TAGS', max: 20, actual: 21 });
+      const row = await historyRow(harness, error.details.callId as string);
+      expect(row).toMatchObject({ status: 'ERROR', errorCode: 'BAD_USER_INPUT', tags: [], templateName: 'missing.mustache' });
+    });
+
+    it('refuses rendered messages past MAX_CHARACTERS_PER_CALL', async () => {
+      const { llm } = await harness.start({ ini: `[Prompts]\nDIR=${promptsDir}\n[Limits]\nMAX_CHARACTERS_PER_CALL=100\n` });
+
+      // The template is short; the value rendered into it is not.
+      const error = await failure(llm.templatedCall({ systemTemplateName: 'agents/system.mustache', variables: { name: 'a'.repeat(100) } }));
+
+      expect(error.details).toMatchObject({ field: 'messages', limit: 'MAX_CHARACTERS_PER_CALL', max: 100 });
+      expect(error.details.actual).toBeGreaterThan(100);
+      expect(harness.fake.requests).toHaveLength(0);
+    });
   });
 });

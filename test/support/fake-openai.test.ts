@@ -294,6 +294,14 @@ describe('scripts', () => {
     expect(Date.now() - started).toBeLessThan(1500);
     expect(fake.requestsTo('chat')).toHaveLength(1);
   });
+
+  it('resets the connection, which the SDK reports as a connection error', async () => {
+    fake.script('chat', { reset: true });
+    const error = await openai.chat.completions.create({ model: 'gpt-4o', messages }).catch((caught) => caught);
+    expect(error).toBeInstanceOf(OpenAI.APIConnectionError);
+    expect(error).not.toBeInstanceOf(OpenAI.APIConnectionTimeoutError);
+    expect(fake.requestsTo('chat')).toHaveLength(1);
+  });
 });
 
 describe('rejections', () => {

@@ -28,7 +28,9 @@ export type FakeResponse =
       delayMs?: number;
     }
   | { sse: unknown[]; headers?: Record<string, string> }
-  | { hang: true };
+  | { hang: true }
+  /** Drops the connection with a TCP reset, answering nothing (the client sees ECONNRESET). */
+  | { reset: true };
 
 /**
  * A response, a list (item n answers the n-th request the script sees, counted from the
@@ -421,6 +423,10 @@ export async function startFakeOpenAI(options: StartFakeOpenAIOptions = {}): Pro
 
   async function send(response: ServerResponse, fakeResponse: FakeResponse): Promise<void> {
     if ('hang' in fakeResponse) return;
+    if ('reset' in fakeResponse) {
+      response.socket?.resetAndDestroy();
+      return;
+    }
     if ('delayMs' in fakeResponse && fakeResponse.delayMs) await wait(fakeResponse.delayMs);
     if (response.destroyed || response.writableEnded) return;
     const headers: Record<string, string> = {

@@ -1,9 +1,10 @@
+import { checkMessages, checkTexts } from '../../llm/input-limits.ts';
 import { countTokensAsync, type TokenCountResult } from '../../llm/tokens.ts';
 import { access, builder } from '../builder.ts';
 import { ChatMessageInput } from './chat.ts';
 
 const TokenCount = builder.objectRef<TokenCountResult>('TokenCount').implement({
-  description: "A token count made with the model's own tokenizer (js-tiktoken), as the OpenAI API would count it.",
+  description: "A token count made with the model's own tokenizer (OpenAI's tiktoken encodings), as the OpenAI API would count it.",
   fields: (t) => ({
     tokens: t.exposeInt('tokens', {
       description: "The number of tokens. For messages it follows the OpenAI cookbook's accounting: per-message overhead, names, and the 3 tokens that prime the reply.",
@@ -26,8 +27,13 @@ builder.queryField('tokenCount', (t) =>
       text: t.arg.string({ description: 'A plain text to count.' }),
       messages: t.arg({ type: [ChatMessageInput], description: 'Chat messages to count as a prompt.' }),
     },
-    resolve: (_root, args, context) =>
+    resolve: (_root, args, context) => {
+      // Counting takes time in proportion to the text: the bound of a call holds here too.
+      const limits = context.services.loaded.config.limits;
+      if (args.text != null) checkTexts([args.text], limits, 'text');
+      if (args.messages != null) checkMessages(args.messages, limits);
       // The async count gives the event loop a turn between slices: a megabyte of text blocks nobody.
-      countTokensAsync({ model: args.model ?? context.services.overrides.settings().model, text: args.text, messages: args.messages }),
+      return countTokensAsync({ model: args.model ?? context.services.overrides.settings().model, text: args.text, messages: args.messages });
+    },
   }),
 );
