@@ -16,14 +16,6 @@ const healthBoundMs = 100;
 /** A sample over the bound is retried once; even the first answer must stay under this, or the event loop was blocked. */
 const healthHardCapMs = 1000;
 
-/**
- * js-tiktoken (and every tokenizer on npm) is quadratic on one long word: 16,000 letters take ~27 s
- * here, blocking the event loop. The linear-time tokenizer (its own branch, which adds
- * countTextTokensAsync) fixes that; until it is merged, the cases that count a long word are skipped.
- */
-const linearTokenizer = 'countTextTokensAsync' in tokens;
-const tokenizerSkip = 'needs the linear-time tokenizer (src/llm/tokens.ts countTextTokensAsync, branch "tokenizer"): js-tiktoken blocks the event loop for ~27 s on 16,000 letters';
-if (!linearTokenizer) console.warn(`hostile inputs: skipping the long-word cases: ${tokenizerSkip}`);
 
 const sendMessage = 'mutation HostileSend($input: SendMessageInput!) { sendMessage(input: $input) { message { content } call { id } } }';
 
@@ -136,7 +128,7 @@ describe.each(databaseKinds)('hostile inputs over real HTTP, on %s', (kind) => {
     await innocentCallsStillWork('token-count-small');
   });
 
-  it.skipIf(!linearTokenizer)(`counts 16,000 letters of one word exactly without blocking /health (${linearTokenizer ? 'linear tokenizer' : tokenizerSkip})`, async () => {
+  it('counts 16,000 letters of one word exactly without blocking /health', async () => {
     const { result } = await whileWatched('tokenCount 16,000 letters', () =>
       post({ query: 'query Count($text: String!) { tokenCount(text: $text, model: "gpt-4o") { tokens } }', variables: { text: 'a'.repeat(16_000) } }),
     );
@@ -146,7 +138,7 @@ describe.each(databaseKinds)('hostile inputs over real HTTP, on %s', (kind) => {
     await innocentCallsStillWork('token-count-16k');
   });
 
-  it.skipIf(!linearTokenizer)(`counts 64,000 letters of one word without blocking /health (${linearTokenizer ? 'linear tokenizer' : tokenizerSkip})`, async () => {
+  it('counts 64,000 letters of one word without blocking /health', async () => {
     const { result } = await whileWatched('tokenCount 64,000 letters', () =>
       post({ query: 'query Count($text: String!) { tokenCount(text: $text, model: "gpt-4o") { tokens } }', variables: { text: 'a'.repeat(64_000) } }),
     );
@@ -155,7 +147,7 @@ describe.each(databaseKinds)('hostile inputs over real HTTP, on %s', (kind) => {
     await innocentCallsStillWork('token-count-64k');
   });
 
-  it.skipIf(!linearTokenizer)(`answers a message of one 16,000-letter word, and the history's estimate does not block /health (${linearTokenizer ? 'linear tokenizer' : tokenizerSkip})`, async () => {
+  it("answers a message of one 16,000-letter word, and the history's estimate does not block /health", async () => {
     const { result } = await whileWatched('sendMessage 16,000-letter word, then the history', async () => {
       const answer = await post({ query: sendMessage, variables: { input: { messages: [{ role: 'USER', content: 'a'.repeat(16_000) }] } } });
       // The estimate runs when the writer takes the row: the watch spans it.
