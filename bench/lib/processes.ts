@@ -1,8 +1,9 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { createServer } from 'node:net';
-import { resolve } from 'node:path';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
 export const repositoryRoot = fileURLToPath(new URL('../..', import.meta.url));
@@ -171,6 +172,8 @@ export async function startServer(options: ServerOptions): Promise<Server> {
       PORT: String(port),
       CALLBOARD_LOGGING__LEVEL: 'warn',
       CALLBOARD_OPENAI__BASE_URL: options.openaiBaseURL,
+      // The bench's database is dropped at the end: rows it spooled must not reach another database later.
+      CALLBOARD_HISTORY__SPOOL_DIR: mkdtempSync(join(tmpdir(), 'callboard-bench-spool-')),
       OPENAI_API_KEY: 'sk-bench-0000000000000000',
       ...passedSettings(),
       ...options.environment,

@@ -1,5 +1,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
 const mainPath = fileURLToPath(new URL('../../src/main.ts', import.meta.url));
@@ -20,7 +23,9 @@ export interface ServerProcess {
 export function startServerProcess(options: { cwd: string; env: Record<string, string> }): Promise<ServerProcess> {
   const child = spawn(process.execPath, ['--import', tsxLoader, mainPath], {
     cwd: options.cwd,
-    env: { PATH: process.env.PATH ?? '', CALLBOARD_SERVER__PORT: '0', ...options.env },
+    // A spool of its own: servers started in a shared folder (the system's temporary one) must never
+    // replay into their database the rows another test's server left behind.
+    env: { PATH: process.env.PATH ?? '', CALLBOARD_SERVER__PORT: '0', CALLBOARD_HISTORY__SPOOL_DIR: mkdtempSync(join(tmpdir(), 'callboard-spool-')), ...options.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const output: string[] = [];
