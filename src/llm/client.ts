@@ -4,7 +4,7 @@ import type { Config, OpenAiConfig } from '../config/config.ts';
 import { noLimits } from '../auth/keys.ts';
 import type { KeyLimits } from '../auth/limits.ts';
 import type { SpendEstimate, SpendGuard } from './pipeline/spend.ts';
-import { countMessageTokens, countTextTokens } from './tokens.ts';
+import { countMessageTokensAsync, countTextTokensAsync } from './tokens.ts';
 import { badUserInput, CallboardError, InputLimitError, isCallboardError, ProviderError } from '../errors.ts';
 import { checkCallOptions, checkMessages, checkTexts, type InputLimits } from './input-limits.ts';
 import { cacheKey, type CacheEntryValue, type CacheScope, type CacheMode, type CacheStatus, type CallKind, type ResponseCache } from './cache.ts';
@@ -372,7 +372,7 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
   }
 
   /** Runs an upstream call within the caller's limits (reserve, then settle or release). */
-  function withinLimits<T extends { value: { model: string; usage: ProviderUsage | null } }>(input: CallOptions, estimate: () => SpendEstimate, upstream: () => Promise<T>): Promise<T> {
+  function withinLimits<T extends { value: { model: string; usage: ProviderUsage | null } }>(input: CallOptions, estimate: () => Promise<SpendEstimate>, upstream: () => Promise<T>): Promise<T> {
     if (!dependencies.spend) return upstream();
     const caller = input.caller ?? defaultCaller;
     return dependencies.spend.run(caller, estimate, upstream, (result) => result.value);
@@ -467,7 +467,12 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
         calledUpstream = true;
         const { value, attempts } = await withinLimits(
           input,
-          () => ({ model, promptTokens: countMessageTokens(request.messages, model).tokens, maxCompletionTokens: request.max_tokens ?? request.max_completion_tokens ?? 0 }),
+          async () => ({
+            model,
+            // Counted in slices that yield: a long prompt of a key with limits blocks no one else.
+            promptTokens: (await countMessageTokensAsync(request.messages, model)).tokens,
+            maxCompletionTokens: request.max_tokens ?? request.max_completion_tokens ?? 0,
+          }),
           () => callUpstream(settings, bounds, (attemptSignal, timeoutMs) => provider.chat(request, { timeoutMs, signal: attemptSignal }), signal),
         );
         attempts.at(-1)!.requestId = value.requestId;
@@ -628,7 +633,11 @@ export function createLlmClient(dependencies: LlmClientDependencies): LlmClient 
       const fetchMissing = async (signal: AbortSignal | undefined) => {
         const result = await withinLimits(
           input,
-          () => ({ model, promptTokens: missing.reduce((sum, text) => sum + countTextTokens(text, model).tokens, 0), maxCompletionTokens: 0 }),
+          async () => {
+            let promptTokens = 0;
+            for (const text of missing) promptTokens += (await countTextTokensAsync(text, model)).tokens;
+            return { model, promptTokens, maxCompletionTokens: 0 };
+          },
           () => callUpstream(settings, bounds, (attemptSignal, timeoutMs) => provider.embed({ model, input: missing }, { timeoutMs, signal: attemptSignal }), signal),
         );
         result.attempts.at(-1)!.requestId = result.value.requestId;

@@ -25,7 +25,7 @@ export interface SpendGuard {
    * the call really used, or releases it when the call failed. Settling and releasing happen off the
    * caller's path: a late settle only keeps the reservation, the larger amount, a moment longer.
    */
-  run<T>(payer: Payer, estimate: () => SpendEstimate, upstream: () => Promise<T>, usageOf: (value: T) => { model: string; usage: ProviderUsage | null }): Promise<T>;
+  run<T>(payer: Payer, estimate: () => Promise<SpendEstimate>, upstream: () => Promise<T>, usageOf: (value: T) => { model: string; usage: ProviderUsage | null }): Promise<T>;
 }
 
 const hasLimits = (limits: KeyLimits) => Object.values(limits).some((limit) => limit !== null);
@@ -40,7 +40,7 @@ export function createSpendGuard(options: { limits: LimitStore; prices: Config['
     async run(payer, estimate, upstream, usageOf) {
       // No key, or a key without limits: not even the estimate is computed.
       if (payer.apiKeyId === null || !hasLimits(payer.limits)) return upstream();
-      const { model, promptTokens, maxCompletionTokens } = estimate();
+      const { model, promptTokens, maxCompletionTokens } = await estimate();
       const reservation: Reservation | null = await limits.reserve(payer.apiKeyId, payer.limits, {
         requests: 1,
         tokens: promptTokens + maxCompletionTokens,
