@@ -53,6 +53,7 @@ export interface KeyStore {
   get(id: string, tenant: string | null): Promise<ApiKeyRecord | null>;
   /** Newest first, keyset-paginated by id (uuid v7 sorts by creation). `tenant` null: every tenant. */
   list(options: { tenant: string | null; first: number; after?: string | null; includeRevoked?: boolean }): Promise<KeyPage>;
+  count(options: { tenant: string | null; includeRevoked?: boolean }): Promise<number>;
   /**
    * The usable key a presented secret belongs to, or null (unknown, revoked, expired). Looked up by
    * its hash through a unique index; a found key is remembered for at most `cacheMs`, so a revocation
@@ -258,6 +259,13 @@ export function createKeyStore(options: KeyStoreOptions): KeyStore {
         [tenant, after && isUuid(after) ? after : null, includeRevoked, first + 1],
       );
       return { keys: rows.slice(0, first).map(fromRow), hasNextPage: rows.length > first };
+    },
+    async count({ tenant, includeRevoked = true }) {
+      const [row] = await database.query<{ count: string | number }>(
+        `SELECT count(*) AS "count" FROM "ApiKey" WHERE ($1::text IS NULL OR "tenant" = $1) AND ($2 OR "revokedAt" IS NULL)`,
+        [tenant, includeRevoked],
+      );
+      return Number(row!.count);
     },
     async authenticate(secret) {
       if (!secret.startsWith(keyPrefix) || secret.length > 200) return null;

@@ -115,7 +115,7 @@ builder.queryFields((t) => ({
         page: {
           nodes: page.keys.map((key) => ({ node: key, cursor: key.id })),
           hasNextPage: page.hasNextPage,
-          totalCount: async () => (await services.keys.list({ tenant: args.tenant ?? null, first: 100_000, includeRevoked: args.includeRevoked ?? true })).keys.length,
+          totalCount: () => services.keys.count({ tenant: args.tenant ?? null, includeRevoked: args.includeRevoked ?? true }),
         },
         after: args.after,
       };
