@@ -49,6 +49,7 @@ export interface ServicesOptions {
 }
 
 const cacheForgetChannel = 'callboard_cache_forget';
+const overridesChangedChannel = 'callboard_overrides_changed';
 /** About a millisecond of counting: prompts longer than this are counted on read instead. */
 const maxEstimatedCharacters = 20_000;
 
@@ -62,7 +63,16 @@ interface ForgetMessage {
   keys: readonly string[] | null;
   invalidation: CacheInvalidationNotice | null;
 }
-const overridesChangedChannel = 'callboard_overrides_changed';
+
+/** A message of the cache channel; one it cannot read (an older instance's) makes everyone forget everything. */
+function readForgetMessage(payload: string): ForgetMessage {
+  try {
+    const message = JSON.parse(payload) as Partial<ForgetMessage> | null;
+    return { keys: Array.isArray(message?.keys) ? message.keys : null, invalidation: message?.invalidation ?? null };
+  } catch {
+    return { keys: null, invalidation: null };
+  }
+}
 
 /** The composition of the LLM layer over a database: registry, overrides, cache, history, client. */
 export async function createServices(options: ServicesOptions): Promise<Services> {
@@ -89,7 +99,7 @@ export async function createServices(options: ServicesOptions): Promise<Services
   const stopListening = await database.listen(
     cacheForgetChannel,
     (payload) => {
-      const message = JSON.parse(payload) as ForgetMessage;
+      const message = readForgetMessage(payload);
       if (message.invalidation) cache.invalidated(message.invalidation.tenant);
       cache.forget(message.keys);
     },
