@@ -3,22 +3,12 @@ import cl100kBase from 'js-tiktoken/ranks/cl100k_base';
 import o200kBase from 'js-tiktoken/ranks/o200k_base';
 import { describe, expect, it } from 'vitest';
 import { BytePairEncoder, EncodeJob, type RankFile, withTiktokenWhitespace } from './bpe.ts';
+import { randomGenerator } from '../../test/support/seeded-random.ts';
 
 // js-tiktoken is the reference: it is OpenAI's tiktoken algorithm, quadratic on long words, so the generated
 // inputs keep words short enough (a few hundred characters) for it to stay fast. It is given tiktoken's own
 // whitespace (see withTiktokenWhitespace), checked on its own below against ids from OpenAI's tiktoken.
 
-/** mulberry32: a small seeded generator, so that a failing input can be reproduced from the seed. */
-function randomGenerator(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let value = state;
-    value = Math.imul(value ^ (value >>> 15), value | 1);
-    value ^= value + Math.imul(value ^ (value >>> 7), value | 61);
-    return ((value ^ (value >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const english = [
   'The quick brown fox jumps over the lazy dog.',

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { CallboardError } from '../errors.ts';
+import { randomGenerator } from '../../test/support/seeded-random.ts';
 import {
   countMessageTokens,
   countMessageTokensAsync,
@@ -191,17 +192,6 @@ describe('countTokens', () => {
   });
 });
 
-/** mulberry32: seeded, so the long inputs below are the same on every run. */
-function randomGenerator(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let value = state;
-    value = Math.imul(value ^ (value >>> 15), value | 1);
-    value ^= value + Math.imul(value ^ (value >>> 7), value | 61);
-    return ((value ^ (value >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function randomLetters(length: number, seed: number): string {
   const random = randomGenerator(seed);
