@@ -1,5 +1,6 @@
 import type { Plugin } from 'graphql-yoga';
 import { isCallboardError } from '../errors.ts';
+import { refusal } from '../http/refusal.ts';
 import type { Authenticator, Identity } from './identity.ts';
 
 /**
@@ -13,18 +14,13 @@ export function createDoor(authenticator: Authenticator) {
     request.method === 'GET' && !url.searchParams.has('query') && (request.headers.get('accept') ?? '').includes('text/html');
 
   const plugin: Plugin = {
-    async onRequest({ request, url, endResponse }) {
+    async onRequest({ request, url, endResponse, fetchAPI }) {
       if (url.pathname === '/health' || url.pathname === '/ready' || isGraphiqlPage(request, url)) return;
       try {
         identities.set(request, await authenticator.authenticate(request.headers.get('authorization')));
       } catch (error) {
         if (!isCallboardError(error)) throw error;
-        endResponse(
-          Response.json(
-            { errors: [{ message: error.message, extensions: { code: error.code } }] },
-            { status: 401, headers: { 'www-authenticate': 'Bearer realm="callboard"' } },
-          ),
-        );
+        endResponse(refusal(fetchAPI, 401, error, { 'www-authenticate': 'Bearer realm="callboard"' }));
       }
     },
   };

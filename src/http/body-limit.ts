@@ -1,17 +1,14 @@
 import type { Plugin } from 'graphql-yoga';
-import type { ErrorCode } from '../errors.ts';
+import { refusal } from './refusal.ts';
 
-/** The refusal of a body past the bound: HTTP 413, a GraphQL-shaped body, and the connection closed so the rest is not read. */
+/** The refusal of a body past the bound: HTTP 413, and the connection closed so the rest is not read. */
 function tooLarge(fetchAPI: { Response: typeof Response }, maxBytes: number, declaredBytes?: number): Response {
   const message =
     declaredBytes === undefined
       ? `The request body is larger than ${maxBytes} bytes ([Limits] MAX_BODY_BYTES); it was not read further.`
       : `The request body has ${declaredBytes} bytes; at most ${maxBytes} are allowed ([Limits] MAX_BODY_BYTES).`;
   const details = { limit: 'MAX_BODY_BYTES', max: maxBytes, ...(declaredBytes === undefined ? {} : { actual: declaredBytes }) };
-  return new fetchAPI.Response(JSON.stringify({ errors: [{ message, extensions: { code: 'PAYLOAD_TOO_LARGE' satisfies ErrorCode, details } }] }), {
-    status: 413,
-    headers: { 'content-type': 'application/json; charset=utf-8', connection: 'close' },
-  });
+  return refusal(fetchAPI, 413, { code: 'PAYLOAD_TOO_LARGE', message, details }, { connection: 'close' });
 }
 
 /**

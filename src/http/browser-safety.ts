@@ -1,7 +1,9 @@
 import { GraphQLError, Kind, getOperationAST, type DocumentNode, type FragmentDefinitionNode, type SelectionSetNode } from 'graphql';
 import type { CORSOptions, Plugin } from 'graphql-yoga';
+import { isLoopbackHost } from '../auth/hosts.ts';
 import type { ErrorCode } from '../errors.ts';
 import { adminQueryFields, paidFields } from '../graphql/field-classes.ts';
+import { refusal } from './refusal.ts';
 
 export interface BrowserSafetyOptions {
   /** Exact origins (`scheme://host[:port]`) that get CORS headers; empty: none does. */
@@ -23,17 +25,7 @@ function contentTypeEssence(value: string | null): string {
   return (value ?? '').split(';')[0]!.trim().toLowerCase();
 }
 
-/** A Callboard refusal answered before any GraphQL runs: a GraphQL-shaped body with a code, never an empty one. */
-function refusal(fetchAPI: { Response: typeof Response }, status: number, code: ErrorCode, message: string, headers: Record<string, string> = {}): Response {
-  return new fetchAPI.Response(JSON.stringify({ errors: [{ message, extensions: { code } }] }), {
-    status,
-    headers: { 'content-type': 'application/json; charset=utf-8', ...headers },
-  });
-}
 
-export function isLoopbackHostname(hostname: string): boolean {
-  return hostname === 'localhost' || hostname.endsWith('.localhost') || hostname === '[::1]' || /^127\.\d+\.\d+\.\d+$/.test(hostname);
-}
 
 /** The host name of a `Host` header value, normalised as a URL would (case, IPv4 and IPv6 forms); null when it is none. */
 export function hostnameOf(host: string): string | null {
@@ -51,7 +43,7 @@ export function hostnameOf(host: string): string | null {
 export function isHostAllowed(host: string | null, allowedHosts: readonly string[]): boolean {
   if (host === null) return true;
   const hostname = hostnameOf(host);
-  return hostname !== null && (isLoopbackHostname(hostname) || allowedHosts.includes(hostname));
+  return hostname !== null && (isLoopbackHost(hostname) || allowedHosts.includes(hostname));
 }
 
 /**
@@ -125,13 +117,12 @@ export function useBrowserSafety(options: BrowserSafetyOptions): Plugin {
     onRequest({ request, endResponse, fetchAPI }) {
       if (options.checkHost && !isHostAllowed(request.headers.get('host'), options.allowedHosts)) {
         endResponse(
-          refusal(
-            fetchAPI,
-            403,
-            'HOST_NOT_ALLOWED',
-            `Host "${request.headers.get('host')}" is not allowed: Callboard runs without CALLBOARD_MASTER_KEY, so it answers loopback names only. ` +
+          refusal(fetchAPI, 403, {
+            code: 'HOST_NOT_ALLOWED',
+            message:
+              `Host "${request.headers.get('host')}" is not allowed: Callboard runs without CALLBOARD_MASTER_KEY, so it answers loopback names only. ` +
               'Add the host to [Server] ALLOWED_HOSTS, or set CALLBOARD_MASTER_KEY.',
-          ),
+          }),
         );
       }
     },
@@ -143,9 +134,12 @@ export function useBrowserSafety(options: BrowserSafetyOptions): Plugin {
         refusal(
           fetchAPI,
           415,
-          'UNSUPPORTED_MEDIA_TYPE',
-          `POST /graphql takes content-type application/json, got ${contentType === null ? 'none' : `"${contentType}"`}; ` +
-            'form, multipart and text bodies are refused because any web page can send them cross-site.',
+          {
+            code: 'UNSUPPORTED_MEDIA_TYPE',
+            message:
+              `POST /graphql takes content-type application/json, got ${contentType === null ? 'none' : `"${contentType}"`}; ` +
+              'form, multipart and text bodies are refused because any web page can send them cross-site.',
+          },
           { accept: 'application/json' },
         ),
       );
