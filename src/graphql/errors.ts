@@ -28,7 +28,13 @@ export const maskError: MaskError = (error, message, isDev) => {
 const databaseUnavailable = () => new CallboardError('DATABASE_UNAVAILABLE', 'The database is unavailable right now; try again in a few seconds.');
 
 function extensionsOf(error: CallboardError) {
-  return { code: error.code, ...(Object.keys(error.details).length > 0 ? { details: error.details } : {}) };
+  const retryAfterSeconds = error.details.retryAfterSeconds;
+  return {
+    code: error.code,
+    // When to come back, where clients look for it first (RATE_LIMITED, BUDGET_EXCEEDED, PROVIDER_RATE_LIMITED).
+    ...(typeof retryAfterSeconds === 'number' ? { retryAfterSeconds } : {}),
+    ...(Object.keys(error.details).length > 0 ? { details: error.details } : {}),
+  };
 }
 
 /**

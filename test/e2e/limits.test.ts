@@ -11,7 +11,7 @@ const masterKey = 'cb-limits-master-SECRET';
 
 interface Answer {
   data?: { sendMessage?: { cacheStatus: string; call: { id: string } } } | null;
-  errors?: { message: string; extensions: { code: string; details?: Record<string, unknown> } }[];
+  errors?: { message: string; extensions: { code: string; retryAfterSeconds?: number; details?: Record<string, unknown> } }[];
 }
 
 async function send(app: App, key: string, content: string, cache = 'BYPASS', maxTokens = 100): Promise<Answer> {
@@ -65,9 +65,10 @@ describe.each(databaseKinds)('limits and budgets of API keys on %s, two instance
     expect(codes.filter((code) => code === 'OK')).toHaveLength(10);
     expect(codes.filter((code) => code === 'RATE_LIMITED')).toHaveLength(30);
     expect(fake.requestsTo('chat').length - before).toBe(10);
-    const refused = answers.find((answer) => codeOf(answer) === 'RATE_LIMITED')!.errors![0]!.extensions.details!;
-    expect(refused).toMatchObject({ limit: 'requestsPerMinute', maximum: 10 });
+    const refused = answers.find((answer) => codeOf(answer) === 'RATE_LIMITED')!.errors![0]!.extensions;
+    expect(refused.details).toMatchObject({ limit: 'requestsPerMinute', maximum: 10 });
     expect(refused.retryAfterSeconds).toBeGreaterThanOrEqual(1);
+    expect(refused.retryAfterSeconds).toBe(refused.details!.retryAfterSeconds);
 
     await Promise.all([testApp.services.history.flush(), other.services.history.flush()]);
     const rows = await testApp.testDatabase.database.query<{ status: string; errorCode: string | null; attemptCount: number }>(
