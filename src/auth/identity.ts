@@ -1,7 +1,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { CallboardError } from '../errors.ts';
-import { noLimits, type ApiKeyRecord, type ApiKeyRole, type KeyStore } from './keys.ts';
-import type { KeyLimits } from './limits.ts';
+import type { ApiKeyRecord, ApiKeyRole, KeyStore } from './keys.ts';
+import { noLimits, type KeyLimits } from './limits.ts';
 
 /** The tenant of open mode and of the master key's own calls. */
 export const defaultTenant = 'default';
@@ -27,7 +27,7 @@ export function readScope(identity: Identity): string | null {
   return identity.allTenants ? null : identity.tenant;
 }
 
-export const openIdentity: Identity = {
+const openIdentity: Identity = {
   kind: 'open',
   role: 'ADMIN',
   tenant: defaultTenant,
@@ -48,7 +48,7 @@ const masterIdentity: Identity = {
   label: 'master key',
 };
 
-export function identityOfKey(record: ApiKeyRecord): Identity {
+function identityOfKey(record: ApiKeyRecord): Identity {
   return {
     kind: 'key',
     role: record.role,
@@ -61,7 +61,7 @@ export function identityOfKey(record: ApiKeyRecord): Identity {
   };
 }
 
-export function unauthenticated(message: string): CallboardError {
+function unauthenticated(message: string): CallboardError {
   return new CallboardError('UNAUTHENTICATED', message);
 }
 

@@ -3,12 +3,11 @@ import { LRUCache } from 'lru-cache';
 import { v7 as uuidv7 } from 'uuid';
 import type { Database } from '../db/database.ts';
 import { badUserInput, CallboardError } from '../errors.ts';
-import type { KeyLimits } from './limits.ts';
+import { noLimits, type KeyLimits } from './limits.ts';
 
 export type ApiKeyRole = 'ADMIN' | 'MEMBER' | 'VIEWER';
 export const apiKeyRoles: readonly ApiKeyRole[] = ['ADMIN', 'MEMBER', 'VIEWER'];
 
-export const noLimits: KeyLimits = { requestsPerMinute: null, tokensPerMinute: null, usdPerDay: null, usdPerMonth: null };
 
 /** An API key as stored: never the key itself, only its hash and a short prefix. */
 export interface ApiKeyRecord {
@@ -73,12 +72,12 @@ const maxName = 200;
 const maxTenant = 100;
 
 /** SHA-256 of a key, hex: what the database keeps. */
-export function hashKey(secret: string): string {
+function hashKey(secret: string): string {
   return createHash('sha256').update(secret).digest('hex');
 }
 
 /** A new secret: the `cb_` prefix and 256 random bits, base64url. */
-export function generateKey(): string {
+function generateKey(): string {
   return `${keyPrefix}${randomBytes(32).toString('base64url')}`;
 }
 
@@ -125,7 +124,7 @@ function fromRow(row: KeyRow): ApiKeyRecord {
   };
 }
 
-export function isUsable(record: ApiKeyRecord, now: number): boolean {
+function isUsable(record: ApiKeyRecord, now: number): boolean {
   return record.revokedAt === null && (record.expiresAt === null || record.expiresAt.getTime() > now);
 }
 
@@ -153,7 +152,7 @@ function checkedName(name: string): string {
 }
 
 /** Tenants are names a person types and a URL or a label can carry: letters, digits, `.`, `_`, `-`. */
-export function checkedTenant(tenant: string): string {
+function checkedTenant(tenant: string): string {
   if (!/^[A-Za-z0-9._-]+$/.test(tenant) || tenant.length > maxTenant) {
     throw badUserInput(`tenant must be 1 to ${maxTenant} letters, digits, ".", "_" or "-".`, { field: 'tenant' });
   }

@@ -9,6 +9,8 @@ export interface KeyLimits {
   usdPerMonth: number | null;
 }
 
+export const noLimits: KeyLimits = { requestsPerMinute: null, tokensPerMinute: null, usdPerDay: null, usdPerMonth: null };
+
 export interface Spend {
   requests: number;
   tokens: number;
@@ -304,7 +306,8 @@ export function createLimitStore(options: LimitStoreOptions): LimitStore {
   return { reserve, settle, release: (reservation) => settle(reservation, { tokens: 0, usd: 0 }), usage };
 }
 
-function hasAnyLimit(limits: KeyLimits): boolean {
+/** Whether a key has any limit at all: one without costs no round trip and no estimate. */
+export function hasAnyLimit(limits: KeyLimits): boolean {
   return limits.requestsPerMinute !== null || limits.tokensPerMinute !== null || limits.usdPerDay !== null || limits.usdPerMonth !== null;
 }
 

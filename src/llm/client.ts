@@ -1,8 +1,8 @@
 import pLimit from 'p-limit';
 import { v7 as uuidv7 } from 'uuid';
 import type { Config, OpenAiConfig } from '../config/config.ts';
-import { noLimits } from '../auth/keys.ts';
-import type { KeyLimits } from '../auth/limits.ts';
+import { defaultTenant } from '../auth/identity.ts';
+import { noLimits, type KeyLimits } from '../auth/limits.ts';
 import type { SpendEstimate, SpendGuard } from './pipeline/spend.ts';
 import { countMessageTokensAsync, countTextTokensAsync } from './tokens.ts';
 import { badUserInput, CallboardError, InputLimitError, isCallboardError, ProviderError } from '../errors.ts';
@@ -35,7 +35,7 @@ export interface Caller {
 }
 
 /** Open mode's caller, for code that calls the client without a request (tests, scripts). */
-export const defaultCaller: Caller = { tenant: 'default', apiKeyId: null, limits: noLimits };
+export const defaultCaller: Caller = { tenant: defaultTenant, apiKeyId: null, limits: noLimits };
 
 /** What a caller may attach to any call: its tags and metadata land in the history. */
 export interface CallOptions {

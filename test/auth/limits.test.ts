@@ -1,12 +1,11 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { createLimitStore, type KeyLimits, type LimitStore, type Reservation, type Spend } from '../../src/auth/limits.ts';
+import { createLimitStore, noLimits, type KeyLimits, type LimitStore, type Reservation, type Spend } from '../../src/auth/limits.ts';
 import { createDatabase, type Database } from '../../src/db/database.ts';
 import { CallboardError } from '../../src/errors.ts';
 import { createTestDatabase, databaseKinds, type TestDatabase } from '../support/database.ts';
 
-const noLimits: KeyLimits = { requestsPerMinute: null, tokensPerMinute: null, usdPerDay: null, usdPerMonth: null };
 const oneRequest: Spend = { requests: 1, tokens: 0, usd: 0 };
 // Just before a minute boundary, so a fixed-window limiter would open a fresh window 10 ms later.
 const noon = Date.UTC(2026, 11, 1, 12, 0, 59, 990);

@@ -1,4 +1,4 @@
-import type { KeyLimits, LimitStore, Reservation } from '../../auth/limits.ts';
+import { hasAnyLimit, type KeyLimits, type LimitStore, type Reservation } from '../../auth/limits.ts';
 import type { Config } from '../../config/config.ts';
 import type { Logger } from '../../logger.ts';
 import { costOf } from '../prices.ts';
@@ -28,8 +28,6 @@ export interface SpendGuard {
   run<T>(payer: Payer, estimate: () => Promise<SpendEstimate>, upstream: () => Promise<T>, usageOf: (value: T) => { model: string; usage: ProviderUsage | null }): Promise<T>;
 }
 
-const hasLimits = (limits: KeyLimits) => Object.values(limits).some((limit) => limit !== null);
-
 export function createSpendGuard(options: { limits: LimitStore; prices: Config['prices']; logger: Pick<Logger, 'warn'> }): SpendGuard {
   const { limits, prices, logger } = options;
   const usd = (model: string, usage: { promptTokens: number; completionTokens: number } | null) => costOf(prices, model, usage) ?? 0;
@@ -39,7 +37,7 @@ export function createSpendGuard(options: { limits: LimitStore; prices: Config['
   return {
     async run(payer, estimate, upstream, usageOf) {
       // No key, or a key without limits: not even the estimate is computed.
-      if (payer.apiKeyId === null || !hasLimits(payer.limits)) return upstream();
+      if (payer.apiKeyId === null || !hasAnyLimit(payer.limits)) return upstream();
       const { model, promptTokens, maxCompletionTokens } = await estimate();
       const reservation: Reservation | null = await limits.reserve(payer.apiKeyId, payer.limits, {
         requests: 1,
