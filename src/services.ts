@@ -2,6 +2,7 @@ import { LRUCache } from 'lru-cache';
 import { createAuthenticator, type Authenticator } from './auth/identity.ts';
 import { createKeyStore, keyChangedChannel, type KeyStore } from './auth/keys.ts';
 import { createLimitStore, type LimitStore } from './auth/limits.ts';
+import { charactersOf } from './llm/input-limits.ts';
 import { createSpendGuard } from './llm/pipeline/spend.ts';
 import type { LoadedConfig } from './config/config.ts';
 import type { Database } from './db/database.ts';
@@ -125,8 +126,7 @@ export async function createServices(options: ServicesOptions): Promise<Services
       if (!Array.isArray(prompt)) return null;
       // The writer counts between batches, on the event loop: a long prompt is left for the API to count
       // when a reader asks (estimatedPromptTokens, with a count that yields), never at a caller's expense.
-      const length = (prompt as unknown[]).reduce<number>((sum, item) => sum + (typeof item === 'string' ? item.length : String((item as TokenMessage).content ?? '').length), 0);
-      if (length > maxEstimatedCharacters) return null;
+      if (charactersOf(prompt as (string | TokenMessage)[]) > maxEstimatedCharacters) return null;
       // Calls that share a cache key share a prompt: count it once.
       const known = call.cacheKey === null ? undefined : estimates.get(call.cacheKey);
       if (known !== undefined) return known;

@@ -56,16 +56,21 @@ export function checkMessages(messages: readonly CountedMessage[], limits: Input
       actual: messages.length,
     });
   }
-  let characters = 0;
-  for (const message of messages) characters += (typeof message.content === 'string' ? message.content.length : 0) + (message.name?.length ?? 0);
-  checkCharacters(characters, limits, field);
+  checkCharacters(charactersOf(messages), limits, field);
 }
 
 /** Texts to embed or to count: their characters together. */
 export function checkTexts(texts: readonly string[], limits: InputLimits, field = 'texts'): void {
+  checkCharacters(charactersOf(texts), limits, field);
+}
+
+/** The characters of a prompt: texts, or chat messages' contents and names, together. */
+export function charactersOf(prompt: readonly (string | CountedMessage)[]): number {
   let characters = 0;
-  for (const text of texts) characters += text.length;
-  checkCharacters(characters, limits, field);
+  for (const item of prompt) {
+    characters += typeof item === 'string' ? item.length : (typeof item.content === 'string' ? item.content.length : 0) + (item.name?.length ?? 0);
+  }
+  return characters;
 }
 
 function checkCharacters(characters: number, limits: InputLimits, field: string): void {
