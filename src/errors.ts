@@ -17,6 +17,8 @@ export type ErrorCode =
   | 'PROVIDER_TIMEOUT'
   | 'PROVIDER_UNAVAILABLE'
   | 'PROVIDER_ERROR'
+  /** The provider's stream broke off after it began: the answer is incomplete (never cached). */
+  | 'STREAM_INTERRUPTED'
   | 'ABORTED'
   | 'RETRY_EXHAUSTED'
   | 'DEADLINE_EXCEEDED'

@@ -95,17 +95,6 @@ export async function createServices(options: ServicesOptions): Promise<Services
     () => void overrides.refresh().catch((error: unknown) => logger.warn({ err: error }, 'could not reload runtime overrides')),
     () => void overrides.refresh().catch(() => {}),
   );
-  const cache = createResponseCache({ database, memoryEntries: config.cache.memoryEntries, logger });
-  // Each instance keeps hot entries in memory: an invalidation anywhere must reach all of them.
-  const stopListening = await database.listen(
-    cacheForgetChannel,
-    (payload) => {
-      const message = readForgetMessage(payload);
-      if (message.invalidation) cache.invalidated(message.invalidation.tenant);
-      cache.forget(message.keys);
-    },
-    () => cache.forget(null),
-  );
   const keys = createKeyStore({ database });
   const limits = createLimitStore({ database });
   // A revoked key stops working on every instance at once; the lookup cache's one second is the fallback.
@@ -138,6 +127,17 @@ export async function createServices(options: ServicesOptions): Promise<Services
       return tokens;
     },
   });
+  const cache = createResponseCache({ database, memoryEntries: config.cache.memoryEntries, writer: history, logger });
+  // Each instance keeps hot entries in memory: an invalidation anywhere must reach all of them.
+  const stopListening = await database.listen(
+    cacheForgetChannel,
+    (payload) => {
+      const message = readForgetMessage(payload);
+      if (message.invalidation) cache.invalidated(message.invalidation.tenant);
+      cache.forget(message.keys);
+    },
+    () => cache.forget(null),
+  );
   async function forgetCacheEverywhere(keys: readonly string[] | null, invalidation?: CacheInvalidationNotice): Promise<void> {
     const message: ForgetMessage = { keys, invalidation: invalidation ?? null };
     let payload = JSON.stringify(message);

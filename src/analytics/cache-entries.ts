@@ -1,5 +1,6 @@
 import type { PrismaClient } from '../db/generated/client.ts';
-import { cacheEntryColumns, cacheEntryFromRow, cacheKeyVersion, type CacheEntryRow, type CacheEntryValue, type CallKind, type ResponseCache } from '../llm/cache.ts';
+import { cacheKeyVersion, type CacheEntryValue, type CallKind, type ResponseCache } from '../llm/cache.ts';
+import { cacheEntryColumns, cacheEntryFromRow, type CacheEntryRow } from '../llm/cache-rows.ts';
 import { decodeCursor, encodeCursor, pageSize, textCondition, withinTenant, type OrderDirection, type Page, type PageArguments, type ReadQuery } from './calls.ts';
 
 export interface CacheEntryFilter {

@@ -4,6 +4,8 @@ import { stringify } from 'safe-stable-stringify';
 import type { Database } from '../db/database.ts';
 import type { Logger } from '../logger.ts';
 import type { ProviderUsage } from './providers/provider.ts';
+import { cacheEntryColumns, cacheEntryFromRow, type CacheEntryRow } from './cache-rows.ts';
+import type { HistoryWriter } from './history.ts';
 
 /** Bumped whenever what goes into a key changes, so old entries stop matching instead of lying. */
 export const cacheKeyVersion = 2;
@@ -72,8 +74,12 @@ export interface ResponseCache {
    * `unavailable` (the caller asks the provider, as it would on a miss).
    */
   lookup(key: string): Promise<CacheLookup>;
-  /** Keeps the entry in memory now; the caller queues the database write (history writer). */
+  /** Keeps the entry in memory only (an entry read elsewhere, or one the database already holds). */
   remember(entry: CacheEntryValue): void;
+  /** Keeps a new entry in memory now and queues its database write (durably: see HistoryWriter). */
+  store(entry: CacheEntryValue): void;
+  /** Counts a hit on an entry (added up in memory, written with the next batch). */
+  recordHit(key: string): void;
   /**
    * Runs `work` once for concurrent callers of the same key: the first caller leads, the others
    * wait for its result. `leader` tells them apart.
@@ -90,58 +96,13 @@ export interface ResponseCache {
   size(): number;
 }
 
-/** The columns of a CacheEntry row as cacheEntryFromRow reads them, the table aliased `alias`. */
-export function cacheEntryColumns(alias: string): string {
-  const columns = ['key', 'apiType', 'model', 'request', 'response', 'promptTokens', 'completionTokens', 'totalTokens', 'costUsd', 'createdAt', 'expiresAt', 'createdByCallId', 'tenant', 'apiKeyId'];
-  return [`${alias}."kind"::text AS "kind"`, ...columns.map((column) => `${alias}."${column}"`)].join(', ');
-}
-
-/** A CacheEntry row as the database answers it (selected with cacheEntryColumns). */
-export interface CacheEntryRow {
-  key: string;
-  kind: CallKind;
-  apiType: string;
-  model: string;
-  request: unknown;
-  response: unknown;
-  promptTokens: number | null;
-  completionTokens: number | null;
-  totalTokens: number | null;
-  costUsd: number | null;
-  createdAt: Date | string;
-  expiresAt: Date | string | null;
-  createdByCallId: string | null;
-  tenant: string;
-  apiKeyId: string | null;
-}
-
-export function cacheEntryFromRow(row: CacheEntryRow): CacheEntryValue {
-  return {
-    key: row.key,
-    kind: row.kind,
-    apiType: row.apiType,
-    model: row.model,
-    request: row.request,
-    response: row.response,
-    usage:
-      row.promptTokens === null
-        ? null
-        : { promptTokens: row.promptTokens, completionTokens: row.completionTokens ?? 0, totalTokens: row.totalTokens ?? row.promptTokens },
-    costUsd: row.costUsd,
-    createdAt: new Date(row.createdAt),
-    expiresAt: row.expiresAt === null ? null : new Date(row.expiresAt),
-    createdByCallId: row.createdByCallId,
-    tenant: row.tenant,
-    apiKeyId: row.apiKeyId,
-    requestedAt: new Date(row.createdAt),
-  };
-}
-
 export interface ResponseCacheOptions {
   /** Plain SQL, not Prisma: a miss's lookup sits on the caller's path. */
   database: Pick<Database, 'query'>;
   /** @default 10000 */
   memoryEntries: number;
+  /** The durable queue that carries entries and hits to the database with the history's rows. */
+  writer: Pick<HistoryWriter, 'saveCacheEntry' | 'recordCacheHit'>;
   /** Told once when reads start failing and once when they work again. */
   logger?: Pick<Logger, 'warn' | 'info'>;
   now?: () => number;
@@ -178,6 +139,9 @@ export function createResponseCache(options: ResponseCacheOptions): ResponseCach
     memory?.set(key, entry);
     return entry;
   };
+  const remember = (entry: CacheEntryValue) => {
+    if (!staleSince(entry.tenant, entry.requestedAt.getTime())) memory?.set(entry.key, entry);
+  };
   let failing: { since: number; count: number } | null = null;
 
   return {
@@ -201,8 +165,13 @@ export function createResponseCache(options: ResponseCacheOptions): ResponseCach
         return { entry: undefined, unavailable: true };
       }
     },
-    remember(entry) {
-      if (!staleSince(entry.tenant, entry.requestedAt.getTime())) memory?.set(entry.key, entry);
+    remember,
+    store(entry) {
+      remember(entry);
+      options.writer.saveCacheEntry(entry);
+    },
+    recordHit(key) {
+      options.writer.recordCacheHit(key, new Date());
     },
     async singleFlight(key, work) {
       const running = flights.get(key);

@@ -1,5 +1,5 @@
 import { v7 as uuidv7 } from 'uuid';
-import { cacheKeyVersion, type CacheEntryValue } from './cache.ts';
+import { cacheEntryWrites } from './cache-rows.ts';
 import type { CallRecord } from './history.ts';
 
 /**
@@ -61,6 +61,8 @@ export function reducedCall(row: Record<string, unknown>, reason: string): Prepa
     errorMessage: clip(row.errorMessage, 1000),
     attemptCount: int32(row.attemptCount) ?? 0,
     latencyMs: finite(row.latencyMs) ?? 0,
+    streamed: row.streamed === true,
+    timeToFirstTokenMs: finite(row.timeToFirstTokenMs),
     promptTokens: int32(row.promptTokens),
     completionTokens: int32(row.completionTokens),
     totalTokens: int32(row.totalTokens),
@@ -95,30 +97,6 @@ export function prepareCall(call: CallRecord): PreparedRow {
   } catch (error) {
     return reducedCall(row, `could not be serialised: ${reasonOf(error)}`);
   }
-}
-
-export function entryRow(entry: CacheEntryValue) {
-  return {
-    key: entry.key,
-    keyVersion: cacheKeyVersion,
-    kind: entry.kind,
-    apiType: entry.apiType,
-    model: entry.model,
-    request: entry.request,
-    response: entry.response,
-    promptTokens: entry.usage?.promptTokens ?? null,
-    completionTokens: entry.usage?.completionTokens ?? null,
-    totalTokens: entry.usage?.totalTokens ?? null,
-    costUsd: entry.costUsd,
-    hitCount: 0,
-    createdAt: entry.createdAt,
-    lastHitAt: null as string | null,
-    expiresAt: entry.expiresAt,
-    createdByCallId: entry.createdByCallId,
-    tenant: entry.tenant,
-    apiKeyId: entry.apiKeyId,
-    requestedAt: entry.requestedAt,
-  };
 }
 
 /** The five parameters of writeBatchSql for some rows, in order: later entries win, hits add up. */
@@ -156,39 +134,19 @@ export function statementParameters(rows: readonly PreparedRow[]): string[] {
  * Attempts may reference calls inserted by the same statement: foreign keys are checked at its end.
  */
 export const writeBatchSql = `
-WITH entry_rows AS (
-  SELECT * FROM jsonb_to_recordset($1::jsonb) AS r("key" text, "keyVersion" int, "kind" "CallKind", "apiType" text, "model" text,
-    "request" jsonb, "response" jsonb, "promptTokens" int, "completionTokens" int, "totalTokens" int, "costUsd" float8,
-    "hitCount" int, "createdAt" timestamptz, "lastHitAt" timestamptz, "expiresAt" timestamptz, "createdByCallId" uuid, "tenant" text, "apiKeyId" uuid,
-    "requestedAt" timestamptz)
-), written_entries AS (
-  INSERT INTO "CacheEntry" ("key", "keyVersion", "kind", "apiType", "model", "request", "response", "promptTokens", "completionTokens",
-    "totalTokens", "costUsd", "hitCount", "createdAt", "lastHitAt", "expiresAt", "createdByCallId", "tenant", "apiKeyId")
-  SELECT r."key", r."keyVersion", r."kind", r."apiType", r."model", r."request", r."response", r."promptTokens", r."completionTokens",
-    r."totalTokens", r."costUsd", r."hitCount", r."createdAt", r."lastHitAt", r."expiresAt", r."createdByCallId", r."tenant", r."apiKeyId"
-  FROM entry_rows r
-  -- The tombstone: an answer requested before an invalidation of its tenant would bring back what it deleted.
-  WHERE NOT EXISTS (SELECT 1 FROM "CacheInvalidation" i WHERE i."at" >= r."requestedAt" AND (i."tenant" IS NULL OR i."tenant" = r."tenant"))
-  ON CONFLICT ("key") DO UPDATE SET "keyVersion" = EXCLUDED."keyVersion", "kind" = EXCLUDED."kind", "apiType" = EXCLUDED."apiType",
-    "model" = EXCLUDED."model", "request" = EXCLUDED."request", "response" = EXCLUDED."response", "promptTokens" = EXCLUDED."promptTokens",
-    "completionTokens" = EXCLUDED."completionTokens", "totalTokens" = EXCLUDED."totalTokens", "costUsd" = EXCLUDED."costUsd",
-    "hitCount" = EXCLUDED."hitCount", "createdAt" = EXCLUDED."createdAt", "lastHitAt" = EXCLUDED."lastHitAt",
-    "expiresAt" = EXCLUDED."expiresAt", "createdByCallId" = EXCLUDED."createdByCallId", "tenant" = EXCLUDED."tenant", "apiKeyId" = EXCLUDED."apiKeyId"
-  RETURNING 1
-), counted_hits AS (
-  UPDATE "CacheEntry" e SET "hitCount" = e."hitCount" + h."count", "lastHitAt" = GREATEST(e."lastHitAt", h."lastHitAt")
-  FROM jsonb_to_recordset($2::jsonb) AS h("key" text, "count" int, "lastHitAt" timestamptz)
-  WHERE e."key" = h."key"
-  RETURNING 1
-), written_calls AS (
+WITH ${cacheEntryWrites}), written_calls AS (
   INSERT INTO "LlmCall" ("id", "createdAt", "tenant", "apiKeyId", "servedByCallId", "kind", "apiType", "model", "status", "cacheStatus", "cacheKey",
-    "errorCode", "errorMessage", "attemptCount", "latencyMs", "promptTokens", "completionTokens", "totalTokens", "estimatedPromptTokens", "costUsd",
-    "templateName", "templateHash", "tags")
-  SELECT * FROM jsonb_to_recordset($3::jsonb) AS c("id" uuid, "createdAt" timestamptz, "tenant" text, "apiKeyId" uuid, "servedByCallId" uuid,
+    "errorCode", "errorMessage", "attemptCount", "latencyMs", "streamed", "timeToFirstTokenMs", "promptTokens", "completionTokens", "totalTokens",
+    "estimatedPromptTokens", "costUsd", "templateName", "templateHash", "tags")
+  -- A row spooled by an older version has no "streamed": it was not a stream.
+  SELECT "id", "createdAt", "tenant", "apiKeyId", "servedByCallId", "kind", "apiType", "model", "status", "cacheStatus", "cacheKey",
+    "errorCode", "errorMessage", "attemptCount", "latencyMs", COALESCE("streamed", false), "timeToFirstTokenMs", "promptTokens", "completionTokens", "totalTokens",
+    "estimatedPromptTokens", "costUsd", "templateName", "templateHash", "tags"
+  FROM jsonb_to_recordset($3::jsonb) AS c("id" uuid, "createdAt" timestamptz, "tenant" text, "apiKeyId" uuid, "servedByCallId" uuid,
     "kind" "CallKind", "apiType" text, "model" text,
     "status" "CallStatus", "cacheStatus" "CacheStatus", "cacheKey" text, "errorCode" text, "errorMessage" text, "attemptCount" int,
-    "latencyMs" float8, "promptTokens" int, "completionTokens" int, "totalTokens" int, "estimatedPromptTokens" int, "costUsd" float8,
-    "templateName" text, "templateHash" text, "tags" text[])
+    "latencyMs" float8, "streamed" boolean, "timeToFirstTokenMs" float8, "promptTokens" int, "completionTokens" int, "totalTokens" int,
+    "estimatedPromptTokens" int, "costUsd" float8, "templateName" text, "templateHash" text, "tags" text[])
   ON CONFLICT DO NOTHING
   RETURNING 1
 ), written_bodies AS (

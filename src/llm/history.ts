@@ -3,7 +3,8 @@ import type { Database } from '../db/database.ts';
 import { classifyDatabaseError, type DatabaseFailure } from '../db/database-errors.ts';
 import type { Logger } from '../logger.ts';
 import type { CacheEntryValue, CacheStatus, CallKind } from './cache.ts';
-import { entryRow, prepareCall, reasonOf, reducedCall, statementParameters, storableJson, writeBatchSql, type PreparedRow } from './history-rows.ts';
+import { entryRow } from './cache-rows.ts';
+import { prepareCall, reasonOf, reducedCall, statementParameters, storableJson, writeBatchSql, type PreparedRow } from './history-rows.ts';
 import { openSpool, type Spool } from './spool.ts';
 
 /** One upstream attempt of a call, as the audit keeps it. */
@@ -38,6 +39,10 @@ export interface CallRecord {
   errorMessage: string | null;
   attemptCount: number;
   latencyMs: number;
+  /** The caller asked for a stream. */
+  streamed: boolean;
+  /** For a stream: milliseconds from the call's start to its first chunk sent to the caller. */
+  timeToFirstTokenMs: number | null;
   promptTokens: number | null;
   completionTokens: number | null;
   totalTokens: number | null;

@@ -7,6 +7,7 @@ export type InputLimits = Pick<Config['limits'], 'maxMessages' | 'maxCharactersP
 interface CountedMessage {
   content: unknown;
   name?: string | null;
+  tool_calls?: readonly { function?: { name?: unknown; arguments?: unknown } }[] | null;
 }
 
 /** Tags and metadata, which every call may carry into the history. */
@@ -64,11 +65,24 @@ export function checkTexts(texts: readonly string[], limits: InputLimits, field 
   checkCharacters(charactersOf(texts), limits, field);
 }
 
-/** The characters of a prompt: texts, or chat messages' contents and names, together. */
+/**
+ * The characters of a prompt: texts, or chat messages' contents (text parts included), names and
+ * tool calls, together. Images are bounded by the body size, not counted here.
+ */
 export function charactersOf(prompt: readonly (string | CountedMessage)[]): number {
   let characters = 0;
   for (const item of prompt) {
-    characters += typeof item === 'string' ? item.length : (typeof item.content === 'string' ? item.content.length : 0) + (item.name?.length ?? 0);
+    if (typeof item === 'string') {
+      characters += item.length;
+      continue;
+    }
+    const { content } = item;
+    if (typeof content === 'string') characters += content.length;
+    else if (Array.isArray(content)) for (const part of content) characters += typeof part?.text === 'string' ? part.text.length : 0;
+    characters += typeof item.name === 'string' ? item.name.length : 0;
+    for (const call of Array.isArray(item.tool_calls) ? item.tool_calls : []) {
+      characters += (typeof call?.function?.name === 'string' ? call.function.name.length : 0) + (typeof call?.function?.arguments === 'string' ? call.function.arguments.length : 0);
+    }
   }
   return characters;
 }

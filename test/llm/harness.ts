@@ -2,7 +2,7 @@ import { afterAll, afterEach, beforeAll, expect } from 'vitest';
 import type { PrismaClient } from '../../src/db/generated/client.ts';
 import { isCallboardError, type CallboardError } from '../../src/errors.ts';
 import type { CacheStatus } from '../../src/llm/cache.ts';
-import { callIdOf, type ChatMessage, type LlmClient } from '../../src/llm/client.ts';
+import { callIdOf, type ChatMessage, type ChatStream, type LlmClient } from '../../src/llm/client.ts';
 import { createLogger } from '../../src/logger.ts';
 import { createServices, type Services } from '../../src/services.ts';
 import { testConfig } from '../support/app.ts';
@@ -148,6 +148,28 @@ function recording(llm: LlmClient, ledger: LedgerEntry[]): LlmClient {
   return {
     sendMessage: (input) => track(() => llm.sendMessage(input)),
     embed: (input) => track(() => llm.embed(input)),
+    // A stream is in the ledger once it ends, as it is in the history.
+    streamMessage: async (input) => {
+      let stream: ChatStream;
+      try {
+        stream = await llm.streamMessage(input);
+      } catch (error) {
+        ledger.push({ id: callIdOf(error), status: 'ERROR', cacheStatus: null, errorCode: isCallboardError(error) ? error.code : null });
+        throw error;
+      }
+      const opened = stream;
+      async function* chunks() {
+        try {
+          for await (const chunk of opened) yield chunk;
+          ledger.push({ id: opened.call.id, status: 'SUCCESS', cacheStatus: opened.cacheStatus, errorCode: null });
+        } catch (error) {
+          ledger.push({ id: opened.call.id, status: 'ERROR', cacheStatus: opened.cacheStatus, errorCode: isCallboardError(error) ? error.code : null });
+          throw error;
+        }
+      }
+      const iterator = chunks();
+      return { call: opened.call, cacheStatus: opened.cacheStatus, result: () => opened.result(), [Symbol.asyncIterator]: () => iterator };
+    },
     templatedCall: (input) => track(() => llm.templatedCall(input)),
   };
 }

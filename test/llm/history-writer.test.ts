@@ -28,6 +28,8 @@ function call(overrides: Partial<CallRecord> = {}): CallRecord {
     cacheKey: null,
     errorCode: null,
     errorMessage: null,
+    streamed: false,
+    timeToFirstTokenMs: null,
     attemptCount: 1,
     latencyMs: 12.5,
     promptTokens: 3,

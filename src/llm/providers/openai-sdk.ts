@@ -51,7 +51,7 @@ function retryAfterMs(headers: Headers | undefined): number | undefined {
   return Number.isFinite(date) ? Math.max(0, date - Date.now()) : undefined;
 }
 
-function usageOf(usage: { prompt_tokens?: number; completion_tokens?: number; total_tokens?: number } | undefined | null): ProviderUsage | null {
+export function usageOf(usage: { prompt_tokens?: number; completion_tokens?: number; total_tokens?: number } | undefined | null): ProviderUsage | null {
   if (!usage) return null;
   const promptTokens = usage.prompt_tokens ?? 0;
   const completionTokens = usage.completion_tokens ?? 0;
@@ -73,22 +73,62 @@ export function createSdkProvider(apiType: string, endpoint: Provider['endpoint'
           .withResponse();
         const choice = data.choices[0];
         if (!choice) throw new ProviderError('PROVIDER_ERROR', `${apiType} answered with no choices.`);
-        return {
-          message: { role: 'assistant', content: choice.message.content ?? null, refusal: choice.message.refusal ?? null },
-          finishReason: choice.finish_reason ?? null,
-          model: data.model,
-          usage: usageOf(data.usage),
-          body: data,
-          requestId: request_id ?? null,
-        };
+        return { message: choice.message, finishReason: choice.finish_reason ?? null, model: data.model, usage: usageOf(data.usage), body: data, requestId: request_id ?? null };
       } catch (error) {
         throw toProviderError(error, apiType);
+      }
+    },
+    async chatStream(request: ProviderChatRequest, options) {
+      // The SDK's timeout ends at the response's headers: the wait for the first chunk is bounded here.
+      const controller = new AbortController();
+      const onAbort = () => controller.abort(options.signal!.reason);
+      if (options.signal?.aborted) onAbort();
+      options.signal?.addEventListener('abort', onAbort, { once: true });
+      let timedOut = false;
+      const timer = setTimeout(() => {
+        timedOut = true;
+        controller.abort();
+      }, options.timeoutMs);
+      const stop = () => {
+        clearTimeout(timer);
+        options.signal?.removeEventListener('abort', onAbort);
+      };
+      try {
+        const params = { ...(request as unknown as OpenAI.ChatCompletionCreateParamsStreaming), stream: true as const, stream_options: { include_usage: true } };
+        const { data, request_id } = await chatClient.chat.completions.create(params, { ...requestOptions(options), signal: controller.signal }).withResponse();
+        const iterator = data[Symbol.asyncIterator]();
+        const first = await iterator.next();
+        clearTimeout(timer);
+        if (first.done) throw new ProviderError('STREAM_INTERRUPTED', `${apiType} ended the stream before its first chunk.`);
+        return { chunks: rest(first.value, iterator), requestId: request_id ?? null };
+      } catch (error) {
+        stop();
+        if (timedOut && !options.signal?.aborted) throw new ProviderError('PROVIDER_TIMEOUT', `${apiType} sent no chunk in ${options.timeoutMs} ms.`, { cause: error });
+        throw toProviderError(error, apiType);
+      }
+
+      async function* rest(first: OpenAI.ChatCompletionChunk, iterator: AsyncIterator<OpenAI.ChatCompletionChunk>) {
+        try {
+          yield first;
+          for (let next = await iterator.next(); !next.done; next = await iterator.next()) yield next.value;
+        } catch (error) {
+          const mapped = toProviderError(error, apiType);
+          // A socket cut or a malformed event: the answer is incomplete, whatever the SDK calls it.
+          throw mapped instanceof ProviderError ? mapped : new ProviderError('STREAM_INTERRUPTED', `${apiType} broke off the stream: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
+        } finally {
+          stop();
+          // Stops the upstream request when the caller stops reading (a client that went away).
+          controller.abort();
+        }
       }
     },
     async embed(request, options) {
       try {
         const { data, request_id } = await embeddingClient.embeddings
-          .create({ model: request.model, input: request.input, encoding_format: 'float' }, requestOptions(options))
+          .create(
+            { model: request.model, input: request.input, encoding_format: 'float', ...(request.dimensions === undefined ? {} : { dimensions: request.dimensions }) },
+            requestOptions(options),
+          )
           .withResponse();
         const vectors = [...data.data].sort((a, b) => a.index - b.index).map((item) => item.embedding);
         if (vectors.length !== request.input.length) {

@@ -1,10 +1,26 @@
+import type OpenAI from 'openai';
 import type { Config, OpenAiConfig } from '../../config/config.ts';
+
+/** One part of a message's content: text, or an image by URL (a data: URL included). */
+export type ContentPart = { type: 'text'; text: string } | { type: 'image_url'; image_url: { url: string; detail?: string } };
+
+/** A function call the model asked for, as OpenAI's chat API writes it. */
+export interface ToolCall {
+  id: string;
+  type: 'function';
+  function: { name: string; arguments: string };
+}
 
 /** A chat message as the OpenAI chat completions API takes it. */
 export interface ProviderMessage {
   role: 'system' | 'user' | 'assistant' | 'developer' | 'tool';
-  content: string;
+  /** Text, or parts (text and images); null for an assistant message that only calls tools. */
+  content: string | ContentPart[] | null;
   name?: string;
+  /** An assistant message's calls of tools. */
+  tool_calls?: ToolCall[];
+  /** A tool message: the call it answers. */
+  tool_call_id?: string;
 }
 
 /** The exact body sent upstream: absent parameters are absent, never null. */
@@ -20,6 +36,16 @@ export interface ProviderChatRequest {
   stop?: string[];
   response_format?: unknown;
   reasoning_effort?: string;
+  tools?: unknown[];
+  tool_choice?: unknown;
+  parallel_tool_calls?: boolean;
+  n?: number;
+  seed?: number;
+  logprobs?: boolean;
+  top_logprobs?: number;
+  user?: string;
+  /** Fields Callboard does not know, passed through unchanged from the REST door. */
+  [extra: string]: unknown;
 }
 
 export interface ProviderUsage {
@@ -28,19 +54,36 @@ export interface ProviderUsage {
   totalTokens: number;
 }
 
+/** The provider's whole answer in OpenAI's wire format (a streamed one, assembled). */
+export type ChatCompletion = OpenAI.ChatCompletion;
+export type ChatCompletionChunk = OpenAI.ChatCompletionChunk;
+
 export interface ProviderChatResponse {
-  message: { role: 'assistant'; content: string | null; refusal: string | null };
+  /** The first choice's message. */
+  message: ChatCompletion['choices'][number]['message'];
   finishReason: string | null;
   model: string;
   usage: ProviderUsage | null;
   /** The provider's whole answer, as stored in the cache and the history. */
-  body: unknown;
+  body: ChatCompletion;
+  requestId: string | null;
+}
+
+/**
+ * A streamed answer whose first chunk has arrived (so a failure before it is retried like any
+ * other): `chunks` yields that chunk, then the rest as the provider sends them, and throws a
+ * ProviderError when the stream breaks.
+ */
+export interface ProviderChatStream {
+  chunks: AsyncIterable<ChatCompletionChunk>;
   requestId: string | null;
 }
 
 export interface ProviderEmbeddingRequest {
   model: string;
   input: string[];
+  /** The length of the vectors, for models that can shorten them. */
+  dimensions?: number;
 }
 
 export interface ProviderEmbeddingResponse {
@@ -64,6 +107,8 @@ export interface Provider {
    */
   endpoint: { chat: string; embeddings: string };
   chat(request: ProviderChatRequest, options: ProviderCallOptions): Promise<ProviderChatResponse>;
+  /** `options.timeoutMs` bounds the wait for the first chunk; the signal aborts the whole stream. */
+  chatStream(request: ProviderChatRequest, options: ProviderCallOptions): Promise<ProviderChatStream>;
   embed(request: ProviderEmbeddingRequest, options: ProviderCallOptions): Promise<ProviderEmbeddingResponse>;
 }
 
