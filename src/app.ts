@@ -4,7 +4,7 @@ import { createCacheEntryQueries } from './analytics/cache-entries.ts';
 import { callStats } from './analytics/call-stats.ts';
 import { createCallQueries, withinTenant } from './analytics/calls.ts';
 import { createDoor } from './auth/door.ts';
-import { readScope } from './auth/identity.ts';
+import { callerOf, readScope } from './auth/identity.ts';
 import type { GraphQLContext } from './graphql/context.ts';
 import { maskError } from './graphql/errors.ts';
 import { createLoaders } from './graphql/loaders.ts';
@@ -13,6 +13,7 @@ import { createParseCaches, createQueryLimitPlugins } from './graphql/query-limi
 import { schema } from './graphql/schema.ts';
 import { useBodyLimit } from './http/body-limit.ts';
 import { createCorsOptions, useBrowserSafety } from './http/browser-safety.ts';
+import { useOpenAiDoor } from './http/openai-door.ts';
 import type { Services } from './services.ts';
 
 export type App = YogaServerInstance<Record<string, never>, GraphQLContext>;
@@ -40,7 +41,7 @@ export function createApp(services: Services): App {
       return {
         services,
         identity,
-        caller: { tenant: identity.tenant, apiKeyId: identity.apiKey?.id ?? null, limits: identity.limits },
+        caller: callerOf(identity),
         ...queries,
         loaders: createLoaders({ ...queries, limits: services.limits }),
         callStats: (filter, ...rest: DropFirst<DropFirst<Parameters<typeof callStats>>>) =>
@@ -77,6 +78,7 @@ export function createApp(services: Services): App {
       useBrowserSafety({ corsOrigins: server.corsOrigins, allowedHosts: server.allowedHosts, checkHost: services.authenticator.openMode }),
       useBodyLimit(loaded.config.limits.maxBodyBytes),
       door.plugin,
+      useOpenAiDoor({ services, identityOf: door.identityOf, maxBodyBytes: loaded.config.limits.maxBodyBytes }),
       useReadinessCheck({ endpoint: '/ready', check: () => database.isReachable() }),
       ...createQueryLimitPlugins(loaded.config.limits),
     ],

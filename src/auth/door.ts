@@ -20,7 +20,7 @@ export function createDoor(authenticator: Authenticator) {
         identities.set(request, await authenticator.authenticate(request.headers.get('authorization')));
       } catch (error) {
         if (!isCallboardError(error)) throw error;
-        endResponse(refusal(fetchAPI, 401, error, { 'www-authenticate': 'Bearer realm="callboard"' }));
+        endResponse(refusal(fetchAPI, url, 401, error, { 'www-authenticate': 'Bearer realm="callboard"' }));
       }
     },
   };

@@ -1,6 +1,6 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { CallboardError } from '../errors.ts';
-import type { ApiKeyRecord, ApiKeyRole, KeyStore } from './keys.ts';
+import { isCallboardKey, type ApiKeyRecord, type ApiKeyRole, type KeyStore } from './keys.ts';
 import { noLimits, type KeyLimits } from './limits.ts';
 
 /** The tenant of open mode and of the master key's own calls. */
@@ -20,6 +20,19 @@ export interface Identity {
   limits: KeyLimits;
   /** How the audit names this caller. */
   label: string;
+}
+
+/** Each role holds the ones below it. */
+export const roleRank: Record<ApiKeyRole, number> = { VIEWER: 0, MEMBER: 1, ADMIN: 2 };
+
+/** True when the caller's role is `role` or above. */
+export function holdsRole(identity: Pick<Identity, 'role'>, role: ApiKeyRole): boolean {
+  return roleRank[identity.role] >= roleRank[role];
+}
+
+/** The identity as the LLM client records and limits calls: its tenant, key and limits. */
+export function callerOf(identity: Identity): { tenant: string; apiKeyId: string | null; limits: KeyLimits } {
+  return { tenant: identity.tenant, apiKeyId: identity.apiKey?.id ?? null, limits: identity.limits };
 }
 
 /** The tenant a caller's reads are limited to; null: every tenant (ADMIN). */
@@ -86,6 +99,9 @@ export function createAuthenticator(options: { masterKey: string | null; keys: P
         throw unauthenticated('This server needs an API key: send "Authorization: Bearer <key>".');
       }
       const secret = match[1]!;
+      // The openai SDKs always send a key (often the caller's own OPENAI_API_KEY): in open mode, only a
+      // Callboard key is read as one, so that unchanged code works; a wrong Callboard key is still refused.
+      if (masterDigest === null && !isCallboardKey(secret)) return openIdentity;
       // Digests of equal length, compared in constant time: the comparison tells nothing of the master key.
       if (masterDigest !== null && timingSafeEqual(digest(secret), masterDigest)) return masterIdentity;
       const record = await options.keys.authenticate(secret);

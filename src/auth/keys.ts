@@ -67,6 +67,9 @@ export interface KeyStore {
 export const keyChangedChannel = 'callboard_key_changed';
 
 const keyPrefix = 'cb_';
+
+/** Looks like a key Callboard makes (whether or not it exists). */
+export const isCallboardKey = (secret: string) => secret.startsWith(keyPrefix);
 const shownPrefixLength = 10;
 const maxName = 200;
 const maxTenant = 100;

@@ -2,6 +2,7 @@ import SchemaBuilder from '@pothos/core';
 import ComplexityPlugin from '@pothos/plugin-complexity';
 import ScopeAuthPlugin, { AuthScopeFailureType, type AuthFailure } from '@pothos/plugin-scope-auth';
 import type { ApiKeyRole } from '../auth/keys.ts';
+import { holdsRole, roleRank } from '../auth/identity.ts';
 import { CallboardError } from '../errors.ts';
 import type { GraphQLContext } from './context.ts';
 
@@ -11,7 +12,6 @@ import type { GraphQLContext } from './context.ts';
  * defined; nothing else in a resolver checks a role.
  */
 const scopeRoles = { admin: 'ADMIN', member: 'MEMBER', viewer: 'VIEWER' } as const satisfies Record<string, ApiKeyRole>;
-const roleRank: Record<ApiKeyRole, number> = { VIEWER: 0, MEMBER: 1, ADMIN: 2 };
 
 function neededRole(failure: AuthFailure): ApiKeyRole {
   if (failure.kind === AuthScopeFailureType.AuthScope) return scopeRoles[failure.scope as keyof typeof scopeRoles] ?? 'ADMIN';
@@ -40,8 +40,8 @@ export const builder = new SchemaBuilder<{
   complexity: { disabled: true },
   scopeAuth: {
     authScopes: ({ identity }) => ({
-      admin: roleRank[identity.role] >= roleRank.ADMIN,
-      member: roleRank[identity.role] >= roleRank.MEMBER,
+      admin: holdsRole(identity, 'ADMIN'),
+      member: holdsRole(identity, 'MEMBER'),
       viewer: true,
     }),
     unauthorizedError: (_parent, context, info, result) => {

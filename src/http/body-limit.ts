@@ -2,13 +2,13 @@ import type { Plugin } from 'graphql-yoga';
 import { refusal } from './refusal.ts';
 
 /** The refusal of a body past the bound: HTTP 413, and the connection closed so the rest is not read. */
-function tooLarge(fetchAPI: { Response: typeof Response }, maxBytes: number, declaredBytes?: number): Response {
+function tooLarge(fetchAPI: { Response: typeof Response }, url: URL, maxBytes: number, declaredBytes?: number): Response {
   const message =
     declaredBytes === undefined
       ? `The request body is larger than ${maxBytes} bytes ([Limits] MAX_BODY_BYTES); it was not read further.`
       : `The request body has ${declaredBytes} bytes; at most ${maxBytes} are allowed ([Limits] MAX_BODY_BYTES).`;
   const details = { limit: 'MAX_BODY_BYTES', max: maxBytes, ...(declaredBytes === undefined ? {} : { actual: declaredBytes }) };
-  return refusal(fetchAPI, 413, { code: 'PAYLOAD_TOO_LARGE', message, details }, { connection: 'close' });
+  return refusal(fetchAPI, url, 413, { code: 'PAYLOAD_TOO_LARGE', message, details }, { connection: 'close' });
 }
 
 /**
@@ -20,11 +20,11 @@ function tooLarge(fetchAPI: { Response: typeof Response }, maxBytes: number, dec
  */
 export function useBodyLimit(maxBytes: number): Plugin {
   return {
-    onRequest({ request, endResponse, fetchAPI }) {
+    onRequest({ request, url, endResponse, fetchAPI }) {
       const declared = request.headers.get('content-length');
       if (declared === null) return;
       // Node's parser refuses a malformed length itself; a fetch caller's is read as unknown and counted.
-      if (/^\d+$/.test(declared) && Number(declared) > maxBytes) endResponse(tooLarge(fetchAPI, maxBytes, Number(declared)));
+      if (/^\d+$/.test(declared) && Number(declared) > maxBytes) endResponse(tooLarge(fetchAPI, url, maxBytes, Number(declared)));
     },
     onRequestParse({ request, requestParser, setRequestParser, fetchAPI }) {
       if (requestParser === undefined || request.body === null || /^\d+$/.test(request.headers.get('content-length') ?? '')) return;
@@ -58,7 +58,7 @@ export function useBodyLimit(maxBytes: number): Plugin {
         try {
           return await parse(limited);
         } catch (error) {
-          if (exceeded) return tooLarge(fetchAPI, maxBytes);
+          if (exceeded) return tooLarge(fetchAPI, new URL(original.url), maxBytes);
           throw error;
         }
       });

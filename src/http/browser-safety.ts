@@ -114,10 +114,10 @@ export function createCorsOptions(corsOrigins: readonly string[]): (request: Req
  */
 export function useBrowserSafety(options: BrowserSafetyOptions): Plugin {
   return {
-    onRequest({ request, endResponse, fetchAPI }) {
+    onRequest({ request, url, endResponse, fetchAPI }) {
       if (options.checkHost && !isHostAllowed(request.headers.get('host'), options.allowedHosts)) {
         endResponse(
-          refusal(fetchAPI, 403, {
+          refusal(fetchAPI, url, 403, {
             code: 'HOST_NOT_ALLOWED',
             message:
               `Host "${request.headers.get('host')}" is not allowed: Callboard runs without CALLBOARD_MASTER_KEY, so it answers loopback names only. ` +
@@ -126,13 +126,14 @@ export function useBrowserSafety(options: BrowserSafetyOptions): Plugin {
         );
       }
     },
-    onRequestParse({ request, endResponse, fetchAPI }) {
+    onRequestParse({ request, url, endResponse, fetchAPI }) {
       if (request.method !== 'POST') return;
       const contentType = request.headers.get('content-type');
       if (graphqlContentTypes.has(contentTypeEssence(contentType))) return;
       endResponse(
         refusal(
           fetchAPI,
+          url,
           415,
           {
             code: 'UNSUPPORTED_MEDIA_TYPE',

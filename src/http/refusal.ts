@@ -1,18 +1,27 @@
-import type { ErrorCode } from '../errors.ts';
+import { CallboardError, type ErrorCode } from '../errors.ts';
+import { toOpenAiError } from './openai-errors.ts';
+
+/** The OpenAI-compatible REST door's paths: their refusals take OpenAI's error shape. */
+export function isOpenAiPath(pathname: string): boolean {
+  return pathname === '/v1' || pathname.startsWith('/v1/');
+}
 
 /**
- * A refusal answered before any GraphQL runs (no key, a rebound Host, a form post, a body too large):
- * a GraphQL-shaped JSON body with a code, never an empty one.
+ * A refusal answered before any operation runs (no key, a rebound Host, a form post, a body too
+ * large): a JSON body with a code, never an empty one. GraphQL's shape, or OpenAI's on /v1.
  */
 export function refusal(
   fetchAPI: { Response: typeof Response },
+  url: URL,
   status: number,
   error: { code: ErrorCode; message: string; details?: Record<string, unknown> },
   headers: Record<string, string> = {},
 ): Response {
-  const extensions = { code: error.code, ...(error.details && Object.keys(error.details).length > 0 ? { details: error.details } : {}) };
-  return new fetchAPI.Response(JSON.stringify({ errors: [{ message: error.message, extensions }] }), {
-    status,
-    headers: { 'content-type': 'application/json; charset=utf-8', ...headers },
-  });
+  let body: unknown;
+  if (isOpenAiPath(url.pathname)) body = toOpenAiError(new CallboardError(error.code, error.message, { details: error.details })).body;
+  else {
+    const extensions = { code: error.code, ...(error.details && Object.keys(error.details).length > 0 ? { details: error.details } : {}) };
+    body = { errors: [{ message: error.message, extensions }] };
+  }
+  return new fetchAPI.Response(JSON.stringify(body), { status, headers: { 'content-type': 'application/json; charset=utf-8', ...headers } });
 }

@@ -128,7 +128,9 @@ function setIf(request: ProviderChatRequest, field: string, value: unknown): voi
 
 function checkedMessage(message: ChatMessage, index: number): ProviderMessage {
   const fail = (why: string) => badUserInput(`Message ${index}: ${why}`, { field: 'messages', index });
+  if (typeof message !== 'object' || message === null) throw fail('must be an object with a role and content.');
   if (!roles.has(message.role)) throw fail(`unknown role "${String(message.role)}".`);
+  if (message.name !== undefined && message.name !== null && typeof message.name !== 'string') throw fail('name must be a string.');
   const { content } = message;
   const calls = message.tool_calls;
   if (content === null || content === undefined) {
