@@ -98,7 +98,7 @@ const callOrderColumns: Record<CallOrderField, string> = {
 };
 
 const callColumns = `c."id", c."createdAt", c."tenant", c."apiKeyId", c."servedByCallId", c."kind"::text AS "kind", c."apiType", c."model", c."status"::text AS "status",
-  c."cacheStatus"::text AS "cacheStatus", c."cacheKey", c."errorCode", c."errorMessage", c."attemptCount", c."latencyMs",
+  c."cacheStatus"::text AS "cacheStatus", c."cacheKey", c."errorCode", c."errorMessage", c."attemptCount", c."latencyMs", c."streamed", c."timeToFirstTokenMs",
   c."promptTokens", c."completionTokens", c."totalTokens", c."estimatedPromptTokens", c."costUsd", c."templateName",
   c."templateHash", c."tags", body."metadata", body."requestBody", body."responseBody"`;
 const callTables = `"LlmCall" c LEFT JOIN "LlmCallBody" body ON body."callId" = c."id"`;

@@ -57,7 +57,9 @@ LlmCall.implement({
       description: 'Every upstream request, with status, error and the wait that followed.',
       resolve: (call, _args, context) => call.attempts ?? context.loaders.attempts.load(call.id),
     }),
-    latencyMs: t.exposeFloat('latencyMs', { description: 'From the call reaching Callboard to its answer.' }),
+    latencyMs: t.exposeFloat('latencyMs', { description: 'From the call reaching Callboard to its answer (for a stream: to its last chunk).' }),
+    streamed: t.exposeBoolean('streamed', { description: 'The caller asked for a stream (REST stream: true, or the sendMessageStream subscription).' }),
+    timeToFirstTokenMs: t.exposeFloat('timeToFirstTokenMs', { nullable: true, description: 'For a stream: from the call reaching Callboard to its first chunk sent on.' }),
     usage: t.field({
       type: Usage,
       nullable: true,

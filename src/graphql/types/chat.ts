@@ -1,4 +1,5 @@
-import type { SendMessageResult } from '../../llm/client.ts';
+import { badUserInput } from '../../errors.ts';
+import type { ChatMessage as ChatMessageValue, SendMessageResult } from '../../llm/client.ts';
 import { access, builder } from '../builder.ts';
 import { paidField } from '../paid-fields.ts';
 import { CacheMode, CacheStatus, Usage } from './enums.ts';
@@ -15,29 +16,93 @@ export const ChatRole = builder.enumType('ChatRole', {
   } as const,
 });
 
+const ContentPartType = builder.enumType('ContentPartType', {
+  description: 'What a part of a message holds.',
+  values: { TEXT: { value: 'text', description: 'Text.' }, IMAGE_URL: { value: 'image_url', description: 'An image, by URL or data: URL (user messages).' } } as const,
+});
+
+const ContentPartInput = builder.inputType('ContentPartInput', {
+  description: 'One part of a message: text, or an image. Text parts count toward tokenCount and the character limit; images are bounded by the request size.',
+  fields: (t) => ({
+    type: t.field({ type: ContentPartType, required: true, description: 'TEXT or IMAGE_URL.' }),
+    text: t.string({ description: 'The text of a TEXT part.' }),
+    imageUrl: t.string({ description: 'The URL (or data: URL) of an IMAGE_URL part.' }),
+    detail: t.string({ description: 'low, high or auto: how closely the model looks at the image.' }),
+  }),
+});
+
+const ToolCallInput = builder.inputType('ToolCallInput', {
+  description: 'A call of a tool that the model made, sent back in the assistant message of a tool round trip.',
+  fields: (t) => ({
+    id: t.string({ required: true, description: 'The id the model gave the call; the tool message that answers it names it in toolCallId.' }),
+    name: t.string({ required: true, description: 'The function called.' }),
+    arguments: t.string({ required: true, description: 'Its arguments, as the JSON text the model wrote.' }),
+  }),
+});
+
 export const ChatMessageInput = builder.inputType('ChatMessageInput', {
-  description: 'One message of a conversation sent to a model.',
+  description: 'One message of a conversation sent to a model: content (text) or parts (text and images), or, for an assistant message, tool calls.',
   fields: (t) => ({
     role: t.field({ type: ChatRole, required: true, description: 'Who wrote the message.' }),
-    content: t.string({ required: true, description: 'The text of the message.' }),
+    content: t.string({ description: 'The text of the message. Give content or parts; an assistant message with toolCalls may have neither.' }),
+    parts: t.field({ type: [ContentPartInput], description: 'The message as parts (text and images), instead of content.' }),
     name: t.string({ description: 'An optional name that tells participants of the same role apart.' }),
+    toolCalls: t.field({ type: [ToolCallInput], description: 'An assistant message: the tools the model called.' }),
+    toolCallId: t.string({ description: 'A TOOL message: the id of the call it answers.' }),
   }),
 });
 
-const ChatMessage = builder.objectRef<SendMessageResult['message']>('ChatMessage').implement({
-  description: "The model's answer: the first choice's message.",
+interface ToolCallValue {
+  id: string;
+  function: { name: string; arguments: string };
+}
+
+const ToolCall = builder.objectRef<ToolCallValue>('ToolCall').implement({
+  description: 'A call of one of the request\'s tools, which the caller runs and answers with a TOOL message.',
+  fields: (t) => ({
+    id: t.exposeString('id', { description: 'The id to answer in the TOOL message (toolCallId).' }),
+    name: t.string({ resolve: (call) => call.function.name, description: 'The function to call.' }),
+    arguments: t.string({ resolve: (call) => call.function.arguments, description: 'Its arguments, as JSON text written by the model (check them before use).' }),
+  }),
+});
+
+type AnswerMessage = SendMessageResult['message'] & { reasoning_content?: string | null; reasoning?: string | null };
+
+const ChatMessage = builder.objectRef<AnswerMessage>('ChatMessage').implement({
+  description: "A message of the model's answer.",
   fields: (t) => ({
     role: t.field({ type: ChatRole, resolve: (message) => message.role, description: 'Always ASSISTANT.' }),
-    content: t.exposeString('content', { nullable: true, description: 'The text of the answer (JSON text in JSON mode); null when the model refused.' }),
+    content: t.exposeString('content', { nullable: true, description: 'The text of the answer (JSON text in JSON mode); null when the model refused or only called tools.' }),
     refusal: t.exposeString('refusal', { nullable: true, description: "The model's refusal message, when it refused." }),
+    toolCalls: t.field({
+      type: [ToolCall],
+      resolve: (message) => (message.tool_calls ?? []).filter((call): call is ToolCallValue & { type: 'function' } => call.type === 'function'),
+      description: 'The tools the model called (finishReason tool_calls); empty when none.',
+    }),
+    reasoning: t.string({
+      nullable: true,
+      resolve: (message) => message.reasoning_content ?? message.reasoning ?? null,
+      description: 'The reasoning the provider returned beside the answer (reasoning_content of DeepSeek, vLLM and others), when it returned any.',
+    }),
   }),
 });
 
-const SendMessagePayload = builder.objectRef<SendMessageResult>('SendMessagePayload').implement({
+const ChatChoice = builder.objectRef<SendMessageResult['choices'][number]>('ChatChoice').implement({
+  description: 'One of the answers asked for with n.',
+  fields: (t) => ({
+    index: t.exposeInt('index', { description: 'Its position, from 0.' }),
+    message: t.field({ type: ChatMessage, resolve: (choice) => choice.message, description: 'The answer.' }),
+    finishReason: t.string({ nullable: true, resolve: (choice) => choice.finish_reason ?? null, description: 'Why the model stopped: stop, length, tool_calls, content_filter.' }),
+    logprobs: t.field({ type: 'JSON', nullable: true, resolve: (choice) => choice.logprobs ?? null, description: "The tokens' log probabilities, when logprobs was asked (OpenAI's format)." }),
+  }),
+});
+
+export const SendMessagePayload = builder.objectRef<SendMessageResult>('SendMessagePayload').implement({
   description: 'The answer to a chat call, with how it was obtained.',
   fields: (t) => ({
-    message: t.field({ type: ChatMessage, resolve: (result) => result.message, description: "The model's answer." }),
-    finishReason: t.exposeString('finishReason', { nullable: true, description: 'Why the model stopped: stop, length, content_filter, ...' }),
+    message: t.field({ type: ChatMessage, resolve: (result) => result.message, description: "The model's answer: the first choice's message." }),
+    choices: t.field({ type: [ChatChoice], resolve: (result) => result.choices, description: 'Every choice (several when n > 1).' }),
+    finishReason: t.exposeString('finishReason', { nullable: true, description: 'Why the model stopped (first choice): stop, length, tool_calls, content_filter, ...' }),
     model: t.exposeString('model', { description: 'The model that answered.' }),
     usage: t.field({ type: Usage, nullable: true, resolve: (result) => result.usage, description: "The provider's token counts." }),
     cacheStatus: t.field({ type: CacheStatus, resolve: (result) => result.cacheStatus, description: 'What the cache did.' }),
@@ -65,6 +130,14 @@ const sendFields = (t: PothosSchemaTypes.InputFieldBuilder<PothosSchemaTypes.Ext
     description: 'OpenAI response_format: {"type": "json_object"} for JSON mode, or {"type": "json_schema", "json_schema": {...}}.',
   }),
   reasoningEffort: t.string({ description: 'minimal, low, medium or high; reasoning models only. Default: REASONING_EFFORT.' }),
+  tools: t.field({ type: ['JSON'], description: 'Tools the model may call, in OpenAI\'s format: {"type": "function", "function": {"name", "description", "parameters"}}. At most 128.' }),
+  toolChoice: t.field({ type: 'JSON', description: '"none", "auto", "required", or {"type": "function", "function": {"name": ...}}.' }),
+  parallelToolCalls: t.boolean({ description: 'Whether the model may call several tools at once.' }),
+  n: t.int({ description: 'How many choices to generate, 1 to 128 (each is billed). Default: 1.' }),
+  seed: t.int({ description: 'Asks the provider for repeatable sampling.' }),
+  logprobs: t.boolean({ description: "Returns the tokens' log probabilities in choices.logprobs." }),
+  topLogprobs: t.int({ description: 'With logprobs: the most likely alternatives per token, 0 to 20.' }),
+  user: t.string({ description: "The end user's id, for the provider's abuse monitoring; at most 256 characters." }),
   cache: t.field({ type: CacheMode, description: 'How to use the cache. Default: USE when CACHE_API_CALLS (or force_api_cache) is on, else BYPASS.' }),
   tags: t.stringList({ description: 'Labels recorded in the history, for filtering and grouping.' }),
   metadata: t.field({ type: 'JSON', description: 'Any JSON recorded in the history.' }),
@@ -119,8 +192,33 @@ builder.mutationFields((t) => ({
   }),
 }));
 
-function toMessage(message: { role: ChatRoleValue; content: string; name?: string | null }) {
-  return { role: message.role, content: message.content, ...(message.name ? { name: message.name } : {}) };
+interface MessageArgument {
+  role: ChatRoleValue;
+  content?: string | null;
+  parts?: { type: 'text' | 'image_url'; text?: string | null; imageUrl?: string | null; detail?: string | null }[] | null;
+  name?: string | null;
+  toolCalls?: { id: string; name: string; arguments: string }[] | null;
+  toolCallId?: string | null;
+}
+
+/** A GraphQL message as OpenAI's wire format has it (chat-request.ts checks the rest). */
+export function toMessage(message: MessageArgument, index: number): ChatMessageValue {
+  if (message.content != null && message.parts != null) throw badUserInput(`Message ${index}: give content or parts, not both.`, { field: 'messages', index });
+  const parts = message.parts?.map((part, partIndex) => {
+    if (part.type === 'text') {
+      if (part.text == null) throw badUserInput(`Message ${index}: TEXT part ${partIndex} needs text.`, { field: 'messages', index });
+      return { type: 'text' as const, text: part.text };
+    }
+    if (part.imageUrl == null) throw badUserInput(`Message ${index}: IMAGE_URL part ${partIndex} needs imageUrl.`, { field: 'messages', index });
+    return { type: 'image_url' as const, image_url: { url: part.imageUrl, ...(part.detail ? { detail: part.detail } : {}) } };
+  });
+  return {
+    role: message.role,
+    content: parts ?? message.content ?? null,
+    ...(message.name ? { name: message.name } : {}),
+    ...(message.toolCalls ? { tool_calls: message.toolCalls.map((call) => ({ id: call.id, type: 'function' as const, function: { name: call.name, arguments: call.arguments } })) } : {}),
+    ...(message.toolCallId != null ? { tool_call_id: message.toolCallId } : {}),
+  };
 }
 
 type ChatRoleValue = 'system' | 'user' | 'assistant' | 'developer' | 'tool';

@@ -1,7 +1,7 @@
 import { checkMessages, checkTexts } from '../../llm/input-limits.ts';
 import { countTokensAsync, type TokenCountResult } from '../../llm/tokens.ts';
 import { access, builder } from '../builder.ts';
-import { ChatMessageInput } from './chat.ts';
+import { ChatMessageInput, toMessage } from './chat.ts';
 
 const TokenCount = builder.objectRef<TokenCountResult>('TokenCount').implement({
   description: "A token count made with the model's own tokenizer (OpenAI's tiktoken encodings), as the OpenAI API would count it.",
@@ -31,9 +31,11 @@ builder.queryField('tokenCount', (t) =>
       // Counting takes time in proportion to the text: the bound of a call holds here too.
       const limits = context.services.loaded.config.limits;
       if (args.text != null) checkTexts([args.text], limits, 'text');
-      if (args.messages != null) checkMessages(args.messages, limits);
+      // Text parts are counted as the provider counts them; images are not counted.
+      const messages = args.messages?.map(toMessage);
+      if (messages != null) checkMessages(messages, limits);
       // The async count gives the event loop a turn between slices: a megabyte of text blocks nobody.
-      return countTokensAsync({ model: args.model ?? context.services.overrides.settings().model, text: args.text, messages: args.messages });
+      return countTokensAsync({ model: args.model ?? context.services.overrides.settings().model, text: args.text, messages });
     },
   }),
 );
