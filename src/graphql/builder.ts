@@ -39,6 +39,8 @@ export const builder = new SchemaBuilder<{
   // checked once per request before execution, in query-limits.ts, not around each root resolver.
   complexity: { disabled: true },
   scopeAuth: {
+    // A subscription's role is checked once, when it starts: a refused one never subscribes (nor takes a slot).
+    authorizeOnSubscribe: true,
     authScopes: ({ identity }) => ({
       admin: holdsRole(identity, 'ADMIN'),
       member: holdsRole(identity, 'MEMBER'),

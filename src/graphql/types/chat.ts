@@ -1,5 +1,6 @@
 import { badUserInput } from '../../errors.ts';
 import type { ChatMessage as ChatMessageValue, SendMessageResult } from '../../llm/client.ts';
+import type { ChatCompletionChunk } from '../../llm/providers/provider.ts';
 import { access, builder } from '../builder.ts';
 import { paidField } from '../paid-fields.ts';
 import { CacheMode, CacheStatus, Usage } from './enums.ts';
@@ -223,3 +224,101 @@ export function toMessage(message: MessageArgument, index: number): ChatMessageV
 
 type ChatRoleValue = 'system' | 'user' | 'assistant' | 'developer' | 'tool';
 type SchemaTypesOf<T> = T extends PothosSchemaTypes.SchemaBuilder<infer Types> ? Types : never;
+
+interface ToolCallDeltaValue {
+  index: number;
+  id?: string;
+  function?: { name?: string; arguments?: string };
+}
+
+interface ChatDeltaValue {
+  choice: number;
+  content: string | null;
+  reasoning: string | null;
+  refusal: string | null;
+  toolCalls: ToolCallDeltaValue[];
+  finishReason: string | null;
+}
+
+/** One event of sendMessageStream: a delta, then the whole result last (or an error, which ends the stream). */
+interface StreamEvent {
+  delta?: ChatDeltaValue;
+  result?: SendMessageResult;
+  error?: unknown;
+}
+
+const ToolCallDelta = builder.objectRef<ToolCallDeltaValue>('ToolCallDelta').implement({
+  description: "A piece of a tool call: its id and name come first, then its arguments' text in pieces.",
+  fields: (t) => ({
+    index: t.exposeInt('index', { description: 'Which call of the message the piece belongs to.' }),
+    id: t.string({ nullable: true, resolve: (delta) => delta.id ?? null, description: 'The call id (first piece only).' }),
+    name: t.string({ nullable: true, resolve: (delta) => delta.function?.name ?? null, description: 'The function (first piece only).' }),
+    arguments: t.string({ nullable: true, resolve: (delta) => delta.function?.arguments ?? null, description: 'More of the arguments text.' }),
+  }),
+});
+
+const ChatDelta = builder.objectRef<ChatDeltaValue>('ChatDelta').implement({
+  description: 'What one chunk of a streamed answer adds to one choice.',
+  fields: (t) => ({
+    choice: t.exposeInt('choice', { description: 'The choice it belongs to (0 unless n > 1).' }),
+    content: t.exposeString('content', { nullable: true, description: 'More of the answer text.' }),
+    reasoning: t.exposeString('reasoning', { nullable: true, description: 'More of the reasoning, for providers that stream it.' }),
+    refusal: t.exposeString('refusal', { nullable: true, description: 'More of a refusal.' }),
+    toolCalls: t.field({ type: [ToolCallDelta], resolve: (delta) => delta.toolCalls, description: 'Pieces of tool calls.' }),
+    finishReason: t.exposeString('finishReason', { nullable: true, description: "Set on the choice's last delta." }),
+  }),
+});
+
+const SendMessageStreamEvent = builder.objectRef<StreamEvent>('SendMessageStreamEvent').implement({
+  description: 'An event of sendMessageStream: deltas as the provider sends them (or as the cache replays them), then the result.',
+  fields: (t) => ({
+    delta: t.field({ type: ChatDelta, nullable: true, resolve: (event) => event.delta ?? null, description: 'A piece of the answer; null on the last event.' }),
+    result: t.field({
+      type: SendMessagePayload,
+      nullable: true,
+      resolve: (event) => {
+        // A failure after the first delta: the event carries the coded error, and the stream ends.
+        if (event.error !== undefined) throw event.error;
+        return event.result ?? null;
+      },
+      description: 'On the last event: the whole answer, its usage, cacheStatus and history row.',
+    }),
+  }),
+});
+
+/** The deltas of one chunk, one per choice it touches. */
+function deltasOf(chunk: ChatCompletionChunk): ChatDeltaValue[] {
+  return chunk.choices.map((part) => {
+    const delta = part.delta as typeof part.delta & { reasoning_content?: string | null; reasoning?: string | null };
+    return {
+      choice: part.index,
+      content: delta.content ?? null,
+      reasoning: delta.reasoning_content ?? delta.reasoning ?? null,
+      refusal: delta.refusal ?? null,
+      toolCalls: (delta.tool_calls ?? []).map((call) => ({ index: call.index, id: call.id, function: call.function })),
+      finishReason: part.finish_reason ?? null,
+    };
+  });
+}
+
+builder.subscriptionField('sendMessageStream', (t) =>
+  t.field({
+    ...access.member,
+    type: SendMessageStreamEvent,
+    description:
+      'sendMessage as a stream (GraphQL over Server-Sent Events): deltas as the provider sends them, then the result. A failure before the first delta is an error of the subscription; one after it ends the stream with an event whose result is an error (STREAM_INTERRUPTED, ABORTED, ...). Closing the connection stops the upstream request.',
+    extensions: paidField,
+    args: { input: t.arg({ type: SendMessageInput, required: true, description: 'The call.' }) },
+    subscribe: async function* (_root, { input }, context): AsyncGenerator<StreamEvent> {
+      const stream = await context.services.llm.streamMessage({ ...input, messages: input.messages.map(toMessage), caller: context.caller, signal: context.signal });
+      try {
+        for await (const chunk of stream) for (const delta of deltasOf(chunk)) yield { delta };
+      } catch (error) {
+        yield { error };
+        return;
+      }
+      yield { result: stream.result() };
+    },
+    resolve: (event) => event,
+  }),
+);
