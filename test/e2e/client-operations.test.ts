@@ -37,6 +37,10 @@ describe('the dashboard client operations (src/client)', () => {
     expect(recent.errors).toBeUndefined();
     const edges = recent.data!.calls.edges;
     expect(edges.map((edge) => edge.node.cacheStatus)).toEqual(['HIT', 'MISS']);
+    expect(edges.map((edge) => [edge.node.streamed, edge.node.timeToFirstTokenMs])).toEqual([
+      [false, null],
+      [false, null],
+    ]);
     const detail = await testApp.execute(CallDetailDocument, { id: edges[1]!.node.id });
     expect(detail.data!.call!.attempts.map((attempt) => attempt.httpStatus)).toEqual([200]);
     expect(detail.data!.call!.cacheEntry!.hitCount).toBe(1);
