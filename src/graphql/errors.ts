@@ -19,13 +19,20 @@ export const maskError: MaskError = (error, message, isDev) => {
   // Handing Yoga back the same error object tells it this is no unexpected failure worth an error log.
   if (error instanceof GraphQLError && (error.message === known.message || known !== original)) {
     error.message = known.message;
-    Object.assign(error.extensions, extensionsOf(known));
+    Object.assign(error.extensions, extensionsOf(known), { http: error.extensions.http ?? answered });
     return error;
   }
   return toGraphQLError(known);
 };
 
 const databaseUnavailable = () => new CallboardError('DATABASE_UNAVAILABLE', 'The database is unavailable right now; try again in a few seconds.');
+
+/**
+ * Tells Yoga a coded error is an answer, not a crash (Yoga strips `http` from what it sends): a
+ * subscription refused before its first event is then a 200 with the error as its one event, as
+ * GraphQL over SSE clients expect, where Yoga would answer 500.
+ */
+const answered = { spec: true };
 
 function extensionsOf(error: CallboardError) {
   const retryAfterSeconds = error.details.retryAfterSeconds;
@@ -42,5 +49,5 @@ function extensionsOf(error: CallboardError) {
  * maskError (validation, and results set before execution).
  */
 export function toGraphQLError(error: CallboardError): GraphQLError {
-  return new GraphQLError(error.message, { extensions: extensionsOf(error) });
+  return new GraphQLError(error.message, { extensions: { ...extensionsOf(error), http: answered } });
 }

@@ -1,7 +1,7 @@
 import { isPaidField } from './paid-fields.ts';
 import { schema } from './schema.ts';
 
-const rootFields = [schema.getQueryType()!, schema.getMutationType()!].flatMap((type) => Object.values(type.getFields()));
+const rootFields = [schema.getQueryType()!, schema.getMutationType()!, schema.getSubscriptionType()!].flatMap((type) => Object.values(type.getFields()));
 
 /**
  * Root fields that cost money upstream (marked `paidField` where they are defined). Over GET (an

@@ -129,8 +129,8 @@ describe.each(databaseKinds)('query limits, on %s', (kind) => {
     expect((await post(testApp, query, { first: 10 })).errors).toBeUndefined();
   });
 
-  it('declares exactly the four fields that call a model as paid', () => {
-    expect(paidFieldNames(schema).sort()).toEqual(['Mutation.sendMessage', 'Mutation.sendTemplatedMessage', 'Query.embedding', 'Query.embeddings']);
+  it('declares exactly the five fields that call a model as paid', () => {
+    expect(paidFieldNames(schema).sort()).toEqual(['Mutation.sendMessage', 'Mutation.sendTemplatedMessage', 'Query.embedding', 'Query.embeddings', 'Subscription.sendMessageStream']);
   });
 
   it('refuses 50 aliased sendMessage and calls the provider 0 times', async () => {

@@ -343,8 +343,9 @@ export function createChatFlow(dependencies: ChatFlowDependencies) {
         ended = true;
         result = finish(assembler.result()!);
       } catch (caught) {
+        // Our own abort says why: the deadline (its error), or the caller going away (whatever the SDK made of it).
         const reason = controller?.signal.reason;
-        const error = isCallboardError(reason) ? reason : controller?.signal.aborted && !isCallboardError(caught) ? new CallboardError('ABORTED', 'The call was aborted by the caller.') : caught;
+        const error = !controller?.signal.aborted ? caught : isCallboardError(reason) ? reason : new CallboardError('ABORTED', 'The caller went away while the answer streamed.');
         failPartway(error);
         return recorder.fail(error, call.record);
       } finally {
