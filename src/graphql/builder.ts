@@ -39,6 +39,8 @@ export const builder = new SchemaBuilder<{
   // checked once per request before execution, in query-limits.ts, not around each root resolver.
   complexity: { disabled: true },
   scopeAuth: {
+    // A subscription's role is checked once, when it starts: a refused one never subscribes (nor takes a slot).
+    authorizeOnSubscribe: true,
     authScopes: ({ identity }) => ({
       admin: roleRank[identity.role] >= roleRank.ADMIN,
       member: roleRank[identity.role] >= roleRank.MEMBER,
@@ -54,8 +56,8 @@ export const builder = new SchemaBuilder<{
 });
 
 /**
- * Every root field needs ADMIN unless it says otherwise (Query and Mutation carry `admin` as their
- * type scope): a new field is closed until someone opens it here, on purpose.
+ * Every root field needs ADMIN unless it says otherwise (Query, Mutation and Subscription carry
+ * `admin` as their type scope): a new field is closed until someone opens it here, on purpose.
  */
 export const access = {
   /** Any key: reads of its tenant's history and stats, without bodies. */

@@ -1,5 +1,5 @@
 import { GraphQLError } from 'graphql';
-import { maskError as yogaMaskError, type YogaServerOptions } from 'graphql-yoga';
+import { isAsyncIterable, maskError as yogaMaskError, type Plugin, type YogaServerOptions } from 'graphql-yoga';
 import { isDatabaseUnreachable } from '../db/database-errors.ts';
 import { CallboardError, isCallboardError } from '../errors.ts';
 
@@ -43,4 +43,20 @@ function extensionsOf(error: CallboardError) {
  */
 export function toGraphQLError(error: CallboardError): GraphQLError {
   return new GraphQLError(error.message, { extensions: extensionsOf(error) });
+}
+
+/**
+ * A subscription refused as it starts (FORBIDDEN, TOO_MANY_SUBSCRIPTIONS, BAD_USER_INPUT) is answered
+ * as a refused query is: HTTP 200 with its coded errors (over SSE, one `next` event, then `complete`).
+ * Its result has no `data`, which Yoga would otherwise answer with a 500.
+ */
+export function useSubscriptionRefusals(): Plugin {
+  return {
+    onSubscribe: () => ({
+      onSubscribeResult({ result, setResult }) {
+        if (isAsyncIterable(result) || !result.errors?.length || 'data' in result) return;
+        if (result.errors.every((error) => isCallboardError(error.originalError))) setResult({ ...result, data: null });
+      },
+    }),
+  };
 }
