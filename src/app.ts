@@ -6,7 +6,7 @@ import { createCallQueries, withinTenant } from './analytics/calls.ts';
 import { createDoor } from './auth/door.ts';
 import { callerOf, readScope } from './auth/identity.ts';
 import type { GraphQLContext } from './graphql/context.ts';
-import { maskError } from './graphql/errors.ts';
+import { maskError, useSubscriptionRefusals } from './graphql/errors.ts';
 import { createLoaders } from './graphql/loaders.ts';
 import { exampleOperations } from './graphql/examples.ts';
 import { createParseCaches, createQueryLimitPlugins } from './graphql/query-limits.ts';
@@ -38,17 +38,22 @@ export function createApp(services: Services): App {
         calls: createCallQueries(database.analyticsQuery, tenant),
         cacheEntries: createCacheEntryQueries({ prisma, query: database.analyticsQuery, tenant, cache: services.cache, forget: services.forgetCacheEverywhere }),
       };
-      return {
+      const context: GraphQLContext = {
         services,
         identity,
         caller: callerOf(identity),
         ...queries,
         loaders: createLoaders({ ...queries, limits: services.limits }),
+        renewLoaders: () => {
+          context.loaders = createLoaders({ ...queries, limits: services.limits });
+        },
+        watchCalls: (filter) => services.callEvents.subscribe(tenant, filter),
         callStats: (filter, ...rest: DropFirst<DropFirst<Parameters<typeof callStats>>>) =>
           callStats({ query: database.analyticsQuery }, withinTenant(filter, tenant), ...rest),
         actor: note ? `${identity.label} (note: ${note})` : identity.label,
         signal: request.signal,
       };
+      return context;
     },
     graphqlEndpoint: '/graphql',
     healthCheckEndpoint: '/health',
@@ -81,6 +86,7 @@ export function createApp(services: Services): App {
       useOpenAiDoor({ services, identityOf: door.identityOf, maxBodyBytes: loaded.config.limits.maxBodyBytes }),
       useReadinessCheck({ endpoint: '/ready', check: () => database.isReachable() }),
       ...createQueryLimitPlugins(loaded.config.limits),
+      useSubscriptionRefusals(),
     ],
   });
 }

@@ -37,6 +37,8 @@ export type ErrorCode =
   | 'QUERY_TOO_COMPLEX'
   | 'TOO_MANY_PAID_OPERATIONS'
   | 'QUERY_TIMEOUT'
+  /** This instance already serves [Limits] MAX_SUBSCRIPTIONS subscriptions. */
+  | 'TOO_MANY_SUBSCRIPTIONS'
   | 'DATABASE_UNAVAILABLE';
 
 /** The base of every error Callboard raises on purpose: a code and details safe to show a client. */

@@ -107,6 +107,8 @@ async function main(): Promise<void> {
     const graceMs = Math.min(maxTimerMs, deadlineSeconds * 1000 + shutdownMarginMs);
     logger.info({ signal, inFlight: handling.size, graceSeconds: graceMs / 1000 }, 'shutting down: finishing in-flight requests (a second signal stops at once)');
     const closed = new Promise<void>((done) => server.close(() => done()));
+    // Subscriptions never end by themselves: they complete now, so that their connections can close.
+    void services.callEvents.close();
     // Keep-alive sockets go as soon as their request is answered.
     const sweep = setInterval(() => server.closeIdleConnections(), 50);
     forceTimer = setTimeout(() => void force('grace period over'), graceMs).unref();

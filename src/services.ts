@@ -1,4 +1,5 @@
 import { LRUCache } from 'lru-cache';
+import { createCallEventHub, type CallEventHub } from './analytics/call-events.ts';
 import { createAuthenticator, type Authenticator } from './auth/identity.ts';
 import { createKeyStore, keyChangedChannel, type KeyStore } from './auth/keys.ts';
 import { createLimitStore, type LimitStore } from './auth/limits.ts';
@@ -28,6 +29,8 @@ export interface Services {
   keys: KeyStore;
   limits: LimitStore;
   authenticator: Authenticator;
+  /** Calls as they are written by any instance on this database, for this instance's subscribers. */
+  callEvents: CallEventHub;
   /** Tells every instance that a key changed, so none trusts what it remembers of it. */
   announceKeyChange(id: string): Promise<void>;
   /** Drops cache entries (all when null) from the memory of every instance on this database, this one included. */
@@ -103,6 +106,8 @@ export async function createServices(options: ServicesOptions): Promise<Services
     (id) => keys.forget(id),
     () => keys.forget(),
   );
+  // One listener per instance, whatever the number of subscribers; their reads go to the dashboards' pool.
+  const callEvents = await createCallEventHub({ listen: database.listen, query: database.analyticsQuery, logger, maxSubscriptions: config.limits.maxSubscriptions });
   const estimates = new LRUCache<string, number>({ max: 10_000 });
   const history = createHistoryWriter({
     database,
@@ -184,6 +189,7 @@ export async function createServices(options: ServicesOptions): Promise<Services
     keys,
     limits,
     authenticator: createAuthenticator({ masterKey: config.secrets.masterKey, keys }),
+    callEvents,
     async announceKeyChange(id) {
       keys.forget(id);
       await database.notify(keyChangedChannel, id);
@@ -191,6 +197,7 @@ export async function createServices(options: ServicesOptions): Promise<Services
     forgetCacheEverywhere,
     async close() {
       overrides.close();
+      await callEvents.close();
       await stopListening();
       await stopOverridesListening();
       await stopKeysListening();

@@ -97,14 +97,22 @@ const callOrderColumns: Record<CallOrderField, string> = {
   COST: 'COALESCE(c."costUsd", -1)',
 };
 
-const callColumns = `c."id", c."createdAt", c."tenant", c."apiKeyId", c."servedByCallId", c."kind"::text AS "kind", c."apiType", c."model", c."status"::text AS "status",
+/** The narrow row of a call, without its bodies. */
+const callRowColumns = `c."id", c."createdAt", c."tenant", c."apiKeyId", c."servedByCallId", c."kind"::text AS "kind", c."apiType", c."model", c."status"::text AS "status",
   c."cacheStatus"::text AS "cacheStatus", c."cacheKey", c."errorCode", c."errorMessage", c."attemptCount", c."latencyMs", c."streamed", c."timeToFirstTokenMs",
   c."promptTokens", c."completionTokens", c."totalTokens", c."estimatedPromptTokens", c."costUsd", c."templateName",
-  c."templateHash", c."tags", body."metadata", body."requestBody", body."responseBody"`;
+  c."templateHash", c."tags"`;
+const callColumns = `${callRowColumns}, body."metadata", body."requestBody", body."responseBody"`;
 const callTables = `"LlmCall" c LEFT JOIN "LlmCallBody" body ON body."callId" = c."id"`;
 
-/** A call as the API shows it: attempts are loaded on demand for rows read from the database. */
-export type CallView = Omit<CallRecord, 'attempts'> & { attempts?: AttemptRow[] };
+/** What a call carries beside its row, in "LlmCallBody". */
+export type CallBody = Pick<CallRecord, 'metadata' | 'requestBody' | 'responseBody'>;
+
+/**
+ * A call as the API shows it: attempts are loaded on demand for rows read from the database, and so
+ * are the bodies of a narrow row (`matchCalls`), where they are left undefined.
+ */
+export type CallView = Omit<CallRecord, 'attempts' | keyof CallBody> & { attempts?: AttemptRow[] } & { [K in keyof CallBody]?: CallBody[K] };
 
 export interface Page<T> {
   nodes: { node: T; cursor: string }[];
@@ -210,6 +218,17 @@ export function createCallQueries(query: ReadQuery, tenant: string | null) {
       return ids.map((id) => byId.get(id) ?? null);
     },
 
+    /** The bodies of several calls in one query, in the order of `ids` (null where none is stored). */
+    async bodiesOf(ids: readonly string[]): Promise<(CallBody | null)[]> {
+      const rows = await query<CallBody & { callId: string }>(
+        `SELECT b."callId", b."metadata", b."requestBody", b."responseBody" FROM "LlmCallBody" b JOIN "LlmCall" c ON c."id" = b."callId"
+         WHERE b."callId" = ANY($1::uuid[]) AND ($2::text IS NULL OR c."tenant" = $2)`,
+        [ids.filter((id) => callIdPattern.test(id)), tenant],
+      );
+      const byId = new Map(rows.map(({ callId, ...body }) => [callId, body]));
+      return ids.map((id) => byId.get(id) ?? null);
+    },
+
     async attempts(callId: string): Promise<AttemptRow[]> {
       return (await this.attemptsOf([callId]))[0]!;
     },
@@ -267,3 +286,25 @@ export function createCallQueries(query: ReadQuery, tenant: string | null) {
 }
 
 export type CallQueries = ReturnType<typeof createCallQueries>;
+
+/**
+ * Which of several readers' filters each of some calls matches, in one query: the narrow rows of the
+ * calls among `ids` that match any filter, oldest first, each with `matches[i]` telling whether it
+ * matches `filters[i]`. Each filter must already be narrowed to its reader's tenant (`withinTenant`).
+ */
+export async function matchCalls(query: ReadQuery, ids: readonly string[], filters: readonly (CallFilter | null | undefined)[]): Promise<{ call: CallView; matches: boolean[] }[]> {
+  const valid = ids.filter((id) => callIdPattern.test(id));
+  if (valid.length === 0 || filters.length === 0) return [];
+  const parameters: unknown[] = [valid];
+  const conditions = filters.map((filter) => {
+    const where = callWhere(filter, parameters.length);
+    parameters.push(...where.parameters);
+    return `(${where.sql})`;
+  });
+  const rows = await query<CallView & { matches: boolean[] }>(
+    `SELECT * FROM (SELECT ${callRowColumns}, ARRAY[${conditions.join(', ')}]::boolean[] AS "matches" FROM "LlmCall" c WHERE c."id" = ANY($1::uuid[])) m
+     WHERE true = ANY(m."matches") ORDER BY m."createdAt", m."id"`,
+    parameters,
+  );
+  return rows.map(({ matches, ...call }) => ({ call, matches }));
+}

@@ -73,6 +73,8 @@ export interface Config {
     maxMetadataBytes: number;
     maxTags: number;
     maxTagLength: number;
+    /** Subscriptions one instance serves at once; 0: none. */
+    maxSubscriptions: number;
   };
   prices: Record<string, ModelPrice>;
   /** From the environment only; never logged, stored or answered. */
@@ -284,6 +286,8 @@ const sections: Record<string, Record<string, KeySpec>> = {
     MAX_METADATA_BYTES: { path: ['limits', 'maxMetadataBytes'], default: '65536', schema: integer(2) },
     MAX_TAGS: { path: ['limits', 'maxTags'], default: '20', schema: integer(0) },
     MAX_TAG_LENGTH: { path: ['limits', 'maxTagLength'], default: '200', schema: integer(1) },
+    // Open subscriptions (callEvents) per instance: each holds a connection and a bounded buffer.
+    MAX_SUBSCRIPTIONS: { path: ['limits', 'maxSubscriptions'], default: '100', schema: integer(0) },
   },
 };
 

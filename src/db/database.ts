@@ -1,4 +1,3 @@
-import { EventEmitter } from 'node:events';
 import { mkdirSync } from 'node:fs';
 import { PGlite } from '@electric-sql/pglite';
 import { PrismaPg } from '@prisma/adapter-pg';
@@ -75,8 +74,6 @@ async function openPglite(dataDir: string): Promise<Database> {
       await client.exec(script);
     },
   };
-  // Only one process can open a PGlite folder, so notifications never need to leave this one.
-  const notifications = new EventEmitter();
   return {
     kind: 'pglite',
     location: inMemory ? 'memory' : dataDir,
@@ -85,14 +82,14 @@ async function openPglite(dataDir: string): Promise<Database> {
     analyticsQuery: session.query,
     withSession: (work) => work(session),
     isReachable: () => isReachable(prisma),
+    // PGlite's own LISTEN/NOTIFY (one process, one connection): a NOTIFY inside a statement, such as
+    // the history's, reaches the listeners when it commits, as on a Postgres server.
     notify: async (channel, payload) => {
-      notifications.emit(channel, payload);
+      await client.query('SELECT pg_notify($1, $2)', [channel, payload]);
     },
     listen: async (channel, handler) => {
-      notifications.on(channel, handler);
-      return async () => {
-        notifications.off(channel, handler);
-      };
+      const stop = await client.listen(channel, handler);
+      return () => stop().catch(() => {});
     },
     close: async () => {
       await prisma.$disconnect();

@@ -56,8 +56,8 @@ export const builder = new SchemaBuilder<{
 });
 
 /**
- * Every root field needs ADMIN unless it says otherwise (Query and Mutation carry `admin` as their
- * type scope): a new field is closed until someone opens it here, on purpose.
+ * Every root field needs ADMIN unless it says otherwise (Query, Mutation and Subscription carry
+ * `admin` as their type scope): a new field is closed until someone opens it here, on purpose.
  */
 export const access = {
   /** Any key: reads of its tenant's history and stats, without bodies. */

@@ -1,4 +1,5 @@
 import type { CacheEntryQueries } from '../analytics/cache-entries.ts';
+import type { CallEvent } from '../analytics/call-events.ts';
 import type { CallStatsBucket, CallStatsDimension, CallStatsOptions } from '../analytics/call-stats.ts';
 import type { CallFilter, CallQueries } from '../analytics/calls.ts';
 import type { Identity } from '../auth/identity.ts';
@@ -16,6 +17,13 @@ export interface GraphQLContext {
   cacheEntries: CacheEntryQueries;
   /** Per-request batching of what the rows of a list ask for. */
   loaders: Loaders;
+  /**
+   * Starts new loaders: a subscription is one long request, so it calls this before each event, and
+   * nothing an event read is kept for the next.
+   */
+  renewLoaders(): void;
+  /** Calls the caller may read, as they are written (its tenant's; every tenant's for an ADMIN), matching `filter`. */
+  watchCalls(filter: CallFilter | null): AsyncIterableIterator<CallEvent>;
   callStats(filter: CallFilter | null, groupBy: readonly CallStatsDimension[], options?: CallStatsOptions): Promise<CallStatsBucket[]>;
   /** Who is calling, decided once at the door. */
   identity: Identity;

@@ -1,5 +1,5 @@
 import { GraphQLError } from 'graphql';
-import { maskError as yogaMaskError, type YogaServerOptions } from 'graphql-yoga';
+import { isAsyncIterable, maskError as yogaMaskError, type Plugin, type YogaServerOptions } from 'graphql-yoga';
 import { isDatabaseUnreachable } from '../db/database-errors.ts';
 import { CallboardError, isCallboardError } from '../errors.ts';
 
@@ -19,20 +19,13 @@ export const maskError: MaskError = (error, message, isDev) => {
   // Handing Yoga back the same error object tells it this is no unexpected failure worth an error log.
   if (error instanceof GraphQLError && (error.message === known.message || known !== original)) {
     error.message = known.message;
-    Object.assign(error.extensions, extensionsOf(known), { http: error.extensions.http ?? answered });
+    Object.assign(error.extensions, extensionsOf(known));
     return error;
   }
   return toGraphQLError(known);
 };
 
 const databaseUnavailable = () => new CallboardError('DATABASE_UNAVAILABLE', 'The database is unavailable right now; try again in a few seconds.');
-
-/**
- * Tells Yoga a coded error is an answer, not a crash (Yoga strips `http` from what it sends): a
- * subscription refused before its first event is then a 200 with the error as its one event, as
- * GraphQL over SSE clients expect, where Yoga would answer 500.
- */
-const answered = { spec: true };
 
 function extensionsOf(error: CallboardError) {
   const retryAfterSeconds = error.details.retryAfterSeconds;
@@ -49,5 +42,21 @@ function extensionsOf(error: CallboardError) {
  * maskError (validation, and results set before execution).
  */
 export function toGraphQLError(error: CallboardError): GraphQLError {
-  return new GraphQLError(error.message, { extensions: { ...extensionsOf(error), http: answered } });
+  return new GraphQLError(error.message, { extensions: extensionsOf(error) });
+}
+
+/**
+ * A subscription refused as it starts (FORBIDDEN, TOO_MANY_SUBSCRIPTIONS, BAD_USER_INPUT) is answered
+ * as a refused query is: HTTP 200 with its coded errors (over SSE, one `next` event, then `complete`).
+ * Its result has no `data`, which Yoga would otherwise answer with a 500.
+ */
+export function useSubscriptionRefusals(): Plugin {
+  return {
+    onSubscribe: () => ({
+      onSubscribeResult({ result, setResult }) {
+        if (isAsyncIterable(result) || !result.errors?.length || 'data' in result) return;
+        if (result.errors.every((error) => isCallboardError(error.originalError))) setResult({ ...result, data: null });
+      },
+    }),
+  };
 }

@@ -56,6 +56,14 @@ query CostByModelAndDay {
   }
 }
 
+# Runs until stopped: each call as it finishes, on any instance (send a message in another tab).
+subscription WatchCalls {
+  callEvents {
+    missed
+    call { id createdAt model status cacheStatus errorCode latencyMs }
+  }
+}
+
 query Cache {
   cacheEntries(first: 10, orderBy: { field: HIT_COUNT }) {
     totalCount

@@ -11,12 +11,13 @@ const rootFields = [schema.getQueryType()!, schema.getMutationType()!, schema.ge
 export const paidFields: ReadonlySet<string> = new Set(rootFields.filter(isPaidField).map((field) => field.name));
 
 /**
- * Root query fields only an ADMIN may run (keys, settings, overrides): those that keep the Query
- * type's ADMIN scope rather than opening themselves with `access.viewer` or `access.member`. Read
- * from the schema, so the role rules stay declared in one place.
+ * Root query and subscription fields only an ADMIN may run (keys, settings, overrides): those that
+ * keep their type's ADMIN scope rather than opening themselves with `access.viewer` or
+ * `access.member`. Read from the schema, so the role rules stay declared in one place.
  */
 export const adminQueryFields: ReadonlySet<string> = new Set(
-  Object.values(schema.getQueryType()!.getFields())
+  [schema.getQueryType()!, schema.getSubscriptionType()!]
+    .flatMap((type) => Object.values(type.getFields()))
     .filter((field) => (field.extensions as { pothosOptions?: { skipTypeScopes?: boolean } }).pothosOptions?.skipTypeScopes !== true)
     .map((field) => field.name),
 );

@@ -1,6 +1,6 @@
 import DataLoader from 'dataloader';
 import type { CacheEntryQueries, CacheEntryView } from '../analytics/cache-entries.ts';
-import type { CallQueries, CallView, EntryIdentity, Page } from '../analytics/calls.ts';
+import type { CallBody, CallQueries, CallView, EntryIdentity, Page } from '../analytics/calls.ts';
 import type { KeyUsage, LimitStore } from '../auth/limits.ts';
 import type { AttemptRow } from '../llm/history.ts';
 
@@ -30,6 +30,8 @@ export function createLoaders(queries: { calls: CallQueries; cacheEntries: Cache
     }),
     call: new DataLoader<string, CallView | null>((ids) => queries.calls.findMany(ids)),
     attempts: new DataLoader<string, AttemptRow[]>((callIds) => queries.calls.attemptsOf(callIds)),
+    /** The bodies of calls read without them (call events). */
+    callBody: new DataLoader<string, CallBody | null>((callIds) => queries.calls.bodiesOf(callIds)),
     cacheEntry: new DataLoader<string, CacheEntryView | null>((keys) => queries.cacheEntries.findMany(keys)),
     hitPage: new DataLoader<HitPageKey, Page<CallView>, string>(
       async (requests) => {

@@ -9,6 +9,8 @@ import {
   TokenKind,
   validate,
   type DocumentNode,
+  type ExecutionArgs,
+  type ExecutionResult,
   type FragmentDefinitionNode,
   type GraphQLSchema,
   type ParseOptions,
@@ -207,36 +209,40 @@ export function createQueryLimitPlugins(limits: QueryLimits): Plugin[] {
           }
         });
       },
-      onExecute({ args, setResultAndStopExecution }) {
-        const refuse = (error: QueryLimitError) => setResultAndStopExecution({ errors: [toGraphQLError(error)] });
-        const paid = countPaidFields(args.schema, args.document, args.operationName);
-        if (paid > limits.maxPaidOperations) {
-          return refuse(
-            new QueryLimitError('MAX_PAID_OPERATIONS', `The request asks for ${paid} model calls; at most ${limits.maxPaidOperations} are allowed per request ([Limits] MAX_PAID_OPERATIONS).`, {
-              max: limits.maxPaidOperations,
-              actual: paid,
-            }),
-          );
-        }
-        let cost: number | null;
-        try {
-          cost = operationCost(args.schema, args.document, args.variableValues ?? undefined, args.operationName, args.contextValue);
-        } catch (error) {
-          // A field's complexity function may refuse its arguments: execution reports that error.
-          if (isCallboardError(error)) return;
-          throw error;
-        }
-        if (cost !== null && cost > limits.maxQueryCost) {
-          return refuse(
-            new QueryLimitError('MAX_QUERY_COST', `The query would cost ${cost}; at most ${limits.maxQueryCost} is allowed ([Limits] MAX_QUERY_COST). Ask for smaller pages or fewer nested lists.`, {
-              max: limits.maxQueryCost,
-              actual: cost,
-            }),
-          );
-        }
-      },
+      // A subscription's events are executed like a query: its selection is bounded the same way.
+      onExecute: checkBeforeRunning,
+      onSubscribe: checkBeforeRunning,
     },
   ];
+
+  function checkBeforeRunning({ args, setResultAndStopExecution }: { args: ExecutionArgs; setResultAndStopExecution(result: ExecutionResult): void }): void {
+    const refuse = (error: QueryLimitError) => setResultAndStopExecution({ errors: [toGraphQLError(error)] });
+    const paid = countPaidFields(args.schema, args.document, args.operationName);
+    if (paid > limits.maxPaidOperations) {
+      return refuse(
+        new QueryLimitError('MAX_PAID_OPERATIONS', `The request asks for ${paid} model calls; at most ${limits.maxPaidOperations} are allowed per request ([Limits] MAX_PAID_OPERATIONS).`, {
+          max: limits.maxPaidOperations,
+          actual: paid,
+        }),
+      );
+    }
+    let cost: number | null;
+    try {
+      cost = operationCost(args.schema, args.document, args.variableValues ?? undefined, args.operationName, args.contextValue);
+    } catch (error) {
+      // A field's complexity function may refuse its arguments: execution reports that error.
+      if (isCallboardError(error)) return;
+      throw error;
+    }
+    if (cost !== null && cost > limits.maxQueryCost) {
+      return refuse(
+        new QueryLimitError('MAX_QUERY_COST', `The query would cost ${cost}; at most ${limits.maxQueryCost} is allowed ([Limits] MAX_QUERY_COST). Ask for smaller pages or fewer nested lists.`, {
+          max: limits.maxQueryCost,
+          actual: cost,
+        }),
+      );
+    }
+  }
 }
 
 /** Characters of query text the parse caches hold in all. @default 16 MiB */

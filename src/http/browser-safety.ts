@@ -1,4 +1,4 @@
-import { GraphQLError, Kind, getOperationAST, type DocumentNode, type FragmentDefinitionNode, type SelectionSetNode } from 'graphql';
+import { GraphQLError, Kind, getOperationAST, type DocumentNode, type ExecutionArgs, type ExecutionResult, type FragmentDefinitionNode, type SelectionSetNode } from 'graphql';
 import type { CORSOptions, Plugin } from 'graphql-yoga';
 import { isLoopbackHost } from '../auth/hosts.ts';
 import type { ErrorCode } from '../errors.ts';
@@ -106,6 +106,23 @@ export function createCorsOptions(corsOrigins: readonly string[]): (request: Req
   };
 }
 
+/** Refuses paid and admin root fields over a GET that no page could have been stopped from sending. */
+function refuseUnsafeGet({ args, setResultAndStopExecution }: { args: Pick<ExecutionArgs, 'contextValue' | 'document' | 'operationName'>; setResultAndStopExecution(result: ExecutionResult): void }): void {
+  const request = (args.contextValue as { request?: Request }).request;
+  if (request?.method !== 'GET' || isPreflighted(request)) return;
+  const refused = [...rootFieldNames(args.document, args.operationName)].filter((name) => paidFields.has(name) || adminQueryFields.has(name));
+  if (refused.length === 0) return;
+  setResultAndStopExecution({
+    errors: [
+      new GraphQLError(
+        `${refused.join(', ')} cannot run from a GET without a preflight-forcing header, since any web page can send a GET; ` +
+          'use POST with content-type application/json, or send the header x-callboard-csrf: 1.',
+        { extensions: { code: 'CSRF_PREVENTED' satisfies ErrorCode, details: { fields: refused }, http: { status: 403 } } },
+      ),
+    ],
+  });
+}
+
 /**
  * Keeps web pages the operator opens from driving Callboard: no operation runs from a body a
  * browser posts cross-site without a preflight (form, multipart, text), a GET (an `<img>`, a link)
@@ -145,21 +162,9 @@ export function useBrowserSafety(options: BrowserSafetyOptions): Plugin {
         ),
       );
     },
-    onExecute({ args, setResultAndStopExecution }) {
-      const request = (args.contextValue as { request?: Request }).request;
-      if (request?.method !== 'GET' || isPreflighted(request)) return;
-      const refused = [...rootFieldNames(args.document, args.operationName)].filter((name) => paidFields.has(name) || adminQueryFields.has(name));
-      if (refused.length === 0) return;
-      setResultAndStopExecution({
-        errors: [
-          new GraphQLError(
-            `${refused.join(', ')} cannot run from a GET without a preflight-forcing header, since any web page can send a GET; ` +
-              'use POST with content-type application/json, or send the header x-callboard-csrf: 1.',
-            { extensions: { code: 'CSRF_PREVENTED' satisfies ErrorCode, details: { fields: refused }, http: { status: 403 } } },
-          ),
-        ],
-      });
-    },
+    // Subscriptions too: an EventSource is a GET any page can open.
+    onExecute: refuseUnsafeGet,
+    onSubscribe: refuseUnsafeGet,
     onResponse({ response }) {
       // Answers differ by Origin once any origin is listed: caches must not hand one origin's answer to another.
       if (options.corsOrigins.length === 0) return;

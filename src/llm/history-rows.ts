@@ -129,9 +129,20 @@ export function statementParameters(rows: readonly PreparedRow[]): string[] {
 }
 
 /**
+ * The channel on which every instance hears of the calls just written (each LISTENs once): one
+ * notification per tenant and up to `callsPerNotification` calls, `{"tenant": "...", "ids": ["...", ...]}`.
+ */
+export const callRecordedChannel = 'callboard_call_recorded';
+/** 100 ids and a tenant of up to 100 characters take about 4,000 bytes: well within NOTIFY's 8,000. */
+export const callsPerNotification = 100;
+
+/**
  * One statement writes a whole batch, atomically and in one round trip: cache entries (upserted),
  * hit counts, calls, their bodies and their attempts, each table's rows passed as one JSON array.
  * Attempts may reference calls inserted by the same statement: foreign keys are checked at its end.
+ * It also announces the calls it inserted on `callRecordedChannel`: Postgres delivers a NOTIFY only
+ * when its transaction commits, so listeners hear of committed rows only, and of a row replayed
+ * from the spool (ON CONFLICT DO NOTHING) once.
  */
 export const writeBatchSql = `
 WITH ${cacheEntryWrites}), written_calls AS (
@@ -148,7 +159,7 @@ WITH ${cacheEntryWrites}), written_calls AS (
     "latencyMs" float8, "streamed" boolean, "timeToFirstTokenMs" float8, "promptTokens" int, "completionTokens" int, "totalTokens" int,
     "estimatedPromptTokens" int, "costUsd" float8, "templateName" text, "templateHash" text, "tags" text[])
   ON CONFLICT DO NOTHING
-  RETURNING 1
+  RETURNING "id", "tenant"
 ), written_bodies AS (
   INSERT INTO "LlmCallBody" ("callId", "metadata", "requestBody", "responseBody")
   SELECT * FROM jsonb_to_recordset($4::jsonb) AS b("callId" uuid, "metadata" jsonb, "requestBody" jsonb, "responseBody" jsonb)
@@ -160,6 +171,11 @@ WITH ${cacheEntryWrites}), written_calls AS (
     "httpStatus" int, "errorCode" text, "errorMessage" text, "waitMs" int, "requestId" text)
   ON CONFLICT DO NOTHING
   RETURNING 1
+), notified AS (
+  -- Counted below: a CTE that is not read is never run.
+  SELECT pg_notify('${callRecordedChannel}', json_build_object('tenant', w."tenant", 'ids', array_agg(w."id"))::text)
+  FROM (SELECT "id", "tenant", (row_number() OVER (PARTITION BY "tenant" ORDER BY "id") - 1) / ${callsPerNotification} AS "part" FROM written_calls) w
+  GROUP BY w."tenant", w."part"
 )
-SELECT (SELECT count(*) FROM written_calls) AS "calls"`;
+SELECT (SELECT count(*) FROM written_calls) AS "calls", (SELECT count(*) FROM notified) AS "notifications"`;
 

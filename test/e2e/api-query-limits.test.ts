@@ -317,7 +317,9 @@ describe('[Limits] configuration', () => {
       maxMetadataBytes: 65_536,
       maxTags: 20,
       maxTagLength: 200,
+      maxSubscriptions: 100,
     });
+    expect(testConfig('', { CALLBOARD_LIMITS__MAX_SUBSCRIPTIONS: '0' }).config.limits.maxSubscriptions).toBe(0);
     expect(testConfig('', { CALLBOARD_LIMITS__MAX_PAID_OPERATIONS: '0' }).config.limits.maxPaidOperations).toBe(0);
     expect(() => testConfig('[Limits]\nMAX_QUERY_DEPTH=100000\n')).toThrow(/MAX_QUERY_DEPTH/);
   });

@@ -8,6 +8,7 @@ import { createServices } from '../../src/services.ts';
 import { createTestApp, testConfig, type TestApp } from '../support/app.ts';
 import { databaseKinds } from '../support/database.ts';
 import { startFakeOpenAI, type FakeOpenAI } from '../support/fake-openai.ts';
+import { subscribe } from '../support/sse.ts';
 
 const masterKey = 'cb-master-SECRET-for-tests-0001';
 const openaiKey = 'sk-auth-SECRET-42';
@@ -72,6 +73,7 @@ const operations: { field: string; role: Role; query: string; variables?: (ids: 
     variables: (ids) => ({ id: ids.spareKeyId }),
   },
   { field: 'Mutation.revokeApiKey', role: 'ADMIN', query: 'mutation ($id: ID!) { revokeApiKey(id: $id) { id } }', variables: (ids) => ({ id: ids.spareKeyId }) },
+  { field: 'Subscription.callEvents', role: 'VIEWER', query: 'subscription { callEvents { call { id tenant } } }' },
 ];
 
 interface Ids {
@@ -114,6 +116,7 @@ describe.each(databaseKinds)('keys, roles and tenants on %s', (kind) => {
     const fields = [
       ...Object.keys(schema.getQueryType()!.getFields()).map((name) => `Query.${name}`),
       ...Object.keys(schema.getMutationType()!.getFields()).map((name) => `Mutation.${name}`),
+      ...Object.keys(schema.getSubscriptionType()!.getFields()).map((name) => `Subscription.${name}`),
     ];
     expect(operations.map((operation) => operation.field).sort()).toEqual(fields.sort());
   });
@@ -131,6 +134,10 @@ describe.each(databaseKinds)('keys, roles and tenants on %s', (kind) => {
     ];
     for (const operation of operations) {
       for (const [name, role, key] of callers) {
+        if (operation.field.startsWith('Subscription.')) {
+          await expectSubscription(operation, `${operation.field} as ${name}`, rank[role] >= rank[operation.role], role, key);
+          continue;
+        }
         const spare = await createKey('spare', 'VIEWER', 'team-a');
         const upstreamBefore = fake.requests.length;
         const response = await post(testApp, operation.query, operation.variables?.({ callId, spareKeyId: spare.id }) ?? {}, key);
@@ -148,6 +155,35 @@ describe.each(databaseKinds)('keys, roles and tenants on %s', (kind) => {
       }
     }
   });
+
+  /**
+   * A subscription over SSE: a role that may gets the next call of tenant team-a (which every caller
+   * of the matrix reads), any other the FORBIDDEN result at once, and nothing subscribes.
+   */
+  async function expectSubscription(operation: (typeof operations)[number], label: string, allowed: boolean, role: Role, key: string) {
+    const stream = await subscribe(testApp.app.fetch, 'http://localhost/graphql', { query: operation.query }, { authorization: `Bearer ${key}` });
+    try {
+      expect(stream.status, label).toBe(200);
+      if (allowed) {
+        const sent = await post(testApp, operations.find((candidate) => candidate.field === 'Mutation.sendMessage')!.query, {}, keys.memberA.key);
+        expect(sent.body.errors, label).toBeUndefined();
+        await testApp.services.history.flush();
+        const event = await stream.next();
+        expect(event?.errors, `${label}: ${JSON.stringify(event?.errors)}`).toBeUndefined();
+        expect(Object.values(event?.data ?? {})[0], label).toMatchObject({ call: { tenant: 'team-a' } });
+      } else {
+        const upstreamBefore = fake.requests.length;
+        const event = await stream.next();
+        expect(event?.errors?.map((error) => error.extensions?.code), label).toEqual(['FORBIDDEN']);
+        expect(event?.errors![0]!.extensions!.details, label).toMatchObject({ requiredRole: operation.role, role });
+        expect(await stream.next(), `${label}: the stream ends`).toBeNull();
+        expect(testApp.services.callEvents.size(), `${label}: nothing subscribed`).toBe(0);
+        expect(fake.requests.length, `${label}: nothing went upstream`).toBe(upstreamBefore);
+      }
+    } finally {
+      await stream.close();
+    }
+  }
 
   it('answers 401 UNAUTHENTICATED without a key, with an unknown, a malformed, a revoked or an expired key; /health and /ready stay open', async () => {
     const revoked = await createKey('to revoke', 'MEMBER', 'team-a');

@@ -1,7 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { print } from 'graphql';
 import {
   ApiKeysDocument,
   CacheEntriesDocument,
+  CallEventsDocument,
+  type CallEventsSubscription,
   CallDetailDocument,
   CallStatsDocument,
   MeDocument,
@@ -10,6 +13,7 @@ import {
 } from '../../src/client/generated/graphql.ts';
 import { createTestApp, testConfig, type TestApp } from '../support/app.ts';
 import { startFakeOpenAI, type FakeOpenAI } from '../support/fake-openai.ts';
+import { subscribe } from '../support/sse.ts';
 
 // The typed operations shipped for dashboards must keep working against the server as it is.
 describe('the dashboard client operations (src/client)', () => {
@@ -65,5 +69,21 @@ describe('the dashboard client operations (src/client)', () => {
     expect(me.data!.me).toMatchObject({ id: created.record.id, role: 'VIEWER', tenant: 'default', limits: { requestsPerMinute: 60, usdPerDay: null } });
     const keys = await testApp.execute(ApiKeysDocument);
     expect(keys.data!.apiKeys.edges.map((edge) => edge.node.id)).toContain(created.record.id);
+  });
+
+  it('CallEvents streams the next call over SSE', async () => {
+    const stream = await subscribe<CallEventsSubscription>(testApp.app.fetch, 'http://callboard/graphql', {
+      query: print(CallEventsDocument),
+      variables: { filter: { tags: ['live'] } },
+    });
+    try {
+      const made = await testApp.services.llm.sendMessage({ messages: [{ role: 'user', content: 'live' }], tags: ['live'], cache: 'BYPASS' });
+      await testApp.services.history.flush();
+      const event = await stream.next();
+      expect(event?.errors).toBeUndefined();
+      expect(event?.data?.callEvents).toMatchObject({ missed: 0, call: { id: made.call.id, status: 'SUCCESS', cacheStatus: 'BYPASS', tags: ['live'] } });
+    } finally {
+      await stream.close();
+    }
   });
 });

@@ -8,7 +8,7 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from
 import { v7 as uuidv7 } from 'uuid';
 import type { Database } from '../../src/db/database.ts';
 import { cacheKey, type CacheEntryValue } from '../../src/llm/cache.ts';
-import { storableJson } from '../../src/llm/history-rows.ts';
+import { callRecordedChannel, storableJson } from '../../src/llm/history-rows.ts';
 import { createHistoryWriter, type CallRecord, type HistoryWriterOptions } from '../../src/llm/history.ts';
 import { createLogger } from '../../src/logger.ts';
 import { createTestDatabase, databaseKinds, type TestDatabase } from '../support/database.ts';
@@ -146,6 +146,34 @@ describe.each(databaseKinds)('the history writer on %s', (kind) => {
     expect(stored?.errorMessage).toBe('e\ufffd');
     expect((await rowOf(pair.id))?.body?.requestBody).toEqual({ text: 'emoji 😀 and a literal \\ud800 and \\\ufffd' });
     expect(await rowOf(next.id)).not.toBeNull();
+  });
+
+  it('announces each call it inserted once, after commit, per tenant and at most 100 ids per notification, not again when written twice or retried', async () => {
+    const heard: { tenant: string; ids: string[] }[] = [];
+    const stop = await testDatabase.database.listen(callRecordedChannel, (payload) => heard.push(JSON.parse(payload) as { tenant: string; ids: string[] }));
+    try {
+      const writer = start({ batchSize: 500 });
+      const many = Array.from({ length: 250 }, () => call({ tenant: 'announced-a' }));
+      const other = call({ tenant: 'announced-b' });
+      for (const record of [...many, other]) writer.recordCall(record);
+      await writer.flush();
+      // A call written again (a spool replayed twice) is inserted once, so it is announced once.
+      writer.recordCall(many[0]!);
+      await writer.flush();
+      // A refused batch is rolled back, announcements included, and written again in halves: each call is heard of once.
+      const refused = [call({ tenant: 'announced-c' }), call({ tenant: 'announced-c', promptTokens: 10 ** 12 }), call({ tenant: 'announced-c' })];
+      for (const record of refused) writer.recordCall(record);
+      await writer.flush();
+      await expect.poll(() => heard.flatMap((message) => message.ids).length).toBe(254);
+      expect(heard.filter((message) => message.tenant === 'announced-c').flatMap((message) => message.ids).sort()).toEqual(refused.map((record) => record.id).sort());
+      const ofA = heard.filter((message) => message.tenant === 'announced-a');
+      expect(ofA.map((message) => message.ids.length).sort()).toEqual([100, 100, 50]);
+      expect(ofA.flatMap((message) => message.ids).sort()).toEqual(many.map((record) => record.id).sort());
+      expect(heard.filter((message) => message.tenant === 'announced-b')).toEqual([{ tenant: 'announced-b', ids: [other.id] }]);
+      for (const message of heard) expect(Buffer.byteLength(JSON.stringify(message))).toBeLessThan(8000);
+    } finally {
+      await stop();
+    }
   });
 
   it('storableJson leaves text without escapes untouched', () => {

@@ -1,5 +1,7 @@
+import { defaultBufferEvents, maxFilterCharacters, type CallEvent } from '../../analytics/call-events.ts';
 import type { CallStatsBucket } from '../../analytics/call-stats.ts';
-import type { CallFilter } from '../../analytics/calls.ts';
+import type { CallBody, CallFilter, CallView } from '../../analytics/calls.ts';
+import type { GraphQLContext } from '../context.ts';
 import { selectsField } from '../selection.ts';
 import type { AttemptRow } from '../../llm/history.ts';
 import { countMessageTokensAsync, countTextTokensAsync, type TokenMessage } from '../../llm/tokens.ts';
@@ -22,6 +24,10 @@ const LlmAttempt = builder.objectRef<AttemptRow>('LlmAttempt').implement({
   }),
 });
 
+/** A call's bodies: those of its row, or loaded when the row was read without them (call events). */
+async function bodyOf(call: CallView, context: GraphQLContext): Promise<Partial<CallBody> | null> {
+  return call.requestBody === undefined ? context.loaders.callBody.load(call.id) : call;
+}
 
 LlmCall.implement({
   description: 'One logical call (chat or embedding) as a caller made it, from the audit history: a cache hit, a provider answer, or a failure.',
@@ -70,10 +76,10 @@ LlmCall.implement({
     estimatedPromptTokens: t.int({
       nullable: true,
       description: "Callboard's own count of the prompt (OpenAI's tokenizer), made off the caller's path.",
-      resolve: async (call) => {
+      resolve: async (call, _args, context) => {
         if (call.estimatedPromptTokens !== null) return call.estimatedPromptTokens;
         // Long prompts are not counted while the history is written; the async count yields as it goes.
-        const body = call.requestBody as { messages?: TokenMessage[]; input?: string[] } | null;
+        const body = (await bodyOf(call, context))?.requestBody as { messages?: TokenMessage[]; input?: string[] } | null | undefined;
         if (body?.messages) return (await countMessageTokensAsync(body.messages, call.model)).tokens;
         if (body?.input) {
           let tokens = 0;
@@ -90,15 +96,27 @@ LlmCall.implement({
     templateName: t.exposeString('templateName', { nullable: true, description: 'The template(s) of a templated call, system first.' }),
     templateHash: t.exposeString('templateHash', { nullable: true, description: "SHA-256 of the templates' text: changes when a template changes." }),
     tags: t.exposeStringList('tags', { description: "The caller's tags." }),
-    metadata: t.field({ authScopes: { member: true }, type: 'JSON', nullable: true, resolve: (call) => call.metadata ?? null, description: "The caller's metadata." }),
+    metadata: t.field({
+      authScopes: { member: true },
+      type: 'JSON',
+      nullable: true,
+      resolve: async (call, _args, context) => (await bodyOf(call, context))?.metadata ?? null,
+      description: "The caller's metadata.",
+    }),
     requestBody: t.field({
       authScopes: { member: true },
       type: 'JSON',
       nullable: true,
-      resolve: (call) => call.requestBody ?? null,
+      resolve: async (call, _args, context) => (await bodyOf(call, context))?.requestBody ?? null,
       description: 'What was sent upstream (null when [History] STORE_BODIES is off). Never holds API keys.',
     }),
-    responseBody: t.field({ authScopes: { member: true }, type: 'JSON', nullable: true, resolve: (call) => call.responseBody ?? null, description: 'What the provider answered (null when not stored).' }),
+    responseBody: t.field({
+      authScopes: { member: true },
+      type: 'JSON',
+      nullable: true,
+      resolve: async (call, _args, context) => (await bodyOf(call, context))?.responseBody ?? null,
+      description: 'What the provider answered (null when not stored).',
+    }),
   }),
 });
 
@@ -173,6 +191,35 @@ builder.queryFields((t) => ({
     }),
   }),
 }));
+
+const CallEventRef = builder.objectRef<CallEvent>('CallEvent').implement({
+  description: 'A call of the history, sent to subscribers once it is written.',
+  fields: (t) => ({
+    call: t.field({ type: LlmCall, resolve: (event) => event.call, description: 'The call, as `call(id)` would answer it.' }),
+    missed: t.exposeInt('missed', {
+      description:
+        'Calls this subscription may have missed just before this one: 0 normally. When a subscriber reads more slowly than calls come, ' +
+        `${defaultBufferEvents} events wait for it and older ones are dropped; calls this instance could not read count too (before the filter is applied, so at most). ` +
+        'When it is not 0, read `calls` to catch up.',
+    }),
+  }),
+});
+
+builder.subscriptionField('callEvents', (t) =>
+  t.field({
+    ...access.viewer,
+    type: CallEventRef,
+    description:
+      "Each call of the caller's tenant (every tenant for an ADMIN) that matches the filter, as soon as it is written to the history, whichever instance on the same database served it. " +
+      `The filter may hold at most ${maxFilterCharacters} characters as JSON. The stream completes when the server stops, or when this instance lost its connection to the database and may have missed calls: subscribe again, and read \`calls\` to catch up.`,
+    args: { filter: t.arg({ type: CallFilterInput, description: 'Which calls.' }) },
+    subscribe: (_root, args, context) => context.watchCalls(args.filter as CallFilter | null),
+    resolve: (event, _args, context) => {
+      context.renewLoaders();
+      return event;
+    },
+  }),
+);
 
 const CallStatsDimension = builder.enumType('CallStatsDimension', {
   description: 'A way to group the call history.',
