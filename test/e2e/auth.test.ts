@@ -74,6 +74,11 @@ const operations: { field: string; role: Role; query: string; variables?: (ids: 
   },
   { field: 'Mutation.revokeApiKey', role: 'ADMIN', query: 'mutation ($id: ID!) { revokeApiKey(id: $id) { id } }', variables: (ids) => ({ id: ids.spareKeyId }) },
   { field: 'Subscription.callEvents', role: 'VIEWER', query: 'subscription { callEvents { call { id tenant } } }' },
+  {
+    field: 'Subscription.sendMessageStream',
+    role: 'MEMBER',
+    query: 'subscription { sendMessageStream(input: { messages: [{ role: USER, content: "stream hi" }], cache: BYPASS }) { delta { content } result { cacheStatus } } }',
+  },
 ];
 
 interface Ids {
@@ -164,7 +169,11 @@ describe.each(databaseKinds)('keys, roles and tenants on %s', (kind) => {
     const stream = await subscribe(testApp.app.fetch, 'http://localhost/graphql', { query: operation.query }, { authorization: `Bearer ${key}` });
     try {
       expect(stream.status, label).toBe(200);
-      if (allowed) {
+      if (allowed && operation.field === 'Subscription.sendMessageStream') {
+        const event = await stream.next();
+        expect(event?.errors, `${label}: ${JSON.stringify(event?.errors)}`).toBeUndefined();
+        expect(event?.data?.sendMessageStream.delta, label).toMatchObject({ content: expect.any(String) });
+      } else if (allowed) {
         const sent = await post(testApp, operations.find((candidate) => candidate.field === 'Mutation.sendMessage')!.query, {}, keys.memberA.key);
         expect(sent.body.errors, label).toBeUndefined();
         await testApp.services.history.flush();
