@@ -6,7 +6,7 @@ import type { InputLimits } from '../input-limits.ts';
 import { checkCallOptions } from '../input-limits.ts';
 import type { OverrideStore } from '../overrides.ts';
 import { costOf } from '../prices.ts';
-import type { ChatCompletion, ChatCompletionChunk, Provider, ProviderChatRequest, ProviderChatResponse, ProviderUsage } from '../providers/provider.ts';
+import type { ChatCompletion, ChatCompletionChunk, Provider, ProviderChatRequest, ProviderChatResponse, ProviderChatStream, ProviderUsage } from '../providers/provider.ts';
 import { usageOf } from '../providers/openai-sdk.ts';
 import type { ProviderRegistry } from '../registry.ts';
 import { countMessageTokensAsync } from '../tokens.ts';
@@ -15,8 +15,8 @@ import type { CacheStep, Fresh, LeaderGaveUp } from './cached.ts';
 import { chatRequest, type ChatParameters } from './chat-request.ts';
 import { ChunkAssembler, replayChunks } from './chunks.ts';
 import { defaultCaller, type Caller, type Recorder, type RecordedOptions } from './record.ts';
-import type { SpendEstimate, SpendGuard } from './spend.ts';
-import type { Upstream } from './upstream.ts';
+import type { SpendEstimate, SpendGuard, SpendHold } from './spend.ts';
+import type { Upstream, UpstreamFailure, UpstreamResult } from './upstream.ts';
 
 /** What a caller may attach to any call: its tags and metadata land in the history. */
 export interface CallOptions extends BoundsInput, RecordedOptions {
@@ -273,8 +273,8 @@ export function createChatFlow(dependencies: ChatFlowDependencies) {
       input.signal?.removeEventListener('abort', onAbort);
     };
     if (input.signal?.aborted) onAbort();
-    let held = { settle: (_spent: { model: string; usage: ProviderUsage | null }) => {}, release: () => {} };
-    let opened: Awaited<ReturnType<Upstream['call']>> & { value: Awaited<ReturnType<Provider['chatStream']>> };
+    let held: SpendHold = { settle: () => {}, release: () => {} };
+    let opened: UpstreamResult<ProviderChatStream>;
     try {
       if (dependencies.spend) held = await dependencies.spend.hold(input.caller ?? defaultCaller, estimateOf(call));
       opened = await upstream.call(
@@ -284,9 +284,12 @@ export function createChatFlow(dependencies: ChatFlowDependencies) {
         controller.signal,
       );
       opened.attempts.at(-1)!.requestId = opened.value.requestId;
-    } catch (error) {
+    } catch (caught) {
       stopWatching();
       held.release();
+      // The deadline's own abort may beat the retry loop's: its error says what happened.
+      const reason = controller.signal.reason;
+      const error = controller.signal.aborted && isCallboardError(reason) ? Object.assign(reason, { attempts: (caught as UpstreamFailure).attempts }) : caught;
       recorder.finish(call.record, call.started, input.messages, error);
       return recorder.fail(error, call.record);
     }
@@ -366,7 +369,25 @@ export function createChatFlow(dependencies: ChatFlowDependencies) {
       call.record.totalTokens = usage?.totalTokens ?? null;
       recorder.finish(call.record, call.started, input.messages, error);
     }
-    const iterator = chunks();
+    const generator = chunks();
+    let started = false;
+    // A stream given up before its first read (a client gone before the first pull) never enters the
+    // generator, whose cleanup would not run: it is stopped and recorded here.
+    const iterator: AsyncIterator<ChatCompletionChunk> = {
+      next: () => {
+        started = true;
+        return generator.next();
+      },
+      return: async (value?: unknown) => {
+        if (!started) {
+          started = true;
+          cleanUp();
+          controller?.abort();
+          failPartway(new CallboardError('ABORTED', 'The caller went away before the answer streamed.'));
+        }
+        return generator.return(value);
+      },
+    };
     return {
       call: call.record,
       cacheStatus: status,
