@@ -62,11 +62,11 @@ export interface ChatStream extends AsyncIterable<ChatCompletionChunk> {
   result(): SendMessageResult;
 }
 
-export interface ChatFlowDependencies {
+/** What every flow is made of: the steps, and the settings they share. */
+export interface FlowDependencies {
   registry: ProviderRegistry;
   overrides: Pick<OverrideStore, 'settings'>;
-  cache: Pick<ResponseCache, 'peek' | 'lookup' | 'recordHit' | 'store'>;
-  cacheStep: CacheStep;
+  cache: Pick<ResponseCache, 'lookup' | 'recordHit' | 'store'>;
   upstream: Upstream;
   recorder: Recorder;
   spend?: SpendGuard;
@@ -76,6 +76,11 @@ export interface ChatFlowDependencies {
   /** [Cache] SHARED_ACROSS_TENANTS: one tenant's answers may serve another's identical requests. */
   sharedAcrossTenants: boolean;
   inputLimits: InputLimits;
+}
+
+export interface ChatFlowDependencies extends FlowDependencies {
+  cache: Pick<ResponseCache, 'peek' | 'lookup' | 'recordHit' | 'store'>;
+  cacheStep: CacheStep;
   /** Told when a REFRESH replaced the entry under a key, so that every instance stops serving the old one. */
   entryReplaced?: (key: string) => void;
 }
@@ -101,6 +106,11 @@ export function cacheScopeOf(input: { caller?: Caller | null }, apiType: string,
   return { apiType, endpoint, tenant: sharedAcrossTenants ? null : (input.caller ?? defaultCaller).tenant };
 }
 
+/** When an entry made now expires; null: never. */
+export function expiresAt(ttlSeconds: number | null): Date | null {
+  return ttlSeconds === null ? null : new Date(Date.now() + ttlSeconds * 1000);
+}
+
 /** Who an entry belongs to (the tenant and key of the call that filled it), and when that call started. */
 export function ownerOf(record: CallRecord): Pick<CacheEntryValue, 'tenant' | 'apiKeyId' | 'requestedAt'> {
   return { tenant: record.tenant, apiKeyId: record.apiKeyId, requestedAt: record.createdAt };
@@ -110,7 +120,6 @@ export function ownerOf(record: CallRecord): Pick<CacheEntryValue, 'tenant' | 'a
 export function createChatFlow(dependencies: ChatFlowDependencies) {
   const { recorder, upstream, cacheStep } = dependencies;
   const { redact } = recorder;
-  const expiresAt = () => (dependencies.cacheTtlSeconds === null ? null : new Date(Date.now() + dependencies.cacheTtlSeconds * 1000));
 
   /** Checks the call and builds its row; a call refused here is recorded and thrown. */
   function prepare(input: SendMessageInput): Prepared {
@@ -155,7 +164,7 @@ export function createChatFlow(dependencies: ChatFlowDependencies) {
       usage: answer.usage,
       costUsd: costOf(dependencies.prices, answer.model || call.record.model, answer.usage),
       createdAt: new Date(),
-      expiresAt: expiresAt(),
+      expiresAt: expiresAt(dependencies.cacheTtlSeconds),
       createdByCallId: call.record.id,
       ...ownerOf(call.record),
     };

@@ -1,18 +1,13 @@
-import type { Config } from '../../config/config.ts';
 import { badUserInput } from '../../errors.ts';
 import { cacheKey, type CacheEntryValue, type CacheStatus, type ResponseCache } from '../cache.ts';
 import type { AttemptRow, CallRecord } from '../history.ts';
-import { checkCallOptions, checkTexts, type InputLimits } from '../input-limits.ts';
-import type { OverrideStore } from '../overrides.ts';
+import { checkCallOptions, checkTexts } from '../input-limits.ts';
 import { costOf } from '../prices.ts';
 import type { Provider, ProviderEmbeddingResponse, ProviderUsage } from '../providers/provider.ts';
-import type { ProviderRegistry } from '../registry.ts';
 import { countTextTokensAsync } from '../tokens.ts';
 import { boundsOf, untilAborted } from './bounds.ts';
-import { cacheModeOf, cacheScopeOf, ownerOf, type CallOptions } from './chat.ts';
-import { defaultCaller, type Recorder } from './record.ts';
-import type { SpendGuard } from './spend.ts';
-import type { Upstream } from './upstream.ts';
+import { cacheModeOf, cacheScopeOf, expiresAt, ownerOf, type CallOptions, type FlowDependencies } from './chat.ts';
+import { defaultCaller } from './record.ts';
 
 export interface EmbedInput extends CallOptions {
   texts: readonly string[];
@@ -44,17 +39,8 @@ interface StoredEmbedding {
   dimensions: number;
 }
 
-export interface EmbedFlowDependencies {
-  registry: ProviderRegistry;
-  overrides: Pick<OverrideStore, 'settings'>;
+export interface EmbedFlowDependencies extends FlowDependencies {
   cache: Pick<ResponseCache, 'lookup' | 'recordHit' | 'store' | 'singleFlight'>;
-  upstream: Upstream;
-  recorder: Recorder;
-  spend?: SpendGuard;
-  prices: Config['prices'];
-  cacheTtlSeconds: number | null;
-  sharedAcrossTenants: boolean;
-  inputLimits: InputLimits;
 }
 
 const maxEmbeddingBatch = 2048;
@@ -68,7 +54,6 @@ const maxDimensions = 65_536;
 export function createEmbedFlow(dependencies: EmbedFlowDependencies) {
   const { cache, recorder, upstream } = dependencies;
   const { redact } = recorder;
-  const expiresAt = () => (dependencies.cacheTtlSeconds === null ? null : new Date(Date.now() + dependencies.cacheTtlSeconds * 1000));
 
   return async function embed(input: EmbedInput): Promise<EmbedResult> {
     const started = performance.now();
@@ -138,7 +123,7 @@ export function createEmbedFlow(dependencies: EmbedFlowDependencies) {
             usage,
             costUsd: costOf(dependencies.prices, model, usage),
             createdAt: new Date(),
-            expiresAt: expiresAt(),
+            expiresAt: expiresAt(dependencies.cacheTtlSeconds),
             createdByCallId: record.id,
             ...ownerOf(record),
           };
