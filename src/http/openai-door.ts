@@ -5,6 +5,7 @@ import { badUserInput, CallboardError } from '../errors.ts';
 import type { CacheMode } from '../llm/cache.ts';
 import type { ChatMessage } from '../llm/client.ts';
 import type { ChatStream, SendMessageResult } from '../llm/pipeline/chat.ts';
+import { chatRequestFields } from '../llm/pipeline/chat-request.ts';
 import type { Services } from '../services.ts';
 import { toOpenAiError } from './openai-errors.ts';
 import { isOpenAiPath } from './refusal.ts';
@@ -26,12 +27,6 @@ interface DoorRequest {
   fetchAPI: { Response: typeof Response };
 }
 
-/** The chat completion fields Callboard reads; every other field is passed upstream unchanged. */
-const knownChatFields = new Set([
-  'model', 'messages', 'temperature', 'max_tokens', 'max_completion_tokens', 'top_p', 'frequency_penalty', 'presence_penalty', 'stop',
-  'response_format', 'reasoning_effort', 'tools', 'tool_choice', 'parallel_tool_calls', 'n', 'seed', 'logprobs', 'top_logprobs', 'user',
-  'stream', 'stream_options',
-]);
 const cacheModes: Record<string, CacheMode> = { use: 'USE', refresh: 'REFRESH', bypass: 'BYPASS' };
 
 /**
@@ -209,7 +204,7 @@ async function readJson(request: Request, maxBytes: number): Promise<Record<stri
 /** OpenAI's chat completion body as the client's input; fields Callboard does not know go upstream as they are. */
 function chatInput(body: Record<string, unknown>) {
   if (!Array.isArray(body.messages)) throw badUserInput('messages must be a list of messages.', { field: 'messages' });
-  const extra = Object.fromEntries(Object.entries(body).filter(([field]) => !knownChatFields.has(field)));
+  const extra = Object.fromEntries(Object.entries(body).filter(([field]) => !chatRequestFields.has(field)));
   const stop = body.stop;
   if (stop !== undefined && stop !== null && typeof stop !== 'string' && !(Array.isArray(stop) && stop.every((item) => typeof item === 'string'))) {
     throw badUserInput('stop must be a string or a list of strings.', { field: 'stop' });

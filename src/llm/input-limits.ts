@@ -76,6 +76,8 @@ export function charactersOf(prompt: readonly (string | CountedMessage)[]): numb
       characters += item.length;
       continue;
     }
+    // Not a message: refused by the caller's own check, with its index.
+    if (typeof item !== 'object' || item === null) continue;
     const { content } = item;
     if (typeof content === 'string') characters += content.length;
     else if (Array.isArray(content)) for (const part of content) characters += typeof part?.text === 'string' ? part.text.length : 0;

@@ -1,6 +1,6 @@
 import type { CacheEntryValue, CacheMode, ResponseCache } from '../cache.ts';
 import type { AttemptRow } from '../history.ts';
-import { untilAborted, type CallBounds } from './bounds.ts';
+import { abortedError, untilAborted, type CallBounds } from './bounds.ts';
 
 /** An answer the provider just gave, and the attempts it took. */
 export interface Fresh<R> {
@@ -61,10 +61,16 @@ export function createCacheStep(options: { cache: ResponseCache; entryReplaced?:
         cache.recordHit(key);
         return { status: 'HIT', entry: remembered };
       }
+      // A caller gone already starts no request that nobody would record.
+      if (signal?.aborted) throw abortedError();
+      // owning: this caller's request is the shared one (its row gets its attempts, even after it gave
+      // up); leading: that request went upstream, bounded by this caller's own deadline.
+      let owning = false;
       let leading = false;
       // The shared upstream call ignores any one caller's abort: each caller stops waiting on its own
       // signal, and the others (and the cache) still get the answer.
       const flight = cache.singleFlight(key, async () => {
+        owning = true;
         const found = await cache.lookup(key);
         if (found.entry) return { entry: found.entry, fresh: null, cacheReadFailed: false };
         leading = true;
@@ -77,7 +83,7 @@ export function createCacheStep(options: { cache: ResponseCache; entryReplaced?:
         (error: unknown) => ({ ok: false as const, error }),
       );
       const outcome = await untilAborted(settled, signal, bounds, () => leading).catch((error: LeaderGaveUp<R>) => {
-        if (leading) {
+        if (owning) {
           error.sharedOutcome = flight.then(
             ({ value: shared }) => ({ attempts: shared.fresh?.attempts ?? [], response: shared.fresh?.response ?? null }),
             (failure: { attempts?: AttemptRow[] }) => ({ attempts: failure.attempts ?? [], response: null }),

@@ -41,6 +41,15 @@ export interface ChatParameters {
   configDefaults?: boolean;
 }
 
+/**
+ * The body fields chatRequest sets and checks, and stream and stream_options, which the provider sets
+ * per call: none of them may come from `extra`.
+ */
+export const chatRequestFields: ReadonlySet<string> = new Set([
+  'model', 'messages', 'temperature', 'max_tokens', 'max_completion_tokens', 'top_p', 'frequency_penalty', 'presence_penalty', 'stop',
+  'response_format', 'reasoning_effort', 'tools', 'tool_choice', 'parallel_tool_calls', 'n', 'seed', 'logprobs', 'top_logprobs', 'user',
+  'stream', 'stream_options',
+]);
 const roles = new Set<ChatRole>(['system', 'user', 'assistant', 'developer', 'tool']);
 /** OpenAI's own bounds. */
 const maxTools = 128;
@@ -94,8 +103,9 @@ export function chatRequest(input: ChatParameters, settings: OpenAiConfig, model
 
   const useDefaults = input.configDefaults ?? true;
   const pick = <T>(value: T | null | undefined, fallback: T): T | undefined => (value ?? (useDefaults ? fallback : undefined)) ?? undefined;
-  // Fields unknown to Callboard first: a known field always says what Callboard checked.
-  const request: ProviderChatRequest = { ...(input.extra ?? {}), model, messages };
+  // Only fields unknown to Callboard come from `extra`: a known field always says what Callboard checked.
+  const extra = Object.entries(input.extra ?? {}).filter(([field]) => !chatRequestFields.has(field));
+  const request: ProviderChatRequest = { ...Object.fromEntries(extra), model, messages };
   const maxTokens = pick(input.maxTokens, settings.maxTokens);
   if (isReasoningModel(model, settings)) {
     // Reasoning models reject sampling parameters and take max_completion_tokens instead of max_tokens.

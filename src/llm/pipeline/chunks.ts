@@ -21,6 +21,9 @@ export class ChunkAssembler {
   private readonly choices = new Map<number, Choice>();
   chunks = 0;
 
+  /** `expectedChoices`: the request's n, so that a stream cut before a choice's first chunk is not whole. */
+  constructor(private readonly expectedChoices = 1) {}
+
   add(chunk: ChatCompletionChunk): void {
     this.chunks += 1;
     if (!this.completion) {
@@ -68,7 +71,7 @@ export class ChunkAssembler {
 
   /** Every choice has its finish reason: the provider said the answer is whole. */
   get finished(): boolean {
-    return this.choices.size > 0 && [...this.choices.values()].every((choice) => choice.finish_reason !== null);
+    return this.choices.size >= Math.max(1, this.expectedChoices) && [...this.choices.values()].every((choice) => choice.finish_reason !== null);
   }
 
   /** The answer so far; null before the first chunk. */
@@ -81,8 +84,8 @@ export class ChunkAssembler {
 /**
  * A whole answer (from the cache, or a non-streamed call) as the chunks a provider would have sent:
  * per choice the role, the reasoning, the content (token by token when logprobs say what the tokens
- * were, else word by word) or refusal, each tool call (its id and name, then its arguments in
- * pieces), then the finish reason; the usage last when asked. Never one aggregated chunk: a client
+ * were, else word by word) or refusal, any logprobs not sent with the content, each tool call (its
+ * id and name, then its arguments in pieces), then the finish reason; the usage last when asked. Never one aggregated chunk: a client
  * that renders deltas sees a stream like any other.
  */
 export function* replayChunks(completion: ChatCompletion, options: { includeUsage: boolean }): Generator<ChatCompletionChunk> {
@@ -101,15 +104,22 @@ export function* replayChunks(completion: ChatCompletion, options: { includeUsag
   });
   for (const choice of completion.choices) {
     const message = choice.message as Message;
-    yield chunk(choice.index, { role: 'assistant', content: '' });
+    // Null content (tool calls, a refusal) stays null, as in OpenAI's own stream.
+    yield chunk(choice.index, { role: 'assistant', content: typeof message.content === 'string' ? '' : null });
     for (const field of ['reasoning_content', 'reasoning'] as const) {
       for (const piece of words(message[field] ?? '')) yield chunk(choice.index, { [field]: piece });
     }
-    const tokens = choice.logprobs?.content;
-    if (message.content && tokens && tokens.map((token) => token.token).join('') === message.content) {
+    const logprobs = choice.logprobs;
+    const tokens = logprobs?.content;
+    const byToken = !!message.content && !!tokens && tokens.map((token) => token.token).join('') === message.content;
+    if (byToken) {
       for (const token of tokens) yield chunk(choice.index, { content: token.token }, { logprobs: { content: [token], refusal: null } });
     } else for (const piece of words(message.content ?? '')) yield chunk(choice.index, { content: piece });
     for (const piece of words(message.refusal ?? '')) yield chunk(choice.index, { refusal: piece });
+    // Logprobs that do not follow the content token by token (tokens that split a character, a
+    // refusal's) come whole in a chunk of their own: a replay never loses them.
+    const rest = byToken ? (logprobs!.refusal ? { content: null, refusal: logprobs!.refusal } : null) : logprobs;
+    if (rest) yield chunk(choice.index, {}, { logprobs: rest });
     for (const [index, call] of (message.tool_calls ?? []).entries()) {
       const fn = (call as ToolCall).function;
       yield chunk(choice.index, { tool_calls: [{ index, id: call.id, type: 'function', function: { name: fn.name, arguments: '' } }] });
