@@ -338,7 +338,7 @@ export function createChatFlow(dependencies: ChatFlowDependencies) {
     cleanUp: () => void,
     controller?: AbortController,
   ): ChatStream {
-    const assembler = new ChunkAssembler();
+    const assembler = new ChunkAssembler(typeof call.request.n === 'number' ? call.request.n : 1);
     let result: SendMessageResult | undefined;
     call.record.cacheStatus = status;
     async function* chunks(): AsyncGenerator<ChatCompletionChunk> {
