@@ -7,6 +7,8 @@ import type { CallStatsDimension } from '../src/analytics/call-stats.ts';
 import { callStatsSql } from './lib/call-stats-sql.ts';
 import { openClient, seedHistory, type SeedReport } from './lib/database.ts';
 import { measure, median, referenceWorkMs, timeRequests, type Measurement, type Watched } from './lib/measure.ts';
+import { renderPeerComparison, type PeerRow } from './lib/peer-report.ts';
+import { coreLayout, installPortkey, peerNames, peerTarget, peerTitles, pin, portkeyVersion, startHop, startPortkey, type Peer, type PeerName } from './lib/peers.ts';
 import { passedSettings } from './lib/processes.ts';
 import {
   buildLongText,
@@ -27,12 +29,16 @@ const settings = {
   warmupSeconds: Number(environment.BENCH_WARMUP_SECONDS || 1),
   connections: (environment.BENCH_CONNECTIONS || '1,32').split(',').map(Number),
   scenarios: (environment.BENCH_SCENARIOS || 'upstream,miss,hit,embedding,tokens').split(',') as ScenarioName[],
+  /** Set to '' for none. */
+  peers: (environment.BENCH_PEERS ?? peerNames.join(',')).split(',').filter((name) => name !== '') as PeerName[],
+  pinning: coreLayout(environment.BENCH_PIN === '0'),
   historyRows: Number(environment.BENCH_HISTORY_ROWS ?? 1_000_000),
   statsRuns: Number(environment.BENCH_STATS_RUNS || 10),
   /** The whole run is cut short (children killed, database dropped) after this long. */
-  timeoutSeconds: Number(environment.BENCH_TIMEOUT_SECONDS || 420),
+  timeoutSeconds: Number(environment.BENCH_TIMEOUT_SECONDS || 600),
 };
 for (const name of settings.scenarios) if (!(name in scenarios)) throw new Error(`BENCH_SCENARIOS: unknown scenario "${name}"`);
+for (const name of settings.peers) if (!peerNames.includes(name)) throw new Error(`BENCH_PEERS: unknown peer "${name}" (${peerNames.join(', ')})`);
 
 const targets = { hitCpuMs: 0.5, missCpuOverUpstreamMs: 1, missAddedP50Ms: 1, callStatsMs: 300 };
 /** The latency percentiles cost a sort of every row; dashboards that do not ask for them do not pay for it. */
@@ -47,9 +53,10 @@ const resultsPath = fileURLToPath(new URL('./results.md', import.meta.url));
 const stack = createStack(stackOptions);
 let admin: pg.Client | undefined;
 let historyClient: pg.Client | undefined;
+let peer: Peer | undefined;
 
 async function cleanUp(): Promise<void> {
-  await Promise.all([admin?.end().catch(() => undefined), historyClient?.end().catch(() => undefined)]);
+  await Promise.all([admin?.end().catch(() => undefined), historyClient?.end().catch(() => undefined), peer?.stop(2000)]);
   await stack.close();
 }
 
@@ -85,11 +92,28 @@ async function main(): Promise<void> {
   const loadBefore = loadavg();
   // Warms the yardstick's code so that every reading is of optimised code.
   for (let index = 0; index < 5; index++) referenceWorkMs();
+  const peerNotes: string[] = [];
+  let portkeyFolder: string | undefined;
+  if (settings.peers.includes('portkey')) {
+    try {
+      portkeyFolder = installPortkey(log);
+    } catch (error) {
+      const reason = error instanceof Error ? error.message : String(error);
+      log(`could not install @portkey-ai/gateway@${portkeyVersion}; going on without the Portkey rows:\n${reason}`);
+      peerNotes.push(`Portkey not measured: \`npm install @portkey-ai/gateway@${portkeyVersion}\` failed (${reason.split('\n')[0]!.slice(0, 200)}).`);
+    }
+  }
   log(`bench database ${settings.databaseName} on ${new URL(settings.adminUrl).host}; fake upstream and Callboard starting`);
   const { databaseUrl, upstream, server } = await stack.start();
   admin = await openClient(settings.adminUrl);
   historyClient = await openClient(databaseUrl);
   log(`Callboard (pid ${server.pid}) at ${server.origin}, fake upstream (pid ${upstream.pid}) at ${upstream.url}`);
+  const layout = settings.pinning;
+  if (layout) {
+    const pinned = pin(server.pid, layout.server) && pin(upstream.pid, layout.others) && pin(process.pid, layout.others);
+    log(pinned ? `pinned: the measured server to core ${layout.server}, the bench and the fake upstream to core ${layout.others}` : 'taskset failed: nothing pinned');
+    if (!pinned) settings.pinning = null;
+  }
 
   const longText = await buildLongText(server.origin, 4000);
   const context: ScenarioContext = { serverOrigin: server.origin, upstreamOrigin: upstream.url, longText: longText.text, questions: createQuestions() };
@@ -120,6 +144,39 @@ async function main(): Promise<void> {
           (load.failures > 0 ? `, ${load.failures} FAILED (${load.firstFailure ?? 'connection errors or non-2xx'})` : ''),
       );
     }
+  }
+
+  const peerRows: PeerRow[] = [];
+  for (const name of settings.peers) {
+    if (name === 'portkey' && !portkeyFolder) continue;
+    try {
+      peer = name === 'rest' ? undefined : name === 'portkey' ? await startPortkey(portkeyFolder!) : await startHop(upstream.url);
+    } catch (error) {
+      const reason = error instanceof Error ? error.message : String(error);
+      log(`${peerTitles[name]} did not start; going on without it:\n${reason.slice(0, 2000)}`);
+      peerNotes.push(`${peerTitles[name]} not measured: it did not start (${reason.split('\n')[0]!.slice(0, 200)}).`);
+      continue;
+    }
+    if (peer && settings.pinning) pin(peer.pid, settings.pinning.server);
+    const peerWatched: Watched = peer ? { serverPid: peer.pid, upstreamPid: upstream.pid, database: null, history: null } : watched;
+    for (const connections of settings.connections) {
+      const measurement = await measure(peerTarget(name, peer?.origin ?? server.origin, upstream.url, context.questions), {
+        connections,
+        seconds: settings.seconds,
+        warmupSeconds: settings.warmupSeconds,
+        writesHistory: name === 'rest',
+        watched: peerWatched,
+      });
+      peerRows.push({ peer: name, connections, measurement });
+      const { load } = measurement;
+      log(
+        `${peerTitles[name].padEnd(32)} c=${String(connections).padStart(2)}: ${load.requestsPerSecond.toFixed(0).padStart(6)} req/s, ` +
+          `p50 ${load.p50Ms.toFixed(2)} ms, p99 ${load.p99Ms.toFixed(2)} ms, server CPU ${measurement.serverCpuMs.toFixed(3)} ms/req, upstream CPU ${measurement.upstreamCpuMs.toFixed(3)} ms/req` +
+          (load.failures > 0 ? `, ${load.failures} FAILED (${load.firstFailure ?? 'connection errors or non-2xx'})` : ''),
+      );
+    }
+    await peer?.stop(5000);
+    peer = undefined;
   }
 
   let seed: SeedReport | null = null;
@@ -163,7 +220,7 @@ async function main(): Promise<void> {
   const complaints = server.output.filter((line) => line.trim() !== '');
   if (complaints.length > 0) log(`Callboard logged ${complaints.length} warning or error lines; the first:\n${complaints.slice(0, 3).join('\n').slice(0, 2000)}`);
   const postgresVersion = (await admin.query<{ server_version: string }>('SHOW server_version')).rows[0]!.server_version;
-  const report = renderReport({ rows, seed, stats, plan, longTextTokens: longText.tokens, postgresVersion, complaints, loadBefore, loadAfter: loadavg() });
+  const report = renderReport({ rows, peerRows, peerNotes, seed, stats, plan, longTextTokens: longText.tokens, postgresVersion, complaints, loadBefore, loadAfter: loadavg() });
   console.log(`\n${report}`);
   writeFileSync(resultsPath, report);
   log(`written to ${resultsPath}`);
@@ -173,6 +230,8 @@ const fixed = (value: number | null | undefined, digits: number) => (value === n
 
 function renderReport(input: {
   rows: Row[];
+  peerRows: PeerRow[];
+  peerNotes: string[];
   seed: SeedReport | null;
   stats: StatsRow[];
   plan: string | null;
@@ -260,6 +319,19 @@ function renderReport(input: {
       '',
     );
   }
+
+  lines.push(
+    ...renderPeerComparison({
+      connections: settings.connections,
+      graphqlMiss: (connections) => byKey('miss', connections),
+      direct: (connections) => byKey('upstream', connections),
+      rows: input.peerRows,
+      notes: input.peerNotes,
+      pinning: settings.pinning
+        ? `Each measured server ran pinned (taskset) to core ${settings.pinning.server}, the bench and the fake upstream to core ${settings.pinning.others}; Postgres unpinned.`
+        : 'Nothing was pinned to a core.',
+    }),
+  );
 
   if (seed) {
     lines.push(

@@ -50,7 +50,7 @@ export interface ChildHandle {
   stop(graceMs?: number): Promise<number | null>;
 }
 
-function track(child: ChildProcess, onLine?: (line: string) => void): ChildHandle {
+export function track(child: ChildProcess, onLine?: (line: string) => void): ChildHandle {
   const output: string[] = [];
   let exitCode: number | null | undefined;
   const exited = new Promise<number | null>((resolve) =>

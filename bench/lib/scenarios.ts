@@ -29,7 +29,7 @@ function chatInput(question: string) {
 }
 
 /** The body Callboard sends upstream for `chatInput` under the default settings (MODEL, TEMPERATURE, ...). */
-function upstreamChatBody(question: string) {
+export function upstreamChatBody(question: string) {
   return {
     model: 'gpt-4o-mini',
     messages: [
