@@ -706,6 +706,18 @@ describe('default chat: tools', () => {
   });
 });
 
+describe('default chat: a stream is the whole answer in pieces', () => {
+  it("the SDK's own assembly of a stream of n=2 with logprobs gives back every choice and the usage of the answer given whole", async () => {
+    const body = { model: 'gpt-4o-mini', messages, n: 2, logprobs: true, top_logprobs: 2 };
+    const whole = await openai.chat.completions.create(body);
+    const streamed = await openai.chat.completions.stream({ ...body, stream_options: { include_usage: true } }).finalChatCompletion();
+    // Only the envelope (each answer its own id) and the SDK's own `parsed` differ.
+    const choices = streamed.choices.map(({ message: { parsed: _parsed, ...message }, ...choice }) => ({ ...choice, message: { ...message, annotations: [] } }));
+    expect(choices).toEqual(whole.choices);
+    expect(streamed.usage).toEqual(whole.usage);
+  });
+});
+
 describe('scripted streams', () => {
   it('sseCut sends its events then breaks the connection without [DONE]: the SDK iteration throws', async () => {
     fake.script('chat', { sseCut: chatCompletionChunks({ content: 'one two three', model: 'm' }).slice(0, 3) });

@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { chatCompletion, chatCompletionChunks, type ChatCompletionOptions } from '../../../test/support/fake-openai.ts';
 import type { ChatCompletion, ChatCompletionChunk } from '../providers/provider.ts';
 import { ChunkAssembler, replayChunks } from './chunks.ts';
 
@@ -227,6 +228,29 @@ function withoutAnnotations(choices: readonly CompletionChoice[]): CompletionCho
 }
 
 const contentOf = (chunks: ChatCompletionChunk[], index = 0) => chunks.flatMap((part) => part.choices.filter((c) => c.index === index && typeof c.delta.content === 'string' && c.delta.content !== '').map((c) => c.delta.content!));
+
+describe('ChunkAssembler and the fake provider', () => {
+  it('assembles the fake\'s stream (n=2, tool calls, reasoning, logprobs, choices taking turns) into the answer it gives whole', () => {
+    const options: ChatCompletionOptions = {
+      id: 'chatcmpl-fake',
+      model: 'fake-reasoner',
+      logprobs: { topLogprobs: 2 },
+      usage: { prompt_tokens: 7 },
+      choices: [
+        { content: 'Looking it up now', reasoning: 'The user wants weather.', toolCalls: [{ id: 'call_a', name: 'weather', arguments: '{"city":"Oslo"}' }, { id: 'call_b', name: 'time', arguments: '{"zone":"CET"}' }] },
+        { content: 'It is sunny in Oslo today', reasoning: 'Answer directly.' },
+      ],
+    };
+    const assembler = new ChunkAssembler(2);
+    for (const part of chatCompletionChunks({ ...options, includeUsage: true })) assembler.add(part);
+    const whole = chatCompletion(options);
+    expect(assembler.finished).toBe(true);
+    // What differs: the whole answer's `annotations: []` on each message, which a stream never carries.
+    const withoutAnnotations = whole.choices.map(({ message: { annotations: _annotations, ...message }, ...choice }) => ({ ...choice, message }));
+    const result = assembler.result()!;
+    expect(result).toEqual({ ...whole, created: result.created, choices: withoutAnnotations });
+  });
+});
 
 describe('replayChunks', () => {
   it.each(Object.entries(completions))('assembles back to the same answer: %s', (_name, original) => {

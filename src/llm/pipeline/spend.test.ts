@@ -17,7 +17,7 @@ const estimate: SpendEstimate = { model: 'gpt-4o-mini', promptTokens: 1000, maxC
 /** Lets the step's off-path settle or release run. */
 const settled = () => new Promise((resolve) => setTimeout(resolve, 0));
 
-function setup(options: { refuse?: Error; failSettle?: Error } = {}) {
+function setup(options: { refuse?: Error; failSettle?: Error; settleWrittenWhen?: Promise<void> } = {}) {
   const reserved: { apiKeyId: string; limits: KeyLimits; spend: Spend }[] = [];
   const settles: { reservation: Reservation | null; actual: { tokens: number; usd: number } }[] = [];
   const releases: (Reservation | null)[] = [];
@@ -29,6 +29,7 @@ function setup(options: { refuse?: Error; failSettle?: Error } = {}) {
     },
     async settle(reservation, actual) {
       settles.push({ reservation, actual });
+      await options.settleWrittenWhen;
       if (options.failSettle) throw options.failSettle;
     },
     async release(reservation) {
@@ -141,6 +142,23 @@ describe('the limits step', () => {
     expect(upstream).not.toHaveBeenCalled();
     expect(settles).toEqual([]);
     expect(releases).toEqual([]);
+  });
+
+  it('run: answers without waiting for the settle to be written', async () => {
+    let written!: () => void;
+    const { guard, settles } = setup({ settleWrittenWhen: new Promise<void>((resolve) => (written = resolve)) });
+    expect(await guard.run(payer, async () => estimate, async () => 'answer', () => ({ model: 'gpt-4o-mini', usage: null }))).toBe('answer');
+    expect(settles).toHaveLength(1);
+    written();
+  });
+
+  it('reserves nothing, and runs nothing, when the estimate fails', async () => {
+    const { guard, reserved } = setup();
+    const broken = new Error('no tokenizer for this model');
+    const upstream = vi.fn(async () => 'answer');
+    await expect(guard.run(payer, async () => Promise.reject(broken), upstream, () => ({ model: 'gpt-4o-mini', usage: null }))).rejects.toBe(broken);
+    expect(reserved).toEqual([]);
+    expect(upstream).not.toHaveBeenCalled();
   });
 
   it('a settle or release that fails is logged, never thrown at the caller', async () => {
