@@ -148,8 +148,8 @@ describe('the server process (npm start)', () => {
   }, 90_000);
 
   it('stops with nothing left behind when SIGTERM is sent to `npm start` itself', async () => {
-    // --ignore-scripts skips only prestart (prisma generate), which would rewrite the client other test files import meanwhile.
-    const npm = spawn('npm', ['start', '--ignore-scripts'], {
+    // The compiled server (dist/, built by `npm test`'s pretest or `npm install`'s prepare), as in production.
+    const npm = spawn('npm', ['start'], {
       cwd: repositoryRoot,
       env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? workDir, PORT: '0', CALLBOARD_DATABASE__DATA_DIR: join(workDir, 'data-npm') },
       stdio: ['ignore', 'pipe', 'pipe'],

@@ -19,7 +19,7 @@ export interface ServerProcess {
   stop(signal?: NodeJS.Signals): Promise<number | null>;
 }
 
-/** Starts `src/main.ts` as `npm start` does, and waits until it listens (or fails). */
+/** Starts `src/main.ts` through tsx (the sources under test; `npm start` runs their build, dist/main.js), and waits until it listens (or fails). */
 export function startServerProcess(options: { cwd: string; env: Record<string, string> }): Promise<ServerProcess> {
   const child = spawn(process.execPath, ['--import', tsxLoader, mainPath], {
     cwd: options.cwd,
