@@ -6,16 +6,27 @@ import { sleep } from './lib/measure.ts';
 import { cpuTimeMs } from './lib/processes.ts';
 import { buildLongText, createQuestions, primeCache, scenarios, type ScenarioContext, type ScenarioName } from './lib/scenarios.ts';
 import { createStack, stackOptionsFromEnvironment } from './lib/stack.ts';
+import { primeStreamedHit, runSeries, streamSeriesTitles, streamTargets, ttfbStats } from './lib/stream.ts';
 
 // Usage: npx tsx bench/profile.ts <upstream|miss|hit|embedding|tokens> [connections=32] [seconds=8]
-// Runs Callboard under `node --cpu-prof`, loads it with one scenario, and summarises the samples
-// taken during the measured run (start-up and warm-up left out) into bench/profiles/.
+//        npx tsx bench/profile.ts <stream-miss|stream-hit> [requests=2000]
+// Runs Callboard under `node --cpu-prof`, loads it with one scenario (or one series of the stream
+// scenario, sequential streamed requests through the REST door), and summarises the samples taken
+// during the measured run (start-up and warm-up left out) into bench/profiles/.
 
-const [scenarioArgument = 'hit', connectionsArgument = '32', secondsArgument = '8'] = process.argv.slice(2);
-if (!(scenarioArgument in scenarios)) throw new Error(`unknown scenario "${scenarioArgument}"; one of ${Object.keys(scenarios).join(', ')}`);
-const scenario = scenarios[scenarioArgument as ScenarioName];
+const streamSeriesNames = ['stream-miss', 'stream-hit'];
+const [scenarioArgument = 'hit', ...rest] = process.argv.slice(2);
+if (!(scenarioArgument in scenarios) && !streamSeriesNames.includes(scenarioArgument)) {
+  throw new Error(`unknown scenario "${scenarioArgument}"; one of ${[...Object.keys(scenarios), ...streamSeriesNames].join(', ')}`);
+}
+const streamSeries = streamSeriesNames.includes(scenarioArgument) ? (scenarioArgument.slice('stream-'.length) as 'miss' | 'hit') : null;
+const scenario = streamSeries
+  ? { name: scenarioArgument, title: streamSeriesTitles[streamSeries] }
+  : scenarios[scenarioArgument as ScenarioName];
+const [connectionsArgument = '32', secondsArgument = '8'] = streamSeries ? ['1'] : rest;
 const connections = Number(connectionsArgument);
 const seconds = Number(secondsArgument);
+const streamRequests = Number(streamSeries ? (rest[0] ?? 2000) : 0);
 const name = `${scenario.name}-c${connections}`;
 const profilesDirectory = fileURLToPath(new URL('./profiles/', import.meta.url));
 // Every thread of the server writes a profile (the tsx loader's too): each run gets a folder of its own.
@@ -28,7 +39,7 @@ const stack = createStack({
   serverNodeFlags: ['--cpu-prof', `--cpu-prof-dir=${runDirectory}`, '--cpu-prof-interval=250'],
 });
 process.on('SIGINT', () => void stack.close().finally(() => process.exit(130)));
-setTimeout(() => void stack.close().finally(() => process.exit(1)), (seconds + 120) * 1000).unref();
+setTimeout(() => void stack.close().finally(() => process.exit(1)), (seconds + streamRequests / 50 + 120) * 1000).unref();
 
 try {
   const { server, upstream } = await stack.start();
@@ -39,13 +50,36 @@ try {
     questions: createQuestions(),
   };
   await primeCache(context);
-  const target = scenario.target(context);
-  await runLoad(target, { connections, seconds: 2 });
+  let measure: () => Promise<{ responses: number; line: string }>;
+  if (streamSeries) {
+    const targets = streamTargets(context);
+    const question = streamSeries === 'hit' ? await primeStreamedHit(context, targets) : null;
+    const run = (requests: number, warmups: number) => runSeries(streamSeries, targets[streamSeries], question ? () => question : context.questions, { requests, warmups });
+    await run(0, 300);
+    measure = async () => {
+      const series = await run(streamRequests, 0);
+      const { p50, p95 } = ttfbStats(series);
+      return {
+        responses: series.requests,
+        line: `${series.requests} sequential streamed responses, time to first content p50 ${p50.toFixed(2)} ms, p95 ${p95.toFixed(2)} ms, ${series.failures} failed. `,
+      };
+    };
+  } else {
+    const target = (scenario as (typeof scenarios)[ScenarioName]).target(context);
+    await runLoad(target, { connections, seconds: 2 });
+    measure = async () => {
+      const load = await runLoad(target, { connections, seconds });
+      return {
+        responses: load.responses,
+        line: `${load.responses} responses, ${load.requestsPerSecond.toFixed(0)} req/s, p50 ${load.p50Ms.toFixed(2)} ms, p99 ${load.p99Ms.toFixed(2)} ms, ${load.failures} failed. `,
+      };
+    };
+  }
   await sleep(300);
   const pid = scenario.name === 'upstream' ? upstream.pid : server.pid;
   const cpuBefore = cpuTimeMs(pid);
   const fromMicros = Number(process.hrtime.bigint() / 1000n);
-  const load = await runLoad(target, { connections, seconds });
+  const load = await measure();
   await sleep(300);
   const toMicros = Number(process.hrtime.bigint() / 1000n);
   const cpuMs = cpuTimeMs(pid) - cpuBefore;
@@ -58,8 +92,8 @@ try {
   const profile = JSON.parse(readFileSync(profilePath, 'utf8')) as CpuProfile;
   const summary = summariseProfile(profile, { fromMicros, toMicros });
   const heading =
-    `## Profile: ${scenario.title}, ${connections} connection(s), ${seconds} s\n\n` +
-    `${load.responses} responses, ${load.requestsPerSecond.toFixed(0)} req/s, p50 ${load.p50Ms.toFixed(2)} ms, p99 ${load.p99Ms.toFixed(2)} ms, ${load.failures} failed. ` +
+    `## Profile: ${scenario.title}, ${connections} connection(s)${streamSeries ? '' : `, ${seconds} s`}\n\n` +
+    load.line +
     `Process CPU (all threads, /proc) ${cpuMs.toFixed(0)} ms: ${(cpuMs / load.responses).toFixed(3)} ms/req (the profiler's own cost included).\n`;
   const text = `${heading}\n${renderSummary(summary, load.responses)}`;
   writeFileSync(`${profilesDirectory}${name}.md`, text);

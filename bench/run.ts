@@ -20,6 +20,7 @@ import {
   type ScenarioName,
 } from './lib/scenarios.ts';
 import { createStack, stackOptionsFromEnvironment } from './lib/stack.ts';
+import { measureStreaming, streamScenarioName, ttfbStats, type StreamReport } from './lib/stream.ts';
 
 const environment = process.env;
 const stackOptions = stackOptionsFromEnvironment(environment);
@@ -28,19 +29,22 @@ const settings = {
   seconds: Number(environment.BENCH_SECONDS || 5),
   warmupSeconds: Number(environment.BENCH_WARMUP_SECONDS || 1),
   connections: (environment.BENCH_CONNECTIONS || '1,32').split(',').map(Number),
-  scenarios: (environment.BENCH_SCENARIOS || 'upstream,miss,hit,embedding,tokens').split(',') as ScenarioName[],
+  scenarios: (environment.BENCH_SCENARIOS || 'upstream,miss,hit,embedding,tokens,stream').split(',') as (ScenarioName | typeof streamScenarioName)[],
   /** Set to '' for none. */
   peers: (environment.BENCH_PEERS ?? peerNames.join(',')).split(',').filter((name) => name !== '') as PeerName[],
   pinning: coreLayout(environment.BENCH_PIN === '0'),
+  /** Timed requests of each series of the stream scenario, after `streamWarmups` untimed ones. */
+  streamRequests: Number(environment.BENCH_STREAM_REQUESTS || 500),
+  streamWarmups: Number(environment.BENCH_STREAM_WARMUPS || 300),
   historyRows: Number(environment.BENCH_HISTORY_ROWS ?? 1_000_000),
   statsRuns: Number(environment.BENCH_STATS_RUNS || 10),
   /** The whole run is cut short (children killed, database dropped) after this long. */
   timeoutSeconds: Number(environment.BENCH_TIMEOUT_SECONDS || 600),
 };
-for (const name of settings.scenarios) if (!(name in scenarios)) throw new Error(`BENCH_SCENARIOS: unknown scenario "${name}"`);
+for (const name of settings.scenarios) if (!(name in scenarios) && name !== streamScenarioName) throw new Error(`BENCH_SCENARIOS: unknown scenario "${name}"`);
 for (const name of settings.peers) if (!peerNames.includes(name)) throw new Error(`BENCH_PEERS: unknown peer "${name}" (${peerNames.join(', ')})`);
 
-const targets = { hitCpuMs: 0.5, missCpuOverUpstreamMs: 1, missAddedP50Ms: 1, callStatsMs: 300 };
+const targets = { hitCpuMs: 0.5, missCpuOverUpstreamMs: 1, missAddedP50Ms: 1, streamAddedTtfbMs: 2, callStatsMs: 300 };
 /** The latency percentiles cost a sort of every row; dashboards that do not ask for them do not pay for it. */
 const statsGroupings: { groupBy: CallStatsDimension[]; percentiles: boolean }[] = [
   { groupBy: ['MODEL', 'DAY'], percentiles: true },
@@ -122,7 +126,30 @@ async function main(): Promise<void> {
 
   const watched: Watched = { serverPid: server.pid, upstreamPid: upstream.pid, database: { admin, name: settings.databaseName }, history: historyClient };
   const rows: Row[] = [];
+  let streaming: StreamReport | null = null;
   for (const name of settings.scenarios) {
+    if (name === streamScenarioName) {
+      streaming = await measureStreaming(context, { requests: settings.streamRequests, warmups: settings.streamWarmups, history: historyClient });
+      const direct = streaming.series.find((series) => series.name === 'direct');
+      for (const series of streaming.series) {
+        const { p50, p95, mean } = ttfbStats(series);
+        const added = direct && series !== direct ? `, added p50 ${(p50 - ttfbStats(direct).p50).toFixed(2)} ms, p95 ${(p95 - ttfbStats(direct).p95).toFixed(2)} ms` : '';
+        log(
+          `${series.title.padEnd(32)} c= 1: time to first content p50 ${p50.toFixed(2)} ms, p95 ${p95.toFixed(2)} ms, mean ${mean.toFixed(2)} ms${added}` +
+            `, to the end p50 ${median(series.totalMs).toFixed(2)} ms` +
+            (series.failures > 0 ? `, ${series.failures} FAILED (${series.firstFailure})` : ''),
+        );
+      }
+      if (streaming.historyMissing > 0) log(`stream: ${streaming.historyMissing} HISTORY ROWS MISSING`);
+      const phases = streaming.missPhases;
+      if (phases) {
+        log(
+          `streamed miss inside Callboard (medians of ${phases.calls} history rows): first chunk to the door ${phases.firstChunkMs.toFixed(2)} ms after the call began ` +
+            `(upstream attempt ${phases.attemptMs.toFixed(2)} ms, before it ${phases.beforeUpstreamMs.toFixed(2)} ms), outside the pipeline ${phases.outsideMs.toFixed(2)} ms`,
+        );
+      }
+      continue;
+    }
     const scenario = scenarios[name];
     for (const connections of settings.connections) {
       const measurement = await measure(scenario.target(context), {
@@ -220,7 +247,7 @@ async function main(): Promise<void> {
   const complaints = server.output.filter((line) => line.trim() !== '');
   if (complaints.length > 0) log(`Callboard logged ${complaints.length} warning or error lines; the first:\n${complaints.slice(0, 3).join('\n').slice(0, 2000)}`);
   const postgresVersion = (await admin.query<{ server_version: string }>('SHOW server_version')).rows[0]!.server_version;
-  const report = renderReport({ rows, peerRows, peerNotes, seed, stats, plan, longTextTokens: longText.tokens, postgresVersion, complaints, loadBefore, loadAfter: loadavg() });
+  const report = renderReport({ rows, streaming, peerRows, peerNotes, seed, stats, plan, longTextTokens: longText.tokens, postgresVersion, complaints, loadBefore, loadAfter: loadavg() });
   console.log(`\n${report}`);
   writeFileSync(resultsPath, report);
   log(`written to ${resultsPath}`);
@@ -230,6 +257,7 @@ const fixed = (value: number | null | undefined, digits: number) => (value === n
 
 function renderReport(input: {
   rows: Row[];
+  streaming: StreamReport | null;
   peerRows: PeerRow[];
   peerNotes: string[];
   seed: SeedReport | null;
@@ -241,7 +269,7 @@ function renderReport(input: {
   loadBefore: number[];
   loadAfter: number[];
 }): string {
-  const { rows, seed, stats, plan } = input;
+  const { rows, streaming, seed, stats, plan } = input;
   const lines: string[] = [];
   const postgresVersion = input.postgresVersion;
   lines.push('# Callboard bench results', '');
@@ -320,6 +348,48 @@ function renderReport(input: {
     );
   }
 
+  const streamDirect = streaming?.series.find((series) => series.name === 'direct');
+  const streamAdded = (name: 'miss' | 'hit', at: 'p50' | 'p95') => {
+    const series = streaming?.series.find((candidate) => candidate.name === name);
+    return series && streamDirect ? ttfbStats(series)[at] - ttfbStats(streamDirect)[at] : null;
+  };
+  if (streaming) {
+    lines.push(
+      '## Streamed chat: time to first content, 1 connection',
+      '',
+      '| Series | requests | p50 ms | p95 ms | mean ms | p50 added ms | p95 added ms | to the end p50 ms | failed |',
+      '|---|--:|--:|--:|--:|--:|--:|--:|--:|',
+      ...streaming.series.map((series) => {
+        const { p50, p95, mean } = ttfbStats(series);
+        const added = series.name === 'direct' ? ['–', '–'] : [fixed(streamAdded(series.name, 'p50'), 2), fixed(streamAdded(series.name, 'p95'), 2)];
+        return `| ${series.title} | ${series.requests} | ${fixed(p50, 2)} | ${fixed(p95, 2)} | ${fixed(mean, 2)} | ${added.join(' | ')} | ${fixed(median(series.totalMs), 2)} | ${series.failures} |`;
+      }),
+      '',
+      `Sequential \`POST /v1/chat/completions\` with \`stream: true\` over one keep-alive connection per series (node's http client), ` +
+        `${streaming.warmups} untimed requests then ${streaming.requests} timed ones each, the three series taking turns in blocks of 50 ` +
+        '(consecutive requests of a kind, so that the work a request leaves behind weighs on the next one of its kind; turns, so that changes ' +
+        'in the machine\'s load weigh on all three alike; a 150 ms pause before each block). Time to first content: from sending the request to ' +
+        'receiving the first event whose `choices[0].delta.content` is not empty (the body is read as it arrives, then to its end, and the whole ' +
+        'answer is checked). Direct: the fake upstream with the body Callboard sends it. Miss: the REST door with `x-callboard-cache: use` and ' +
+        'a new question per request (cache lookup, upstream stream, cache entry and history row). Hit: one question over and over, replayed ' +
+        `from the cache. Added: minus the direct series' value.` +
+        (streaming.historyMissing > 0 ? ` ${streaming.historyMissing} history rows of the Callboard series never appeared.` : ''),
+      '',
+    );
+    const phases = streaming.missPhases;
+    if (phases) {
+      lines.push(
+        `Where a streamed miss spends its time, from Callboard's history rows of the ${phases.calls} timed requests (medians of per-request values): ` +
+          `the first chunk reached the door ${fixed(phases.firstChunkMs, 2)} ms after the call began (\`timeToFirstTokenMs\`); of that, the upstream ` +
+          `attempt (request out through the openai SDK to the provider's first chunk) ${fixed(phases.attemptMs, 2)} ms and everything before it ` +
+          `(limits, cache lookup, request building) ${fixed(phases.beforeUpstreamMs, 2)} ms. The remaining ${fixed(phases.outsideMs, 2)} ms of the ` +
+          "client's time to first content are outside the pipeline: HTTP serving, the door reading the body, writing the first two events " +
+          '(the role, then the first content), loopback both ways, and any wait for an event loop still busy with the previous request.',
+        '',
+      );
+    }
+  }
+
   lines.push(
     ...renderPeerComparison({
       connections: settings.connections,
@@ -364,6 +434,12 @@ function renderReport(input: {
   const directOne = byKey('upstream', 1);
   const addedOne = missOne && directOne ? missOne.load.p50Ms - directOne.load.p50Ms : null;
   verdict(addedOne === null ? null : addedOne < targets.missAddedP50Ms, `cache miss adds < ${targets.missAddedP50Ms} ms to p50 at 1 connection (${fixed(addedOne, 2)} ms)`);
+  const streamMissAdded = streamAdded('miss', 'p50');
+  verdict(
+    streamMissAdded === null ? null : streamMissAdded < targets.streamAddedTtfbMs,
+    `streamed cache miss adds < ${targets.streamAddedTtfbMs} ms to the time to first content at p50, 1 connection ` +
+      `(${fixed(streamMissAdded, 2)} ms; p95 ${fixed(streamAdded('miss', 'p95'), 2)} ms; a streamed hit ${fixed(streamAdded('hit', 'p50'), 2)} ms at p50)`,
+  );
   const modelDay = stats.find((row) => row.groupBy.join() === 'MODEL,DAY' && row.percentiles);
   const modelDayMedian = modelDay ? median(modelDay.durations) : null;
   verdict(
@@ -373,6 +449,9 @@ function renderReport(input: {
   lines.push('## Targets', '', ...verdicts, '');
   if (verdicts.some((line) => line.startsWith('- MISSED: cache'))) {
     lines.push('Where the time goes: `npx tsx bench/profile.ts miss 1` (or `hit 32`, ...) profiles Callboard under the same load.', '');
+  }
+  if (verdicts.some((line) => line.startsWith('- MISSED: streamed'))) {
+    lines.push('Where a streamed miss spends its CPU: `npx tsx bench/profile.ts stream-miss` profiles Callboard through the same series.', '');
   }
   if (input.complaints.length > 0) {
     lines.push(`Callboard logged ${input.complaints.length} warning or error lines during the run; the first:`, '', '```', ...input.complaints.slice(0, 3).map((line) => line.slice(0, 600)), '```', '');

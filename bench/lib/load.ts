@@ -28,7 +28,8 @@ export interface LoadResult {
   firstFailure: string | null;
 }
 
-function percentile(sorted: Float64Array, fraction: number): number {
+/** Nearest-rank percentile of ascending values. */
+export function percentile(sorted: ArrayLike<number>, fraction: number): number {
   if (sorted.length === 0) return Number.NaN;
   const index = Math.min(sorted.length - 1, Math.max(0, Math.ceil(fraction * sorted.length) - 1));
   return sorted[index]!;

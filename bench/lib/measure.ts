@@ -36,7 +36,7 @@ export interface Watched {
   history: pg.Client | null;
 }
 
-async function historyRows(client: pg.Client): Promise<number> {
+export async function historyRows(client: pg.Client): Promise<number> {
   return Number((await client.query<{ count: string }>('SELECT count(*) AS count FROM "LlmCall"')).rows[0]!.count);
 }
 
@@ -90,7 +90,7 @@ export interface Measurement {
 }
 
 /** Waits until the history holds `expected` rows, or makes no progress for `stallMs`; returns the rows still missing. */
-async function awaitHistory(client: pg.Client, expected: number, stallMs = 10_000): Promise<number> {
+export async function awaitHistory(client: pg.Client, expected: number, stallMs = 10_000): Promise<number> {
   let rows = await historyRows(client);
   let progressAt = performance.now();
   while (rows < expected && performance.now() - progressAt < stallMs) {
@@ -103,7 +103,7 @@ async function awaitHistory(client: pg.Client, expected: number, stallMs = 10_00
 }
 
 /** Waits until the history stops growing (no new row for `quietMs`, at most `maxMs`): the previous load's backlog is written. */
-async function awaitQuietHistory(client: pg.Client, quietMs = 1000, maxMs = 60_000): Promise<void> {
+export async function awaitQuietHistory(client: pg.Client, quietMs = 1000, maxMs = 60_000): Promise<void> {
   const deadline = performance.now() + maxMs;
   let rows = await historyRows(client);
   let changedAt = performance.now();

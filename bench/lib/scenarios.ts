@@ -28,20 +28,38 @@ function chatInput(question: string) {
   };
 }
 
+/** The same conversation in OpenAI's wire format. */
+function openAiMessages(question: string) {
+  return [
+    { role: 'system', content: systemPrompt },
+    { role: 'user', content: question },
+  ];
+}
+
 /** The body Callboard sends upstream for `chatInput` under the default settings (MODEL, TEMPERATURE, ...). */
 export function upstreamChatBody(question: string) {
   return {
     model: 'gpt-4o-mini',
-    messages: [
-      { role: 'system', content: systemPrompt },
-      { role: 'user', content: question },
-    ],
+    messages: openAiMessages(question),
     temperature: 1.5,
     max_tokens: 4000,
     frequency_penalty: 0,
     presence_penalty: 0,
   };
 }
+
+/** A streamed chat body for the REST door as an `openai` SDK caller sends it (the door adds no configured defaults). */
+export function doorStreamBody(question: string) {
+  return { model: 'gpt-4o-mini', messages: openAiMessages(question), stream: true };
+}
+
+/** What Callboard sends upstream for `doorStreamBody`: the same, asking for usage (which the history records). */
+export function upstreamStreamBody(question: string) {
+  return { ...doorStreamBody(question), stream_options: { include_usage: true } };
+}
+
+/** The fake upstream's answer to either: the last message echoed. */
+export const expectedAnswer = (question: string) => `echo: ${question}`;
 
 const noErrors = (body: string) => !body.includes('"errors"');
 
