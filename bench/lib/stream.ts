@@ -56,7 +56,7 @@ export interface StreamReport {
   missPhases: MissPhases | null;
 }
 
-export const mean = (values: readonly number[]) => (values.length === 0 ? Number.NaN : values.reduce((sum, value) => sum + value, 0) / values.length);
+const mean = (values: readonly number[]) => (values.length === 0 ? Number.NaN : values.reduce((sum, value) => sum + value, 0) / values.length);
 
 /** p50, p95 and mean of a series' time to first byte. */
 export function ttfbStats(series: StreamSeries): { p50: number; p95: number; mean: number } {
