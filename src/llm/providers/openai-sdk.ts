@@ -1,5 +1,6 @@
 import OpenAI, { APIConnectionError, APIConnectionTimeoutError, APIError, APIUserAbortError } from 'openai';
 import { ProviderError, type ErrorCode } from '../../errors.ts';
+import { upstreamFetch } from './upstream-fetch.ts';
 import type { Provider, ProviderCallOptions, ProviderChatRequest, ProviderUsage } from './provider.ts';
 
 /** The one place that maps the openai SDK's errors to Callboard's. */
@@ -142,5 +143,5 @@ export function createSdkProvider(apiType: string, endpoint: Provider['endpoint'
   };
 }
 
-/** Options that stop the SDK from reading OPENAI_* variables or retrying by itself. */
-export const explicitClientOptions = { maxRetries: 0, organization: null, project: null, webhookSecret: null } as const;
+/** Options that stop the SDK from reading OPENAI_* variables or retrying by itself, and give it the pooled transport. */
+export const explicitClientOptions = { maxRetries: 0, organization: null, project: null, webhookSecret: null, fetch: upstreamFetch } as const;
