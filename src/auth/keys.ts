@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
-import { v7 as uuidv7 } from 'uuid';
+import { newId } from '../ids.ts';
 import type { Database } from '../db/database.ts';
 import { badUserInput, CallboardError } from '../errors.ts';
 import { noLimits, type KeyLimits } from './limits.ts';
@@ -190,7 +190,7 @@ export function createKeyStore(options: KeyStoreOptions): KeyStore {
 
   const audit = (apiKeyId: string, action: string, changes: unknown, actor: string) =>
     database.query('INSERT INTO "ApiKeyChange" ("id", "apiKeyId", "action", "changes", "changedBy") VALUES ($1, $2, $3, $4, $5)', [
-      uuidv7(),
+      newId(),
       apiKeyId,
       action,
       JSON.stringify(changes),
@@ -218,7 +218,7 @@ export function createKeyStore(options: KeyStoreOptions): KeyStore {
       const limits = { ...noLimits, ...checkedLimits(input.limits) };
       const expiresAt = checkedExpiry(input.expiresAt, now()) ?? null;
       const key = generateKey();
-      const id = uuidv7();
+      const id = newId();
       const [row] = await database.query<KeyRow>(
         `WITH created AS (
            INSERT INTO "ApiKey" ("id", "name", "role", "tenant", "prefix", "hash", "requestsPerMinute", "tokensPerMinute", "usdPerDay", "usdPerMonth", "createdBy", "expiresAt")

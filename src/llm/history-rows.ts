@@ -1,4 +1,4 @@
-import { v7 as uuidv7 } from 'uuid';
+import { newId } from '../ids.ts';
 import { cacheEntryWrites } from './cache-rows.ts';
 import type { CallRecord } from './history.ts';
 
@@ -92,7 +92,7 @@ export function prepareCall(call: CallRecord): PreparedRow {
   try {
     const body = metadata !== null || requestBody !== null || responseBody !== null ? storableJson({ callId: call.id, metadata, requestBody, responseBody }) : null;
     // Ids given now, so that a row written twice (replayed from the spool) is stored once.
-    const attemptTexts = attempts.map((attempt) => storableJson({ id: uuidv7(), callId: call.id, tenant: call.tenant, apiKeyId: call.apiKeyId, ...attempt }));
+    const attemptTexts = attempts.map((attempt) => storableJson({ id: newId(), callId: call.id, tenant: call.tenant, apiKeyId: call.apiKeyId, ...attempt }));
     return { kind: 'call', id: call.id, call: callText, body, attempts: attemptTexts };
   } catch (error) {
     return reducedCall(row, `could not be serialised: ${reasonOf(error)}`);

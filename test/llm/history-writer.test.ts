@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { v7 as uuidv7 } from 'uuid';
+import { newId } from '../../src/ids.ts';
 import type { Database } from '../../src/db/database.ts';
 import { cacheKey, type CacheEntryValue } from '../../src/llm/cache.ts';
 import { callRecordedChannel, storableJson } from '../../src/llm/history-rows.ts';
@@ -15,7 +15,7 @@ import { createTestDatabase, databaseKinds, type TestDatabase } from '../support
 
 function call(overrides: Partial<CallRecord> = {}): CallRecord {
   return {
-    id: uuidv7(),
+    id: newId(),
     createdAt: new Date(),
     tenant: 'default',
     apiKeyId: null,

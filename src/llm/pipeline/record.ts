@@ -1,4 +1,4 @@
-import { v7 as uuidv7 } from 'uuid';
+import { newId } from '../../ids.ts';
 import { defaultTenant } from '../../auth/identity.ts';
 import { noLimits, type KeyLimits } from '../../auth/limits.ts';
 import { CallboardError, InputLimitError, isCallboardError } from '../../errors.ts';
@@ -50,7 +50,7 @@ export function createRecorder(options: { history: Pick<HistoryWriter, 'recordCa
     start(kind, apiType, model, input) {
       const caller = input.caller ?? defaultCaller;
       return {
-        id: uuidv7(),
+        id: newId(),
         createdAt: new Date(),
         tenant: caller.tenant,
         apiKeyId: caller.apiKeyId,
