@@ -184,6 +184,62 @@ export function operationCost(schema: GraphQLSchema, document: DocumentNode, var
   return cost;
 }
 
+/** What one operation of a parsed document costs: its paid fields, and its cost by the values of the variables the cost reads. */
+interface OperationCosts {
+  paid: number;
+  /** The variables the cost was seen to read (the `first` of a connection, the texts of an embedding...); null until computed once. */
+  reads: string[] | null;
+  costs: Map<string, number | null>;
+}
+
+/** Costs kept per operation: a bound for documents whose cost depends on many variable values. */
+const costsPerOperation = 64;
+
+/**
+ * `operationCost` and `countPaidFields`, computed once per parsed document and operation (Yoga's
+ * parse cache hands back the same DocumentNode for the same text): about 0.1 ms of CPU a request.
+ * The cost depends on the variables only through the fields whose complexity is a function of their
+ * arguments; the first computation records, through a proxy, which variables it read, and later
+ * requests look their cost up by those variables' values alone.
+ */
+function createCostCache() {
+  const documents = new WeakMap<DocumentNode, Map<string, OperationCosts>>();
+  return {
+    paidFields(schema: GraphQLSchema, document: DocumentNode, operationName: string | null | undefined): number {
+      return this.entry(schema, document, operationName).paid;
+    },
+    cost(schema: GraphQLSchema, document: DocumentNode, variableValues: Record<string, unknown> | undefined, operationName: string | null | undefined, context: unknown): number | null {
+      const entry = this.entry(schema, document, operationName);
+      const variables = variableValues ?? {};
+      if (entry.reads !== null) {
+        const key = JSON.stringify(entry.reads.map((name) => variables[name] ?? null));
+        if (entry.costs.has(key)) return entry.costs.get(key)!;
+        const cost = operationCost(schema, document, variables, operationName, context);
+        if (entry.costs.size < costsPerOperation) entry.costs.set(key, cost);
+        return cost;
+      }
+      const reads = new Set<string>();
+      const watched = new Proxy(variables, {
+        get: (target, name, receiver) => (typeof name === 'string' && reads.add(name), Reflect.get(target, name, receiver)),
+        has: (target, name) => (typeof name === 'string' && reads.add(name), Reflect.has(target, name)),
+        getOwnPropertyDescriptor: (target, name) => (typeof name === 'string' && reads.add(name), Reflect.getOwnPropertyDescriptor(target, name)),
+      });
+      const cost = operationCost(schema, document, watched, operationName, context);
+      entry.reads = [...reads].sort();
+      entry.costs.set(JSON.stringify(entry.reads.map((name) => variables[name] ?? null)), cost);
+      return cost;
+    },
+    entry(schema: GraphQLSchema, document: DocumentNode, operationName: string | null | undefined): OperationCosts {
+      let operations = documents.get(document);
+      if (!operations) documents.set(document, (operations = new Map()));
+      const name = operationName ?? '';
+      let entry = operations.get(name);
+      if (!entry) operations.set(name, (entry = { paid: countPaidFields(schema, document, operationName), reads: null, costs: new Map() }));
+      return entry;
+    },
+  };
+}
+
 /**
  * Bounds on what one request may ask, from `[Limits]`, as Yoga plugins: tokens and nesting while
  * parsing, depth, aliases and directives while validating (cached with the document), then the paid
@@ -192,6 +248,7 @@ export function operationCost(schema: GraphQLSchema, document: DocumentNode, var
  */
 export function createQueryLimitPlugins(limits: QueryLimits): Plugin[] {
   const rules = armorRules(limits);
+  const costs = createCostCache();
   return [
     {
       onParse({ setParseFn }) {
@@ -217,7 +274,7 @@ export function createQueryLimitPlugins(limits: QueryLimits): Plugin[] {
 
   function checkBeforeRunning({ args, setResultAndStopExecution }: { args: ExecutionArgs; setResultAndStopExecution(result: ExecutionResult): void }): void {
     const refuse = (error: QueryLimitError) => setResultAndStopExecution({ errors: [toGraphQLError(error)] });
-    const paid = countPaidFields(args.schema, args.document, args.operationName);
+    const paid = costs.paidFields(args.schema, args.document, args.operationName);
     if (paid > limits.maxPaidOperations) {
       return refuse(
         new QueryLimitError('MAX_PAID_OPERATIONS', `The request asks for ${paid} model calls; at most ${limits.maxPaidOperations} are allowed per request ([Limits] MAX_PAID_OPERATIONS).`, {
@@ -228,7 +285,7 @@ export function createQueryLimitPlugins(limits: QueryLimits): Plugin[] {
     }
     let cost: number | null;
     try {
-      cost = operationCost(args.schema, args.document, args.variableValues ?? undefined, args.operationName, args.contextValue);
+      cost = costs.cost(args.schema, args.document, args.variableValues ?? undefined, args.operationName, args.contextValue);
     } catch (error) {
       // A field's complexity function may refuse its arguments: execution reports that error.
       if (isCallboardError(error)) return;
