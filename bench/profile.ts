@@ -2,27 +2,32 @@ import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { fileURLToPath } from 'node:url';
 import { renderSummary, summariseProfile, type CpuProfile } from './lib/cpu-profile.ts';
 import { runLoad } from './lib/load.ts';
+import { peerTarget } from './lib/peers.ts';
 import { sleep } from './lib/measure.ts';
 import { cpuTimeMs } from './lib/processes.ts';
 import { buildLongText, createQuestions, primeCache, scenarios, type ScenarioContext, type ScenarioName } from './lib/scenarios.ts';
 import { createStack, stackOptionsFromEnvironment } from './lib/stack.ts';
 import { primeStreamedHit, runSeries, streamSeriesTitles, streamTargets, ttfbStats } from './lib/stream.ts';
 
-// Usage: npx tsx bench/profile.ts <upstream|miss|hit|embedding|tokens> [connections=32] [seconds=8]
+// Usage: npx tsx bench/profile.ts <upstream|miss|rest-miss|hit|embedding|tokens> [connections=32] [seconds=8]
 //        npx tsx bench/profile.ts <stream-miss|stream-hit> [requests=2000]
 // Runs Callboard under `node --cpu-prof`, loads it with one scenario (or one series of the stream
 // scenario, sequential streamed requests through the REST door), and summarises the samples taken
 // during the measured run (start-up and warm-up left out) into bench/profiles/.
 
 const streamSeriesNames = ['stream-miss', 'stream-hit'];
+/** The REST door's cache miss, as the peers comparison sends it. */
+const restMiss = { name: 'rest-miss', title: 'POST /v1/chat/completions, cache miss' };
 const [scenarioArgument = 'hit', ...rest] = process.argv.slice(2);
-if (!(scenarioArgument in scenarios) && !streamSeriesNames.includes(scenarioArgument)) {
-  throw new Error(`unknown scenario "${scenarioArgument}"; one of ${[...Object.keys(scenarios), ...streamSeriesNames].join(', ')}`);
+if (!(scenarioArgument in scenarios) && !streamSeriesNames.includes(scenarioArgument) && scenarioArgument !== restMiss.name) {
+  throw new Error(`unknown scenario "${scenarioArgument}"; one of ${[...Object.keys(scenarios), restMiss.name, ...streamSeriesNames].join(', ')}`);
 }
 const streamSeries = streamSeriesNames.includes(scenarioArgument) ? (scenarioArgument.slice('stream-'.length) as 'miss' | 'hit') : null;
 const scenario = streamSeries
   ? { name: scenarioArgument, title: streamSeriesTitles[streamSeries] }
-  : scenarios[scenarioArgument as ScenarioName];
+  : scenarioArgument === restMiss.name
+    ? restMiss
+    : scenarios[scenarioArgument as ScenarioName];
 const [connectionsArgument = '32', secondsArgument = '8'] = streamSeries ? ['1'] : rest;
 const connections = Number(connectionsArgument);
 const seconds = Number(secondsArgument);
@@ -65,7 +70,8 @@ try {
       };
     };
   } else {
-    const target = (scenario as (typeof scenarios)[ScenarioName]).target(context);
+    const target =
+      scenario === restMiss ? peerTarget('rest', server.origin, upstream.url, context.questions) : (scenario as (typeof scenarios)[ScenarioName]).target(context);
     await runLoad(target, { connections, seconds: 2 });
     measure = async () => {
       const load = await runLoad(target, { connections, seconds });

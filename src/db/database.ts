@@ -7,6 +7,11 @@ import { redactUrlPassword, type Config } from '../config/config.ts';
 import { CallboardError } from '../errors.ts';
 import { PrismaClient } from './generated/client.ts';
 
+export interface QueryOptions {
+  /** The prepared statement's name, one per SQL text. */
+  name?: string;
+}
+
 /** Plain SQL on one connection, for what Prisma's query builder does not do (migrations, locks). */
 export interface SqlSession {
   query<Row = Record<string, unknown>>(sql: string, parameters?: unknown[]): Promise<Row[]>;
@@ -19,8 +24,12 @@ export interface Database {
   /** Where the data lives, safe to log: a folder, or the Postgres URL without its password. */
   location: string;
   prisma: PrismaClient;
-  /** One statement on any connection, without Prisma's query engine: for the hot paths. */
-  query<Row = Record<string, unknown>>(sql: string, parameters?: unknown[]): Promise<Row[]>;
+  /**
+   * One statement on any connection, without Prisma's query engine: for the hot paths. A `name`
+   * makes it a prepared statement on Postgres (parsed and planned once per connection, not at each
+   * run): for fixed statements run on every call, never for SQL built per request.
+   */
+  query<Row = Record<string, unknown>>(sql: string, parameters?: unknown[], options?: QueryOptions): Promise<Row[]>;
   /**
    * One read for the dashboards (the history, the cache listing, callStats). On Postgres it runs on
    * a small pool of its own with a statement_timeout, so slow dashboard reads wait for each other,
@@ -119,7 +128,8 @@ async function openPostgres(url: string, options: { poolSize: number; analyticsP
     kind: 'postgres',
     location: redactUrlPassword(url),
     prisma,
-    query: async <Row,>(sql: string, parameters?: unknown[]) => (await pool.query(sql, parameters)).rows as Row[],
+    query: async <Row,>(sql: string, parameters?: unknown[], queryOptions?: QueryOptions) =>
+      (await (queryOptions?.name ? pool.query({ name: queryOptions.name, text: sql, values: parameters }) : pool.query(sql, parameters))).rows as Row[],
     analyticsQuery: async <Row,>(sql: string, parameters?: unknown[]) => {
       try {
         return (await analyticsPool.query(sql, parameters)).rows as Row[];

@@ -130,7 +130,7 @@ export function createResponseCache(options: ResponseCacheOptions): ResponseCach
     const remembered = peek(key);
     if (remembered) return remembered;
     const readAt = now();
-    const [row] = await options.database.query<CacheEntryRow>(`SELECT ${cacheEntryColumns('e')} FROM "CacheEntry" e WHERE e."key" = $1`, [key]);
+    const [row] = await options.database.query<CacheEntryRow>(`SELECT ${cacheEntryColumns('e')} FROM "CacheEntry" e WHERE e."key" = $1`, [key], { name: 'callboard_cache_lookup' });
     if (!row) return undefined;
     const entry = cacheEntryFromRow(row);
     if (!isFresh(entry)) return undefined;

@@ -223,7 +223,7 @@ export function createHistoryWriter(options: HistoryWriterOptions): HistoryWrite
   }
 
   async function writeStatement(rows: readonly PreparedRow[]): Promise<void> {
-    await database.query(writeBatchSql, statementParameters(rows));
+    await database.query(writeBatchSql, statementParameters(rows), { name: 'callboard_write_batch' });
   }
 
   /** Writes rows; a refused batch is split in two until each bad row is found and stored reduced. */
