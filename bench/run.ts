@@ -5,6 +5,7 @@ import { fileURLToPath } from 'node:url';
 import type pg from 'pg';
 import type { CallStatsDimension } from '../src/analytics/call-stats.ts';
 import { callStatsSql } from './lib/call-stats-sql.ts';
+import { buildRollup, type RollupReport } from './lib/rollup.ts';
 import { openClient, seedHistory, type SeedReport } from './lib/database.ts';
 import { measure, median, referenceWorkMs, timeRequests, type Measurement, type Watched } from './lib/measure.ts';
 import { renderPeerComparison, type PeerRow } from './lib/peer-report.ts';
@@ -207,12 +208,19 @@ async function main(): Promise<void> {
   }
 
   let seed: SeedReport | null = null;
+  let rollup: RollupReport | null = null;
   const stats: StatsRow[] = [];
   let plan: string | null = null;
   if (settings.historyRows > 0) {
     log(`seeding ${settings.historyRows.toLocaleString('en')} history rows`);
     seed = await seedHistory(databaseUrl, settings.historyRows);
     log(`seeded in ${seed.seconds.toFixed(1)} s: LlmCall ${(seed.tableBytes / 2 ** 20).toFixed(0)} MiB; ${seed.tables.join(' + ')} with indexes ${(seed.totalBytes / 2 ** 20).toFixed(0)} MiB`);
+    rollup = await buildRollup(databaseUrl);
+    log(
+      `rolled up in ${rollup.seconds.toFixed(1)} s (${rollup.steps} steps, ${rollup.hourRows} hourly rows, ${rollup.dayRows} daily rows); ` +
+        `[MODEL, DAY] from the rollup vs percentile_cont over ${rollup.buckets} buckets: counts and sums ${rollup.sumsMatch ? 'equal' : 'DIFFER'}, ` +
+        `p50 error max ${(rollup.p50.max * 100).toFixed(3)}% mean ${(rollup.p50.mean * 100).toFixed(3)}%, p95 error max ${(rollup.p95.max * 100).toFixed(3)}% mean ${(rollup.p95.mean * 100).toFixed(3)}%`,
+    );
     for (const { groupBy, percentiles } of statsGroupings) {
       const body = JSON.stringify({
         query: `query Stats($groupBy: [CallStatsDimension!]!) { callStats(groupBy: $groupBy) {
@@ -247,7 +255,7 @@ async function main(): Promise<void> {
   const complaints = server.output.filter((line) => line.trim() !== '');
   if (complaints.length > 0) log(`Callboard logged ${complaints.length} warning or error lines; the first:\n${complaints.slice(0, 3).join('\n').slice(0, 2000)}`);
   const postgresVersion = (await admin.query<{ server_version: string }>('SHOW server_version')).rows[0]!.server_version;
-  const report = renderReport({ rows, streaming, peerRows, peerNotes, seed, stats, plan, longTextTokens: longText.tokens, postgresVersion, complaints, loadBefore, loadAfter: loadavg() });
+  const report = renderReport({ rows, streaming, peerRows, peerNotes, seed, rollup, stats, plan, longTextTokens: longText.tokens, postgresVersion, complaints, loadBefore, loadAfter: loadavg() });
   console.log(`\n${report}`);
   writeFileSync(resultsPath, report);
   log(`written to ${resultsPath}`);
@@ -261,6 +269,7 @@ function renderReport(input: {
   peerRows: PeerRow[];
   peerNotes: string[];
   seed: SeedReport | null;
+  rollup: RollupReport | null;
   stats: StatsRow[];
   plan: string | null;
   longTextTokens: number;
@@ -269,7 +278,7 @@ function renderReport(input: {
   loadBefore: number[];
   loadAfter: number[];
 }): string {
-  const { rows, streaming, seed, stats, plan } = input;
+  const { rows, streaming, seed, rollup, stats, plan } = input;
   const lines: string[] = [];
   const postgresVersion = input.postgresVersion;
   lines.push('# Callboard bench results', '');
@@ -411,6 +420,14 @@ function renderReport(input: {
         `LlmCall (what callStats scans) is ${(seed.tableBytes / 2 ** 20).toFixed(0)} MiB; ${seed.tables.join(' + ')} with indexes ${(seed.totalBytes / 2 ** 20).toFixed(0)} MiB. ` +
         `Timed over HTTP, ${settings.statsRuns} runs after 2 warm-up runs.`,
       '',
+      ...(rollup
+        ? [
+            `The rollup of the seeded history was built in ${rollup.seconds.toFixed(1)} s (${rollup.steps} steps of up to a day, ${rollup.hourRows.toLocaleString('en')} hourly rows, ${rollup.dayRows} daily rows) before the timings. ` +
+              `[MODEL, DAY] answered from it against percentile_cont over every call (${rollup.buckets} buckets): counts and sums ${rollup.sumsMatch ? 'equal' : 'DIFFER'}; ` +
+              `relative error of p50 max ${(rollup.p50.max * 100).toFixed(3)}%, mean ${(rollup.p50.mean * 100).toFixed(3)}%; of p95 max ${(rollup.p95.max * 100).toFixed(3)}%, mean ${(rollup.p95.mean * 100).toFixed(3)}%.`,
+            '',
+          ]
+        : []),
       '| groupBy | latency p50/p95 asked | buckets | median ms | min ms | max ms |',
       '|---|---|--:|--:|--:|--:|',
       ...stats.map((row) => `| [${row.groupBy.join(', ')}] | ${row.percentiles ? 'yes' : 'no'} | ${row.buckets} | ${median(row.durations).toFixed(0)} | ${row.durations[0]!.toFixed(0)} | ${row.durations.at(-1)!.toFixed(0)} |`),

@@ -1,5 +1,6 @@
 import { LRUCache } from 'lru-cache';
 import { createCallEventHub, type CallEventHub } from './analytics/call-events.ts';
+import { startCallRollup, type CallRollupJob } from './analytics/call-rollup.ts';
 import { createAuthenticator, type Authenticator } from './auth/identity.ts';
 import { createKeyStore, keyChangedChannel, type KeyStore } from './auth/keys.ts';
 import { createLimitStore, type LimitStore } from './auth/limits.ts';
@@ -31,6 +32,8 @@ export interface Services {
   authenticator: Authenticator;
   /** Calls as they are written by any instance on this database, for this instance's subscribers. */
   callEvents: CallEventHub;
+  /** Rolls up complete hours of the history for callStats, in the background. */
+  rollup: CallRollupJob;
   /** Tells every instance that a key changed, so none trusts what it remembers of it. */
   announceKeyChange(id: string): Promise<void>;
   /** Drops cache entries (all when null) from the memory of every instance on this database, this one included. */
@@ -177,6 +180,7 @@ export async function createServices(options: ServicesOptions): Promise<Services
         .then(() => forgetCacheEverywhere([key]))
         .catch((error: unknown) => logger.warn({ err: error }, 'could not tell other instances of a refreshed cache entry')),
   });
+  const rollup = startCallRollup({ database, logger, intervalMs: config.history.rollupIntervalSeconds * 1000 });
   return {
     loaded,
     database,
@@ -190,6 +194,7 @@ export async function createServices(options: ServicesOptions): Promise<Services
     limits,
     authenticator: createAuthenticator({ masterKey: config.secrets.masterKey, keys }),
     callEvents,
+    rollup,
     async announceKeyChange(id) {
       keys.forget(id);
       await database.notify(keyChangedChannel, id);
@@ -197,6 +202,7 @@ export async function createServices(options: ServicesOptions): Promise<Services
     forgetCacheEverywhere,
     async close() {
       overrides.close();
+      await rollup.stop();
       await callEvents.close();
       await stopListening();
       await stopOverridesListening();

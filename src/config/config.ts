@@ -51,7 +51,7 @@ export interface Config {
   logging: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };
   /** `ttlSeconds` null means entries never expire. */
   cache: { ttlSeconds: number | null; memoryEntries: number; sharedAcrossTenants: boolean };
-  history: { storeBodies: boolean; batchSize: number; flushIntervalMs: number; maxPendingRows: number; spoolDir: string };
+  history: { storeBodies: boolean; batchSize: number; flushIntervalMs: number; maxPendingRows: number; spoolDir: string; rollupIntervalSeconds: number };
   prompts: { dir: string };
   /** Bounds on what one GraphQL request may ask; `analyticsStatementTimeoutMs` 0 means none. */
   limits: {
@@ -265,6 +265,7 @@ const sections: Record<string, Record<string, KeySpec>> = {
     FLUSH_INTERVAL_MS: { path: ['history', 'flushIntervalMs'], default: '50', schema: integer(1, 60_000) },
     MAX_PENDING_ROWS: { path: ['history', 'maxPendingRows'], default: '10000', schema: integer(1) },
     SPOOL_DIR: { path: ['history', 'spoolDir'], default: './.callboard/spool', schema: text },
+    ROLLUP_INTERVAL_SECONDS: { path: ['history', 'rollupIntervalSeconds'], default: '60', schema: integer(0, 86_400) },
   },
   Prompts: {
     DIR: { path: ['prompts', 'dir'], default: './prompts', schema: text },

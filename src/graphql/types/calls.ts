@@ -267,8 +267,8 @@ const CallStatsBucketRef = builder.objectRef<CallStatsBucket>('CallStatsBucket')
     costUsd: t.exposeFloat('costUsd', { nullable: true, description: 'USD spent (cache hits left out); null when no call had a price.' }),
     tokensSaved: t.exposeInt('tokensSaved', { description: 'Tokens the cache hits did not pay for.' }),
     costSavedUsd: t.exposeFloat('costSavedUsd', { nullable: true, description: 'USD the cache hits saved; null when none had a price.' }),
-    latencyP50Ms: t.exposeFloat('latencyP50Ms', { nullable: true, description: 'Median latency.' }),
-    latencyP95Ms: t.exposeFloat('latencyP95Ms', { nullable: true, description: '95th percentile latency.' }),
+    latencyP50Ms: t.exposeFloat('latencyP50Ms', { nullable: true, description: 'Median latency. Exact (percentile_cont) when every call of the group is read from the history; approximate once rolled-up hours are in the range ([History] ROLLUP_INTERVAL_SECONDS): read from log-spaced latency buckets (ratio 1.02), within 1% of the exact value (measured at most 0.99%, see the README).' }),
+    latencyP95Ms: t.exposeFloat('latencyP95Ms', { nullable: true, description: '95th percentile latency. Exact (percentile_cont) when every call of the group is read from the history; approximate once rolled-up hours are in the range ([History] ROLLUP_INTERVAL_SECONDS): read from log-spaced latency buckets (ratio 1.02), within 1% of the exact value (measured at most 0.99%, see the README).' }),
     latencyMaxMs: t.exposeFloat('latencyMaxMs', { nullable: true, description: 'Slowest call.' }),
   }),
 });
@@ -277,7 +277,8 @@ builder.queryField('callStats', (t) =>
   t.field({
     ...access.viewer,
     type: [CallStatsBucketRef],
-    description: 'Aggregates of the call history, computed in the database: one bucket per combination of the groupBy dimensions (one bucket for all when empty).',
+    description:
+      'Aggregates of the call history, computed in the database: one bucket per combination of the groupBy dimensions (one bucket for all when empty). Complete hours are read from an hourly (and daily) rollup built in the background, the rest from the calls; counts and sums are the same either way, percentiles are approximate (within 1%) from the rollup. TAG, and filters on tags, errorCodes, cacheKeys or text, read every call.',
     args: {
       filter: t.arg({ type: CallFilterInput, description: 'Which calls.' }),
       groupBy: t.arg({ type: [CallStatsDimension], required: true, description: 'Dimensions to group by, in order.' }),
