@@ -4,6 +4,10 @@ import { maxDirectivesRule } from '@escape.tech/graphql-armor-max-directives';
 import { createComplexityRule } from '@pothos/plugin-complexity';
 import {
   getOperationAST,
+  TypeInfo,
+  visit,
+  visitWithTypeInfo,
+  type ArgumentNode,
   GraphQLError,
   Kind,
   TokenKind,
@@ -184,11 +188,11 @@ export function operationCost(schema: GraphQLSchema, document: DocumentNode, var
   return cost;
 }
 
-/** What one operation of a parsed document costs: its paid fields, and its cost by the values of the variables the cost reads. */
+/** What one operation of a parsed document costs: its paid fields, and its cost by the values of the variables the cost depends on. */
 interface OperationCosts {
   paid: number;
-  /** The variables the cost was seen to read (the `first` of a connection, the texts of an embedding...); null until computed once. */
-  reads: string[] | null;
+  /** The variables whose values can change the cost. */
+  reads: string[];
   costs: Map<string, number | null>;
 }
 
@@ -196,46 +200,57 @@ interface OperationCosts {
 const costsPerOperation = 64;
 
 /**
+ * The variables the cost depends on: those in the arguments of fields whose complexity is a
+ * function of their arguments (a connection's `first`, an embedding's texts) and in `@skip` and
+ * `@include`. Read from the whole document (every fragment), so possibly a few more than needed.
+ */
+function costVariables(schema: GraphQLSchema, document: DocumentNode): string[] {
+  const typeInfo = new TypeInfo(schema);
+  const names = new Set<string>();
+  const collect = (nodes: readonly ArgumentNode[] | undefined) => {
+    for (const argument of nodes ?? []) visit(argument, { Variable: (variable) => void names.add(variable.name.value) });
+  };
+  visit(
+    document,
+    visitWithTypeInfo(typeInfo, {
+      Field: (node) => {
+        if (typeof typeInfo.getFieldDef()?.extensions?.complexity === 'function') collect(node.arguments);
+      },
+      Directive: (node) => {
+        if (node.name.value === 'skip' || node.name.value === 'include') collect(node.arguments);
+      },
+    }),
+  );
+  return [...names].sort();
+}
+
+/**
  * `operationCost` and `countPaidFields`, computed once per parsed document and operation (Yoga's
- * parse cache hands back the same DocumentNode for the same text): about 0.1 ms of CPU a request.
- * The cost depends on the variables only through the fields whose complexity is a function of their
- * arguments; the first computation records, through a proxy, which variables it read, and later
- * requests look their cost up by those variables' values alone.
+ * parse cache hands back the same DocumentNode for the same text) and, for the cost, per value of
+ * the variables it depends on: a chat call's cost is computed once, not at each request (which also
+ * coerced its whole input once more).
  */
 function createCostCache() {
   const documents = new WeakMap<DocumentNode, Map<string, OperationCosts>>();
+  const entry = (schema: GraphQLSchema, document: DocumentNode, operationName: string | null | undefined): OperationCosts => {
+    let operations = documents.get(document);
+    if (!operations) documents.set(document, (operations = new Map()));
+    const name = operationName ?? '';
+    let costs = operations.get(name);
+    if (!costs) operations.set(name, (costs = { paid: countPaidFields(schema, document, operationName), reads: costVariables(schema, document), costs: new Map() }));
+    return costs;
+  };
   return {
-    paidFields(schema: GraphQLSchema, document: DocumentNode, operationName: string | null | undefined): number {
-      return this.entry(schema, document, operationName).paid;
-    },
+    paidFields: (schema: GraphQLSchema, document: DocumentNode, operationName: string | null | undefined) => entry(schema, document, operationName).paid,
     cost(schema: GraphQLSchema, document: DocumentNode, variableValues: Record<string, unknown> | undefined, operationName: string | null | undefined, context: unknown): number | null {
-      const entry = this.entry(schema, document, operationName);
-      const variables = variableValues ?? {};
-      if (entry.reads !== null) {
-        const key = JSON.stringify(entry.reads.map((name) => variables[name] ?? null));
-        if (entry.costs.has(key)) return entry.costs.get(key)!;
-        const cost = operationCost(schema, document, variables, operationName, context);
-        if (entry.costs.size < costsPerOperation) entry.costs.set(key, cost);
-        return cost;
-      }
-      const reads = new Set<string>();
-      const watched = new Proxy(variables, {
-        get: (target, name, receiver) => (typeof name === 'string' && reads.add(name), Reflect.get(target, name, receiver)),
-        has: (target, name) => (typeof name === 'string' && reads.add(name), Reflect.has(target, name)),
-        getOwnPropertyDescriptor: (target, name) => (typeof name === 'string' && reads.add(name), Reflect.getOwnPropertyDescriptor(target, name)),
-      });
-      const cost = operationCost(schema, document, watched, operationName, context);
-      entry.reads = [...reads].sort();
-      entry.costs.set(JSON.stringify(entry.reads.map((name) => variables[name] ?? null)), cost);
+      const { reads, costs } = entry(schema, document, operationName);
+      const key = reads.length === 0 ? '' : JSON.stringify(reads.map((name) => variableValues?.[name] ?? null));
+      const known = costs.get(key);
+      if (known !== undefined) return known;
+      const cost = operationCost(schema, document, variableValues, operationName, context);
+      // A cost the variables do not fit (null) is not kept: execution reports those variables' error.
+      if (cost !== null && costs.size < costsPerOperation) costs.set(key, cost);
       return cost;
-    },
-    entry(schema: GraphQLSchema, document: DocumentNode, operationName: string | null | undefined): OperationCosts {
-      let operations = documents.get(document);
-      if (!operations) documents.set(document, (operations = new Map()));
-      const name = operationName ?? '';
-      let entry = operations.get(name);
-      if (!entry) operations.set(name, (entry = { paid: countPaidFields(schema, document, operationName), reads: null, costs: new Map() }));
-      return entry;
     },
   };
 }
