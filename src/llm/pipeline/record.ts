@@ -123,17 +123,44 @@ export function createRecorder(options: { history: Pick<HistoryWriter, 'recordCa
   };
 }
 
-/** Replaces every occurrence of a secret in the strings of a JSON-like value. */
+/**
+ * Replaces every occurrence of a secret in the strings (and keys) of a JSON-like value. Copy on
+ * write: a value with no secret in it is returned as it is, and a changed one shares every part that
+ * did not change; the input is never modified. Values are redacted on every call's path, and almost
+ * none holds a secret: a whole copy of each body cost more than the check.
+ */
 export function createRedactor(secrets: readonly string[]): <T>(value: T) => T {
   const needles = secrets.filter((secret) => secret.length >= 4);
   if (needles.length === 0) return (value) => value;
+  const scrubText = (text: string) => {
+    let scrubbed = text;
+    for (const needle of needles) if (scrubbed.includes(needle)) scrubbed = scrubbed.split(needle).join('[redacted]');
+    return scrubbed;
+  };
   const scrub = (value: unknown, depth: number): unknown => {
-    if (typeof value === 'string') return needles.reduce((text, needle) => text.split(needle).join('[redacted]'), value);
+    if (typeof value === 'string') return scrubText(value);
     if (!value || typeof value !== 'object' || value instanceof Date) return value;
     // A caller's metadata may nest thousands of levels: walking it would overflow the stack and fail the call.
     if (depth >= maxRedactedDepth) return '[nested too deep to store]';
-    if (Array.isArray(value)) return value.map((inner) => scrub(inner, depth + 1));
-    return Object.fromEntries(Object.entries(value).map(([key, inner]) => [scrub(key, depth), scrub(inner, depth + 1)]));
+    if (Array.isArray(value)) {
+      let copy: unknown[] | undefined;
+      for (let index = 0; index < value.length; index++) {
+        const scrubbed = scrub(value[index], depth + 1);
+        if (scrubbed !== value[index]) (copy ??= value.slice())[index] = scrubbed;
+      }
+      return copy ?? value;
+    }
+    let copy: Record<string, unknown> | undefined;
+    let renamed = false;
+    const record = value as Record<string, unknown>;
+    for (const key of Object.keys(record)) {
+      const scrubbed = scrub(record[key], depth + 1);
+      if (scrubText(key) !== key) renamed = true;
+      else if (scrubbed !== record[key]) (copy ??= { ...record })[key] = scrubbed;
+    }
+    // A secret in a key (rare): the object is rebuilt with every key scrubbed.
+    if (renamed) return Object.fromEntries(Object.keys(record).map((key) => [scrubText(key), scrub(record[key], depth + 1)]));
+    return copy ?? value;
   };
   return (value) => scrub(value, 0) as typeof value;
 }
