@@ -1,5 +1,6 @@
 import { renderGraphiQL } from '@graphql-yoga/render-graphiql';
-import { createYoga, useReadinessCheck, type YogaServerInstance } from 'graphql-yoga';
+import { execute, subscribe } from 'graphql';
+import { createYoga, useReadinessCheck, type Plugin, type YogaServerInstance } from 'graphql-yoga';
 import { createCacheEntryQueries } from './analytics/cache-entries.ts';
 import { callStats } from './analytics/call-stats.ts';
 import { createCallQueries, withinTenant } from './analytics/calls.ts';
@@ -21,6 +22,18 @@ export type App = YogaServerInstance<Record<string, never>, GraphQLContext>;
 const actorHeader = 'x-callboard-actor';
 
 type DropFirst<T extends unknown[]> = T extends [unknown, ...infer Rest] ? Rest : never;
+
+/**
+ * graphql-js's own execute and subscribe instead of Yoga's default (@graphql-tools/executor, which
+ * adds @defer/@stream, which Callboard's schema does not declare, and copies every input value for
+ * them): less work per request.
+ */
+function useGraphqlJsExecution(): Plugin {
+  return {
+    onExecute: ({ setExecuteFn }) => setExecuteFn(execute),
+    onSubscribe: ({ setSubscribeFn }) => setSubscribeFn(subscribe),
+  };
+}
 
 /** Builds the HTTP application (GraphQL at /graphql, /health, /ready). It does not listen: tests call `app.fetch`. */
 export function createApp(services: Services): App {
@@ -87,6 +100,7 @@ export function createApp(services: Services): App {
       useReadinessCheck({ endpoint: '/ready', check: () => database.isReachable() }),
       ...createQueryLimitPlugins(loaded.config.limits),
       useSubscriptionRefusals(),
+      useGraphqlJsExecution(),
     ],
   });
 }
