@@ -182,18 +182,26 @@ async function readJson(request: Request, maxBytes: number): Promise<Record<stri
   if (type !== 'application/json') {
     throw new CallboardError('UNSUPPORTED_MEDIA_TYPE', `The OpenAI-compatible API takes content-type application/json, got ${type ? `"${type}"` : 'none'}.`);
   }
-  const chunks: Uint8Array[] = [];
-  let bytes = 0;
-  for await (const chunk of request.body ?? []) {
-    bytes += chunk.byteLength;
-    if (bytes > maxBytes) {
-      throw new CallboardError('PAYLOAD_TOO_LARGE', `The request body is larger than ${maxBytes} bytes ([Limits] MAX_BODY_BYTES).`, { details: { limit: 'MAX_BODY_BYTES', max: maxBytes } });
+  let text: string;
+  if (/^\d+$/.test(request.headers.get('content-length') ?? '')) {
+    // A declared length was checked against the bound at the door (useBodyLimit), and Node's parser
+    // hands on no more bytes than it declares: read at once.
+    text = await request.text();
+  } else {
+    const chunks: Uint8Array[] = [];
+    let bytes = 0;
+    for await (const chunk of request.body ?? []) {
+      bytes += chunk.byteLength;
+      if (bytes > maxBytes) {
+        throw new CallboardError('PAYLOAD_TOO_LARGE', `The request body is larger than ${maxBytes} bytes ([Limits] MAX_BODY_BYTES).`, { details: { limit: 'MAX_BODY_BYTES', max: maxBytes } });
+      }
+      chunks.push(chunk);
     }
-    chunks.push(chunk);
+    text = Buffer.concat(chunks).toString('utf8');
   }
   let parsed: unknown;
   try {
-    parsed = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+    parsed = JSON.parse(text);
   } catch {
     throw badUserInput('The request body is not valid JSON.');
   }
