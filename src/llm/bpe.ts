@@ -546,6 +546,12 @@ export class BytePairEncoder {
     return tokenIndex < 0 ? noRank : this.tokenRanks[tokenIndex]!;
   }
 
+  /** Empties the caches of merged pieces and of pairs, as if no text had been counted yet (for benchmarks). */
+  clearCaches(): void {
+    this.mergedCounts.clear();
+    this.pairCache.fill(-1);
+  }
+
   /** Token ids of text, special-token text included as plain characters (js-tiktoken's encode(text, [], [])). */
   encode(text: string): number[] {
     const job = new EncodeJob(text, []);
