@@ -59,9 +59,12 @@ export function withTiktokenWhitespace(pattern: string): string {
 }
 
 const noRank = -1;
-// V8 makes a substring of 13 characters or more a view that keeps its whole source string alive: the cache of
-// merged pieces takes only shorter ones, so that it never holds on to a request's text.
-const maxCachedPieceLength = 12;
+// The cache of merged pieces: slots of four numbers (hash, offset in the pool, byte length or 0 when empty, token
+// count), two-way set-associative by the hash of the piece's bytes, which are copied into the pool; when the pool is full,
+// pool and slots start over. Keyed by bytes rather than by substrings: V8 makes a substring of 13 characters or
+// more a view that keeps its whole source string alive, and a cache of them would hold on to requests' texts.
+const pieceCacheSlots = 8192;
+const pieceCacheBytes = 1 << 18;
 // Heap keys pack (rank, start) into one double, rank * 2^32 + start, which orders by rank, then leftmost start.
 // Exact while rank < 2^21; a piece has fewer than 2^32 bytes (a string holds under 2^30 UTF-16 units).
 const startSpan = 2 ** 32;
@@ -426,8 +429,11 @@ export class BytePairEncoder {
    * left is -1 in an empty slot.
    */
   private readonly pairCache = new Int32Array(3 * 65536).fill(-1);
-  // Pieces that are not one token but recur (a name, an identifier) skip the merge the second time.
-  private readonly mergedCounts = new Map<string, number>();
+  // Pieces that are not one token but recur (a name, an identifier, a sentence of Chinese in a conversation sent
+  // again) skip the merge the second time.
+  private readonly pieceSlots = new Int32Array(4 * pieceCacheSlots);
+  private readonly piecePool = new Uint8Array(pieceCacheBytes);
+  private piecePoolUsed = 0;
 
   constructor(ranks: RankFile, options: BytePairEncoderOptions = {}) {
     this.heapFromBytes = options.heapFromBytes ?? 128;
@@ -548,7 +554,7 @@ export class BytePairEncoder {
 
   /** Empties the caches of merged pieces and of pairs, as if no text had been counted yet (for benchmarks). */
   clearCaches(): void {
-    this.mergedCounts.clear();
+    this.clearPieceCache();
     this.pairCache.fill(-1);
   }
 
@@ -634,25 +640,69 @@ export class BytePairEncoder {
         tokens += merge.parts;
         continue;
       }
-      if (output !== null || end - start > maxCachedPieceLength) {
+      if (output !== null) {
         tokens += this.mergeShort(byteLength, output);
         continue;
       }
-      const piece = text.slice(start, end);
-      const known = this.mergedCounts.get(piece);
-      if (known !== undefined) {
+      const hash = fnv1a(this.scratch, 0, byteLength);
+      const known = this.cachedCount(byteLength, hash);
+      if (known >= 0) {
         tokens += known;
         continue;
       }
       const parts = this.mergeShort(byteLength, null);
       work += byteLength;
-      if (this.mergedCounts.size >= 4096) this.mergedCounts.clear();
-      this.mergedCounts.set(piece, parts);
+      this.cacheCount(byteLength, hash, parts);
       tokens += parts;
     }
     job.position = position;
     job.tokens = tokens;
     job.work = work;
+  }
+
+  /** The token count cached for the piece in scratch[0, length), whose fnv1a is hash, or -1. */
+  private cachedCount(length: number, hash: number): number {
+    const slots = this.pieceSlots;
+    const key = hash | 0; // the slots hold it as a signed integer
+    // Two ways: the set's two slots, side by side.
+    const first = 8 * (hash & (pieceCacheSlots / 2 - 1));
+    for (let slot = first; slot < first + 8; slot += 4) {
+      if (slots[slot + 2] === length && slots[slot] === key && this.poolHolds(slots[slot + 1]!, length)) return slots[slot + 3]!;
+    }
+    return -1;
+  }
+
+  /** Whether the pool holds scratch[0, length) at offset. */
+  private poolHolds(offset: number, length: number): boolean {
+    const bytes = this.scratch;
+    const pool = this.piecePool;
+    for (let index = 0; index < length; index++) if (pool[offset + index] !== bytes[index]) return false;
+    return true;
+  }
+
+  /**
+   * Remembers the token count of the piece in scratch[0, length) (shorter than the pool), whose fnv1a is hash: in
+   * the set's first slot, the entry there moving to the second (the least recently stored of the two goes).
+   */
+  private cacheCount(length: number, hash: number, count: number): void {
+    const bytes = this.scratch;
+    const slots = this.pieceSlots;
+    const pool = this.piecePool;
+    if (this.piecePoolUsed + length > pool.length) this.clearPieceCache();
+    const offset = this.piecePoolUsed;
+    for (let index = 0; index < length; index++) pool[offset + index] = bytes[index]!;
+    this.piecePoolUsed = offset + length;
+    const slot = 8 * (hash & (pieceCacheSlots / 2 - 1));
+    slots.copyWithin(slot + 4, slot, slot + 4);
+    slots[slot] = hash;
+    slots[slot + 1] = offset;
+    slots[slot + 2] = length;
+    slots[slot + 3] = count;
+  }
+
+  private clearPieceCache(): void {
+    this.pieceSlots.fill(0);
+    this.piecePoolUsed = 0;
   }
 
   private partStarts = new Int32Array(256);
