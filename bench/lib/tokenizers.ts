@@ -1,6 +1,10 @@
+import { spawn } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { join } from 'node:path';
-import { repositoryRoot } from './processes.ts';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { pin } from './peers.ts';
+import { repositoryRoot, track } from './processes.ts';
 import { buildText, type TextStyle } from './scenarios.ts';
 
 /*
@@ -133,7 +137,7 @@ export function benchTexts(count: (text: string) => number, tokens = perTokens, 
 // Timing
 
 export interface Timing {
-  /** Sorted durations of the timed counts, ms. */
+  /** Sorted CPU times of the timed counts, ms. */
   durations: number[];
   tokens: number;
 }
@@ -170,6 +174,16 @@ export function median(sorted: readonly number[]): number {
   return sorted.length % 2 === 1 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;
 }
 
+/**
+ * CPU time of this process so far (user + system, every thread: the garbage collector's helpers too), ms. Counts
+ * are timed by it rather than by the clock, which on a shared machine also runs while other processes hold the
+ * core; on an idle core the two agree.
+ */
+export function cpuMs(): number {
+  const { user, system } = process.cpuUsage();
+  return (user + system) / 1000;
+}
+
 export function isTiming(outcome: Outcome | undefined): outcome is Timing {
   return outcome !== undefined && 'durations' in outcome;
 }
@@ -191,9 +205,9 @@ export function timeContenders(contenders: Contender[], text: string, encoding: 
       continue;
     }
     contender.clear();
-    const started = performance.now();
+    const started = cpuMs();
     const tokens = contender.count(text, encoding);
-    const first = performance.now() - started;
+    const first = cpuMs() - started;
     // A slow contender (a count over a fifth of the budget) is timed once: its first count when cold, a second one when warm.
     const slow = first > options.budgetMs / options.minRuns;
     if (!slow) {
@@ -213,9 +227,9 @@ export function timeContenders(contenders: Contender[], text: string, encoding: 
     for (const entry of active) {
       if (entry.slow && entry.durations.length >= 1) continue;
       if (mode === 'cold') entry.contender.clear();
-      const before = performance.now();
+      const before = cpuMs();
       entry.contender.count(text, encoding);
-      entry.durations.push(performance.now() - before);
+      entry.durations.push(cpuMs() - before);
     }
   }
   for (const entry of active) results[entry.contender.name] = { durations: entry.durations.sort((a, b) => a - b), tokens: entry.tokens };
@@ -263,7 +277,7 @@ export function renderTokenizerReport(report: TokenizerReport): string[] {
     '',
     `In one process (Node ${report.node}), on the same texts: Callboard's \`countTextTokens\` (the byte-pair encoder of \`src/llm/bpe.ts\` that ` +
       `tokenCount runs, there in slices), ${versions || 'no peer'}. Each text is counted in rounds, every tokenizer once per round in turn, ` +
-      'after warm-up; the figure is the median count time, in ms per 5,000 tokens (the time times 5,000 over the text\'s tokens in that encoding). ' +
+      'after warm-up; the figure is the median CPU time of a count (user + system, from `process.cpuUsage()`: on a shared machine the clock also runs while other processes hold the core), in ms per 5,000 tokens (the time times 5,000 over the text\'s tokens in that encoding). ' +
       '"Warm": the same text over and over, each tokenizer\'s cache of merged pieces full of its words (gpt-tokenizer keeps up to 100,000 pieces, ' +
       'Callboard 4,096 pieces of at most 12 characters; js-tiktoken keeps none); "cold": the caches emptied before each count. ' +
       '"Exact": every count equals gpt-tokenizer\'s, and Callboard\'s token ids equal gpt-tokenizer\'s `encode`. Ratios above 1 mean Callboard is faster.',
@@ -309,4 +323,29 @@ export function renderTokenizerReport(report: TokenizerReport): string[] {
     lines.push('');
   }
   return lines;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The part of `npm run bench`
+
+export const tokenizerPartName = 'tokenizer';
+const entryPath = fileURLToPath(new URL('../tokenizers.ts', import.meta.url));
+const tsxLoader = pathToFileURL(createRequire(import.meta.url).resolve('tsx')).href;
+
+/**
+ * Runs bench/tokenizers.ts in a process of its own (pinned to `cores` when given: the measured
+ * server's core, idle meanwhile), its progress to `log`; resolves with its report.
+ */
+export async function measureTokenizers(log: (message: string) => void, cores: string | null): Promise<TokenizerReport> {
+  // The whole environment: npm, which installs gpt-tokenizer, may need its settings (a proxy, a registry).
+  const child = spawn(process.execPath, ['--import', tsxLoader, entryPath, '--json'], { cwd: repositoryRoot, env: process.env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let report: TokenizerReport | undefined;
+  const handle = track(child, (line) => {
+    if (line.startsWith('{')) report = JSON.parse(line) as TokenizerReport;
+    else if (line.trim() !== '') log(line.replace(/^\[tokenizer\] /, 'tokenizer: '));
+  });
+  if (cores !== null) pin(handle.pid, cores);
+  const code = await handle.exited;
+  if (code !== 0 || !report) throw new Error(`bench/tokenizers.ts exited with ${code}:\n${handle.output.slice(-20).join('\n')}`);
+  return report;
 }
