@@ -706,25 +706,36 @@ export class BytePairEncoder {
   }
 
   private partStarts = new Int32Array(256);
+  /** Rank of the pair starting at each part, or `none`. */
   private partRanks = new Int32Array(256);
+  /** Rank of the token each part is. */
+  private partTokens = new Int32Array(256);
 
   /**
    * tiktoken's own merge over the scratch bytes [0, length): keep the rank of each adjacent pair, merge the lowest
-   * (leftmost on ties), refresh the two neighbouring pairs. Quadratic, and the fastest for short pieces.
+   * (leftmost on ties), refresh the two neighbouring pairs. Quadratic, and the fastest for short pieces. A pair is
+   * looked up by the ranks of its two tokens in the pair cache first, the table (and the bytes) only on a miss.
    */
   private mergeShort(length: number, output: number[] | null): number {
     const bytes = this.scratch;
     if (this.partStarts.length < length + 1) {
       this.partStarts = new Int32Array(length + 1);
       this.partRanks = new Int32Array(length + 1);
+      this.partTokens = new Int32Array(length + 1);
     }
     const starts = this.partStarts;
     const ranks = this.partRanks;
+    const tokens = this.partTokens;
+    const byteRanks = this.byteRanks;
     const none = 0x7fffffff;
-    for (let index = 0; index <= length; index++) starts[index] = index;
+    for (let index = 0; index < length; index++) {
+      starts[index] = index;
+      tokens[index] = byteRanks[bytes[index]!]!;
+    }
+    starts[length] = length;
     let parts = length;
     for (let index = 0; index + 1 < parts; index++) {
-      const rank = this.rankOf(bytes, index, index + 2);
+      const rank = this.pairRank(tokens[index]!, tokens[index + 1]!, bytes, index, index + 2);
       ranks[index] = rank === noRank ? none : rank;
     }
     ranks[parts - 1] = none;
@@ -738,23 +749,29 @@ export class BytePairEncoder {
         }
       }
       if (at < 0) break;
-      // Part at+1 joins part at: drop its start and its pair rank.
-      starts.copyWithin(at + 1, at + 2, parts + 1);
-      ranks.copyWithin(at + 1, at + 2, parts);
+      // Part at+1 joins part at, which becomes the token of the pair's rank: drop part at+1. By hand rather than by
+      // copyWithin, a call into the runtime that costs more than this loop over the few dozen parts of a short piece.
+      tokens[at] = minimum;
+      for (let index = at + 1; index < parts; index++) {
+        starts[index] = starts[index + 1]!;
+        ranks[index] = ranks[index + 1]!;
+        tokens[index] = tokens[index + 1]!;
+      }
+      starts[parts] = length;
       parts--;
       if (at + 1 < parts) {
-        const rank = this.rankOf(bytes, starts[at]!, starts[at + 2]!);
+        const rank = this.pairRank(minimum, tokens[at + 1]!, bytes, starts[at]!, starts[at + 2]!);
         ranks[at] = rank === noRank ? none : rank;
       } else {
         ranks[at] = none;
       }
       if (at > 0) {
-        const rank = this.rankOf(bytes, starts[at - 1]!, starts[at + 1]!);
+        const rank = this.pairRank(tokens[at - 1]!, minimum, bytes, starts[at - 1]!, starts[at + 1]!);
         ranks[at - 1] = rank === noRank ? none : rank;
       }
     }
     if (output !== null) {
-      for (let index = 0; index < parts; index++) output.push(this.rankOf(bytes, starts[index]!, starts[index + 1]!));
+      for (let index = 0; index < parts; index++) output.push(tokens[index]!);
     }
     return parts;
   }
