@@ -40,7 +40,7 @@ const settings = {
   historyRows: Number(environment.BENCH_HISTORY_ROWS ?? 1_000_000),
   statsRuns: Number(environment.BENCH_STATS_RUNS || 10),
   /** The whole run is cut short (children killed, database dropped) after this long. */
-  timeoutSeconds: Number(environment.BENCH_TIMEOUT_SECONDS || 600),
+  timeoutSeconds: Number(environment.BENCH_TIMEOUT_SECONDS || 900),
 };
 for (const name of settings.scenarios) if (!(name in scenarios) && name !== streamScenarioName && name !== tokenizerPartName) throw new Error(`BENCH_SCENARIOS: unknown scenario "${name}"`);
 for (const name of settings.peers) if (!peerNames.includes(name)) throw new Error(`BENCH_PEERS: unknown peer "${name}" (${peerNames.join(', ')})`);

@@ -169,7 +169,7 @@ export interface TimingOptions {
   skipAboveMs: number;
 }
 
-export const defaultTimingOptions: TimingOptions = { maxRounds: 200, budgetMs: 1000, minRuns: 5, skipAboveMs: 5000 };
+export const defaultTimingOptions: TimingOptions = { maxRounds: 200, budgetMs: 1000, minRuns: 5, skipAboveMs: 2000 };
 
 export function median(sorted: readonly number[]): number {
   const middle = sorted.length >> 1;
