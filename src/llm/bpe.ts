@@ -8,7 +8,8 @@
  * buffer and looked up whole in an open-addressing table keyed by bytes, so the common case allocates nothing.
  * Other pieces are merged by tiktoken's rule (always the pair whose concatenation has the lowest rank, leftmost
  * first): by rescanning for short pieces, and for long ones with a min-heap over adjacent pairs and a linked list
- * of parts, stale heap entries being skipped when popped, in O(n log n).
+ * of parts, stale heap entries being skipped when popped, in O(n log n). Two caches spare repeated work: the token
+ * counts of short merged pieces, keyed by their bytes, and the rank of a pair of tokens, keyed by their ranks.
  */
 
 /** The shape of js-tiktoken's rank files (`js-tiktoken/ranks/*`). */
