@@ -22,6 +22,7 @@ import {
 } from './lib/scenarios.ts';
 import { createStack, stackOptionsFromEnvironment } from './lib/stack.ts';
 import { measureStreaming, streamScenarioName, ttfbStats, type StreamReport } from './lib/stream.ts';
+import { measureTokenizers, renderTokenizerReport, tokenizerPartName, type TokenizerReport } from './lib/tokenizers.ts';
 
 const environment = process.env;
 const stackOptions = stackOptionsFromEnvironment(environment);
@@ -30,7 +31,7 @@ const settings = {
   seconds: Number(environment.BENCH_SECONDS || 5),
   warmupSeconds: Number(environment.BENCH_WARMUP_SECONDS || 1),
   connections: (environment.BENCH_CONNECTIONS || '1,32').split(',').map(Number),
-  scenarios: (environment.BENCH_SCENARIOS || 'upstream,miss,hit,embedding,tokens,stream').split(',') as (ScenarioName | typeof streamScenarioName)[],
+  scenarios: (environment.BENCH_SCENARIOS || 'upstream,miss,hit,embedding,tokens,tokenizer,stream').split(',') as (ScenarioName | typeof streamScenarioName | typeof tokenizerPartName)[],
   /** Set to '' for none. */
   peers: (environment.BENCH_PEERS ?? peerNames.join(',')).split(',').filter((name) => name !== '') as PeerName[],
   pinning: coreLayout(environment.BENCH_PIN === '0'),
@@ -40,9 +41,9 @@ const settings = {
   historyRows: Number(environment.BENCH_HISTORY_ROWS ?? 1_000_000),
   statsRuns: Number(environment.BENCH_STATS_RUNS || 10),
   /** The whole run is cut short (children killed, database dropped) after this long. */
-  timeoutSeconds: Number(environment.BENCH_TIMEOUT_SECONDS || 600),
+  timeoutSeconds: Number(environment.BENCH_TIMEOUT_SECONDS || 900),
 };
-for (const name of settings.scenarios) if (!(name in scenarios) && name !== streamScenarioName) throw new Error(`BENCH_SCENARIOS: unknown scenario "${name}"`);
+for (const name of settings.scenarios) if (!(name in scenarios) && name !== streamScenarioName && name !== tokenizerPartName) throw new Error(`BENCH_SCENARIOS: unknown scenario "${name}"`);
 for (const name of settings.peers) if (!peerNames.includes(name)) throw new Error(`BENCH_PEERS: unknown peer "${name}" (${peerNames.join(', ')})`);
 
 const targets = { hitCpuMs: 0.5, missCpuOverUpstreamMs: 1, missAddedP50Ms: 1, streamAddedTtfbMs: 2, callStatsMs: 300 };
@@ -128,7 +129,13 @@ async function main(): Promise<void> {
   const watched: Watched = { serverPid: server.pid, upstreamPid: upstream.pid, database: { admin, name: settings.databaseName }, history: historyClient };
   const rows: Row[] = [];
   let streaming: StreamReport | null = null;
+  let tokenizers: TokenizerReport | null = null;
   for (const name of settings.scenarios) {
+    if (name === tokenizerPartName) {
+      log('tokenizer: Callboard\'s encoder beside gpt-tokenizer and js-tiktoken, in a process of its own' + (settings.pinning ? ` pinned to core ${settings.pinning.server}` : ''));
+      tokenizers = await measureTokenizers(log, settings.pinning?.server ?? null);
+      continue;
+    }
     if (name === streamScenarioName) {
       streaming = await measureStreaming(context, { requests: settings.streamRequests, warmups: settings.streamWarmups, history: historyClient });
       const direct = streaming.series.find((series) => series.name === 'direct');
@@ -255,7 +262,7 @@ async function main(): Promise<void> {
   const complaints = server.output.filter((line) => line.trim() !== '');
   if (complaints.length > 0) log(`Callboard logged ${complaints.length} warning or error lines; the first:\n${complaints.slice(0, 3).join('\n').slice(0, 2000)}`);
   const postgresVersion = (await admin.query<{ server_version: string }>('SHOW server_version')).rows[0]!.server_version;
-  const report = renderReport({ rows, streaming, peerRows, peerNotes, seed, rollup, stats, plan, longTextTokens: longText.tokens, postgresVersion, complaints, loadBefore, loadAfter: loadavg() });
+  const report = renderReport({ rows, streaming, tokenizers, peerRows, peerNotes, seed, rollup, stats, plan, longTextTokens: longText.tokens, postgresVersion, complaints, loadBefore, loadAfter: loadavg() });
   console.log(`\n${report}`);
   writeFileSync(resultsPath, report);
   log(`written to ${resultsPath}`);
@@ -266,6 +273,7 @@ const fixed = (value: number | null | undefined, digits: number) => (value === n
 function renderReport(input: {
   rows: Row[];
   streaming: StreamReport | null;
+  tokenizers: TokenizerReport | null;
   peerRows: PeerRow[];
   peerNotes: string[];
   seed: SeedReport | null;
@@ -398,6 +406,8 @@ function renderReport(input: {
       );
     }
   }
+
+  if (input.tokenizers) lines.push(...renderTokenizerReport(input.tokenizers));
 
   lines.push(
     ...renderPeerComparison({

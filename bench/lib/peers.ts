@@ -1,9 +1,9 @@
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { cpus, tmpdir } from 'node:os';
+import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { installIntoTemp } from './install.ts';
 import type { LoadTarget } from './load.ts';
 import { freePort, repositoryRoot, track, type ChildHandle } from './processes.ts';
 import { upstreamChatBody } from './scenarios.ts';
@@ -52,28 +52,12 @@ export function peerTarget(peer: PeerName, origin: string, upstreamOrigin: strin
  * (kept between runs); returns that folder, or throws with npm's complaint (no network, say).
  */
 export function installPortkey(log: (message: string) => void): string {
-  const folder = join(tmpdir(), `callboard-bench-portkey-${portkeyVersion}-hono-node-server-${honoNodeServerVersion}`);
-  const entry = join(folder, 'node_modules/@portkey-ai/gateway/build/start-server.js');
-  if (existsSync(entry)) return folder;
-  log(`installing @portkey-ai/gateway@${portkeyVersion} into ${folder} (once; later runs reuse it)`);
-  const staging = `${folder}.${process.pid}`;
-  rmSync(staging, { recursive: true, force: true });
-  mkdirSync(staging, { recursive: true });
-  try {
-    execFileSync(
-      'npm',
-      ['install', '--prefix', staging, '--no-audit', '--no-fund', '--ignore-scripts', '--no-save', `@portkey-ai/gateway@${portkeyVersion}`, `@hono/node-server@${honoNodeServerVersion}`],
-      { stdio: ['ignore', 'pipe', 'pipe'], timeout: 240_000, encoding: 'utf8' },
-    );
-    renameSync(staging, folder);
-  } catch (error) {
-    rmSync(staging, { recursive: true, force: true });
-    const stderr = (error as { stderr?: string }).stderr?.trim();
-    throw new Error(stderr ? stderr.split('\n').slice(-5).join('\n') : error instanceof Error ? error.message : String(error));
-  }
-  const installed = JSON.parse(readFileSync(join(folder, 'node_modules/@portkey-ai/gateway/package.json'), 'utf8')) as { version: string };
-  if (installed.version !== portkeyVersion) throw new Error(`npm installed @portkey-ai/gateway ${installed.version}, not ${portkeyVersion}`);
-  return folder;
+  return installIntoTemp(
+    `callboard-bench-portkey-${portkeyVersion}-hono-node-server-${honoNodeServerVersion}`,
+    [`@portkey-ai/gateway@${portkeyVersion}`, `@hono/node-server@${honoNodeServerVersion}`],
+    'node_modules/@portkey-ai/gateway/build/start-server.js',
+    log,
+  );
 }
 
 export interface Peer extends ChildHandle {

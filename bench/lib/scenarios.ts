@@ -188,7 +188,7 @@ export async function primeCache(context: ScenarioContext): Promise<void> {
   }
 }
 
-const vocabulary = (
+const englishVocabulary = (
   'the of and to in is was for on that with as by at from this be are have it an or were which has not but ' +
   'their more one all its after also two first new other some time would into only over city year people ' +
   'system model cache history answer question server request response token provider history price cost ' +
@@ -197,8 +197,26 @@ const vocabulary = (
   'simple quiet bright heavy short little great early later strong green small large public private'
 ).split(' ');
 
-/** A deterministic English-like text of `words` words in sentences of 8 to 19 words. */
-export function buildText(words: number): string {
+/** How buildText writes sentences of a language. */
+export interface TextStyle {
+  vocabulary: readonly string[];
+  /** Between words: a space, or nothing for Chinese. */
+  separator: string;
+  /** After a sentence's words. */
+  end: string;
+  /** Between sentences (default a space). */
+  between?: string;
+  /** Capitalises each sentence's first word. */
+  capitalize: boolean;
+  /** Put after the middle word of sentences of 12 or more words, when given. */
+  comma?: string;
+}
+
+export const englishStyle: TextStyle = { vocabulary: englishVocabulary, separator: ' ', end: '.', capitalize: true };
+
+/** A deterministic text of `words` words (English by default) in sentences of 8 to 19 words. */
+export function buildText(words: number, style: TextStyle = englishStyle): string {
+  const { vocabulary } = style;
   let seed = 42;
   const next = () => {
     seed = (seed * 1103515245 + 12345) % 2147483648;
@@ -209,11 +227,12 @@ export function buildText(words: number): string {
   while (written < words) {
     const length = Math.min(words - written, 8 + Math.floor(next() * 12));
     const sentence = Array.from({ length }, () => vocabulary[Math.floor(next() * vocabulary.length)]!);
-    sentence[0] = sentence[0]!.charAt(0).toUpperCase() + sentence[0]!.slice(1);
-    sentences.push(`${sentence.join(' ')}.`);
+    if (style.capitalize) sentence[0] = sentence[0]!.charAt(0).toUpperCase() + sentence[0]!.slice(1);
+    if (style.comma !== undefined && length >= 12) sentence[length >> 1] += style.comma;
+    sentences.push(`${sentence.join(style.separator)}${style.end}`);
     written += length;
   }
-  return sentences.join(' ');
+  return sentences.join(style.between ?? ' ');
 }
 
 /**

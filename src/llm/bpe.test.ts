@@ -184,3 +184,105 @@ describe("tiktoken's whitespace, where JavaScript's \\s differs", () => {
     expect(new Tiktoken(o200kBase).encode('a\u0085/x', [], [])).not.toEqual([64, 126, 227, 22739]);
   });
 });
+
+describe('the cache of merged pieces', () => {
+  // Pairs of pieces with the same 32-bit FNV-1a hash (so the same cache slot and key) but other bytes and other
+  // token counts: a cache that trusted the hash would give the first one's count for the second.
+  it.each([
+    ['wygqnhfot', 'pdwgxfenz'],
+    ['kfcccajei', 'gniqpxkih'],
+  ])('tells %s from %s, which share a hash', (first, second) => {
+    for (const ranks of [o200kBase, cl100kBase]) {
+      const reference = new Tiktoken(ranks);
+      const encoder = new BytePairEncoder(ranks);
+      for (const text of [first, second, first, `${second} ${first} ${second}`]) {
+        expect(encoder.count(text), text).toBe(reference.encode(text, [], []).length);
+      }
+    }
+  });
+
+  it('stays exact when pieces evict each other and the pool starts over, counted once and again', () => {
+    // 3,000 distinct pieces of 30 Chinese characters, 90 bytes each: more than the pool's 256 KiB and the cache's
+    // 8,192 slots hold, so entries are overwritten and the pool is emptied while the text is counted.
+    const random = randomGenerator(5);
+    const pieces = Array.from({ length: 3000 }, () =>
+      Array.from({ length: 30 }, () => String.fromCharCode(0x4e00 + Math.floor(random() * 2000))).join(''),
+    );
+    const text = pieces.join('。');
+    const reference = new Tiktoken(o200kBase);
+    const expected = reference.encode(text, [], []).length;
+    const encoder = new BytePairEncoder(o200kBase);
+    expect(encoder.count(text)).toBe(expected);
+    expect(encoder.count(text)).toBe(expected);
+    // Half the pieces again, in another order, after the whole text went through the cache.
+    const some = pieces.filter((_, index) => index % 2 === 1).reverse().join('。');
+    expect(encoder.count(some)).toBe(reference.encode(some, [], []).length);
+    encoder.clearCaches();
+    expect(encoder.count(text)).toBe(expected);
+  });
+});
+
+describe('hostile inputs count in near-linear time, and exactly', () => {
+  const random = randomGenerator(17);
+  const randomOf = (first: number, span: number) => (length: number) => {
+    let text = '';
+    for (let index = 0; index < length; index++) text += String.fromCharCode(first + Math.floor(random() * span));
+    return text;
+  };
+  // One "word" each, or (spaces, punctuation) one run the pre-tokenizer cannot cut short.
+  // The third column: how long a text js-tiktoken, quadratic on one word, checks in under a second or two.
+  const kinds: Array<[string, (length: number) => string, number]> = [
+    ['one letter', (length) => 'a'.repeat(length), 1500],
+    ['random letters a-z', randomOf(97, 26), 1500],
+    ['random CJK ideographs', randomOf(0x4e00, 0x5200), 500],
+    ['one non-ASCII capital', (length) => 'É'.repeat(length), 1500],
+    ['spaces then a letter', (length) => `${' '.repeat(length - 1)}x`, 1500],
+    ['one punctuation mark', (length) => '!'.repeat(length), 1500],
+    ['random digits', randomOf(48, 10), 1500],
+  ];
+
+  const cpuMs = () => {
+    const { user, system } = process.cpuUsage();
+    return (user + system) / 1000;
+  };
+
+  /**
+   * The least CPU time of five cold counts, ms: CPU time rather than the clock, which on a shared machine also runs
+   * while other processes have the core; the least, being the least disturbed (caches of the CPU, collections).
+   */
+  function fastest(encoder: BytePairEncoder, text: string): number {
+    let best = Infinity;
+    for (let run = 0; run < 5; run++) {
+      encoder.clearCaches();
+      const started = cpuMs();
+      encoder.count(text);
+      best = Math.min(best, cpuMs() - started);
+    }
+    return best;
+  }
+
+  describe.each([
+    ['o200k_base', o200kBase],
+    ['cl100k_base', cl100kBase],
+  ] as const)('%s', (_name, ranks: RankFile) => {
+    const encoder = new BytePairEncoder(ranks);
+    const reference = new Tiktoken({ ...ranks, pat_str: withTiktokenWhitespace(ranks.pat_str) });
+
+    it.each(kinds)('%s: %i characters give js-tiktoken\'s ids', (_kind, build, length) => {
+      const text = build(length);
+      expect(encoder.encode(text)).toEqual(reference.encode(text, [], []));
+      expect(encoder.count(text)).toBe(reference.encode(text, [], []).length);
+    });
+
+    it.each(kinds)('%s: 8 times the characters take well under 64 times as long', (_kind, build, _length) => {
+      const short = build(16_000);
+      const long = build(128_000);
+      // Warm-up, so that both are timed in optimised code.
+      fastest(encoder, short);
+      fastest(encoder, long);
+      const ratio = fastest(encoder, long) / Math.max(fastest(encoder, short), 0.05);
+      // Linear is 8, n log n a little more, and memory caches outgrown by the longer text add some; quadratic is 64.
+      expect(ratio).toBeLessThan(24);
+    });
+  });
+});

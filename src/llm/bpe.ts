@@ -8,7 +8,8 @@
  * buffer and looked up whole in an open-addressing table keyed by bytes, so the common case allocates nothing.
  * Other pieces are merged by tiktoken's rule (always the pair whose concatenation has the lowest rank, leftmost
  * first): by rescanning for short pieces, and for long ones with a min-heap over adjacent pairs and a linked list
- * of parts, stale heap entries being skipped when popped, in O(n log n).
+ * of parts, stale heap entries being skipped when popped, in O(n log n). Two caches spare repeated work: the token
+ * counts of short merged pieces, keyed by their bytes, and the rank of a pair of tokens, keyed by their ranks.
  */
 
 /** The shape of js-tiktoken's rank files (`js-tiktoken/ranks/*`). */
@@ -59,9 +60,12 @@ export function withTiktokenWhitespace(pattern: string): string {
 }
 
 const noRank = -1;
-// V8 makes a substring of 13 characters or more a view that keeps its whole source string alive: the cache of
-// merged pieces takes only shorter ones, so that it never holds on to a request's text.
-const maxCachedPieceLength = 12;
+// The cache of merged pieces: slots of four numbers (hash, offset in the pool, byte length or 0 when empty, token
+// count), two-way set-associative by the hash of the piece's bytes, which are copied into the pool; when the pool is full,
+// pool and slots start over. Keyed by bytes rather than by substrings: V8 makes a substring of 13 characters or
+// more a view that keeps its whole source string alive, and a cache of them would hold on to requests' texts.
+const pieceCacheSlots = 8192;
+const pieceCacheBytes = 1 << 18;
 // Heap keys pack (rank, start) into one double, rank * 2^32 + start, which orders by rank, then leftmost start.
 // Exact while rank < 2^21; a piece has fewer than 2^32 bytes (a string holds under 2^30 UTF-16 units).
 const startSpan = 2 ** 32;
@@ -426,8 +430,11 @@ export class BytePairEncoder {
    * left is -1 in an empty slot.
    */
   private readonly pairCache = new Int32Array(3 * 65536).fill(-1);
-  // Pieces that are not one token but recur (a name, an identifier) skip the merge the second time.
-  private readonly mergedCounts = new Map<string, number>();
+  // Pieces that are not one token but recur (a name, an identifier, a sentence of Chinese in a conversation sent
+  // again) skip the merge the second time.
+  private readonly pieceSlots = new Int32Array(4 * pieceCacheSlots);
+  private readonly piecePool = new Uint8Array(pieceCacheBytes);
+  private piecePoolUsed = 0;
 
   constructor(ranks: RankFile, options: BytePairEncoderOptions = {}) {
     this.heapFromBytes = options.heapFromBytes ?? 128;
@@ -546,6 +553,12 @@ export class BytePairEncoder {
     return tokenIndex < 0 ? noRank : this.tokenRanks[tokenIndex]!;
   }
 
+  /** Empties the caches of merged pieces and of pairs, as if no text had been counted yet (for benchmarks). */
+  clearCaches(): void {
+    this.clearPieceCache();
+    this.pairCache.fill(-1);
+  }
+
   /** Token ids of text, special-token text included as plain characters (js-tiktoken's encode(text, [], [])). */
   encode(text: string): number[] {
     const job = new EncodeJob(text, []);
@@ -628,20 +641,19 @@ export class BytePairEncoder {
         tokens += merge.parts;
         continue;
       }
-      if (output !== null || end - start > maxCachedPieceLength) {
+      if (output !== null) {
         tokens += this.mergeShort(byteLength, output);
         continue;
       }
-      const piece = text.slice(start, end);
-      const known = this.mergedCounts.get(piece);
-      if (known !== undefined) {
+      const hash = fnv1a(this.scratch, 0, byteLength);
+      const known = this.cachedCount(byteLength, hash);
+      if (known >= 0) {
         tokens += known;
         continue;
       }
       const parts = this.mergeShort(byteLength, null);
       work += byteLength;
-      if (this.mergedCounts.size >= 4096) this.mergedCounts.clear();
-      this.mergedCounts.set(piece, parts);
+      this.cacheCount(byteLength, hash, parts);
       tokens += parts;
     }
     job.position = position;
@@ -649,26 +661,82 @@ export class BytePairEncoder {
     job.work = work;
   }
 
+  /** The token count cached for the piece in scratch[0, length), whose fnv1a is hash, or -1. */
+  private cachedCount(length: number, hash: number): number {
+    const slots = this.pieceSlots;
+    const key = hash | 0; // the slots hold it as a signed integer
+    // Two ways: the set's two slots, side by side.
+    const first = 8 * (hash & (pieceCacheSlots / 2 - 1));
+    for (let slot = first; slot < first + 8; slot += 4) {
+      if (slots[slot + 2] === length && slots[slot] === key && this.poolHolds(slots[slot + 1]!, length)) return slots[slot + 3]!;
+    }
+    return -1;
+  }
+
+  /** Whether the pool holds scratch[0, length) at offset. */
+  private poolHolds(offset: number, length: number): boolean {
+    const bytes = this.scratch;
+    const pool = this.piecePool;
+    for (let index = 0; index < length; index++) if (pool[offset + index] !== bytes[index]) return false;
+    return true;
+  }
+
+  /**
+   * Remembers the token count of the piece in scratch[0, length) (shorter than the pool), whose fnv1a is hash: in
+   * the set's first slot, the entry there moving to the second (the least recently stored of the two goes).
+   */
+  private cacheCount(length: number, hash: number, count: number): void {
+    const bytes = this.scratch;
+    const slots = this.pieceSlots;
+    const pool = this.piecePool;
+    if (this.piecePoolUsed + length > pool.length) this.clearPieceCache();
+    const offset = this.piecePoolUsed;
+    for (let index = 0; index < length; index++) pool[offset + index] = bytes[index]!;
+    this.piecePoolUsed = offset + length;
+    const slot = 8 * (hash & (pieceCacheSlots / 2 - 1));
+    slots.copyWithin(slot + 4, slot, slot + 4);
+    slots[slot] = hash;
+    slots[slot + 1] = offset;
+    slots[slot + 2] = length;
+    slots[slot + 3] = count;
+  }
+
+  private clearPieceCache(): void {
+    this.pieceSlots.fill(0);
+    this.piecePoolUsed = 0;
+  }
+
   private partStarts = new Int32Array(256);
+  /** Rank of the pair starting at each part, or `none`. */
   private partRanks = new Int32Array(256);
+  /** Rank of the token each part is. */
+  private partTokens = new Int32Array(256);
 
   /**
    * tiktoken's own merge over the scratch bytes [0, length): keep the rank of each adjacent pair, merge the lowest
-   * (leftmost on ties), refresh the two neighbouring pairs. Quadratic, and the fastest for short pieces.
+   * (leftmost on ties), refresh the two neighbouring pairs. Quadratic, and the fastest for short pieces. A pair is
+   * looked up by the ranks of its two tokens in the pair cache first, the table (and the bytes) only on a miss.
    */
   private mergeShort(length: number, output: number[] | null): number {
     const bytes = this.scratch;
     if (this.partStarts.length < length + 1) {
       this.partStarts = new Int32Array(length + 1);
       this.partRanks = new Int32Array(length + 1);
+      this.partTokens = new Int32Array(length + 1);
     }
     const starts = this.partStarts;
     const ranks = this.partRanks;
+    const tokens = this.partTokens;
+    const byteRanks = this.byteRanks;
     const none = 0x7fffffff;
-    for (let index = 0; index <= length; index++) starts[index] = index;
+    for (let index = 0; index < length; index++) {
+      starts[index] = index;
+      tokens[index] = byteRanks[bytes[index]!]!;
+    }
+    starts[length] = length;
     let parts = length;
     for (let index = 0; index + 1 < parts; index++) {
-      const rank = this.rankOf(bytes, index, index + 2);
+      const rank = this.pairRank(tokens[index]!, tokens[index + 1]!, bytes, index, index + 2);
       ranks[index] = rank === noRank ? none : rank;
     }
     ranks[parts - 1] = none;
@@ -682,23 +750,29 @@ export class BytePairEncoder {
         }
       }
       if (at < 0) break;
-      // Part at+1 joins part at: drop its start and its pair rank.
-      starts.copyWithin(at + 1, at + 2, parts + 1);
-      ranks.copyWithin(at + 1, at + 2, parts);
+      // Part at+1 joins part at, which becomes the token of the pair's rank: drop part at+1. By hand rather than by
+      // copyWithin, a call into the runtime that costs more than this loop over the few dozen parts of a short piece.
+      tokens[at] = minimum;
+      for (let index = at + 1; index < parts; index++) {
+        starts[index] = starts[index + 1]!;
+        ranks[index] = ranks[index + 1]!;
+        tokens[index] = tokens[index + 1]!;
+      }
+      starts[parts] = length;
       parts--;
       if (at + 1 < parts) {
-        const rank = this.rankOf(bytes, starts[at]!, starts[at + 2]!);
+        const rank = this.pairRank(minimum, tokens[at + 1]!, bytes, starts[at]!, starts[at + 2]!);
         ranks[at] = rank === noRank ? none : rank;
       } else {
         ranks[at] = none;
       }
       if (at > 0) {
-        const rank = this.rankOf(bytes, starts[at - 1]!, starts[at + 1]!);
+        const rank = this.pairRank(tokens[at - 1]!, minimum, bytes, starts[at - 1]!, starts[at + 1]!);
         ranks[at - 1] = rank === noRank ? none : rank;
       }
     }
     if (output !== null) {
-      for (let index = 0; index < parts; index++) output.push(this.rankOf(bytes, starts[index]!, starts[index + 1]!));
+      for (let index = 0; index < parts; index++) output.push(tokens[index]!);
     }
     return parts;
   }

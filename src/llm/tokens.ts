@@ -36,6 +36,11 @@ function encoderFor(encoding: Encoding): BytePairEncoder {
   return encoder;
 }
 
+/** Empties the caches of every encoder built so far, so that the next count starts cold (for benchmarks). */
+export function clearTokenCaches(): void {
+  for (const encoder of encoders.values()) encoder.clearCaches();
+}
+
 // Order matters: the gpt-4o / gpt-4.1 / gpt-4.5 families must be matched before plain gpt-4.
 const o200kModels = /^(?:gpt-4o|chatgpt-4o|gpt-4\.1|gpt-4\.5|gpt-5|o1(?:-|$)|o3(?:-|$)|o4(?:-|$))/;
 const cl100kModels = /^(?:gpt-4(?:-|$)|gpt-3\.5-turbo|text-embedding-3-|text-embedding-ada-002)/;
