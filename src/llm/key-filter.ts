@@ -85,7 +85,8 @@ const scratch = new Uint32Array(8);
 
 /**
  * Reads 64 hex digits into `scratch`; false when `hex` is anything else (a
- * regex test and parseInt of slices cost about 2 µs per key on this machine; this loop 0.3). */
+ * regex test and parseInt of slices cost about 2 µs per key on this machine; this loop 0.3).
+ */
 function readWords(hex: string): boolean {
   if (hex.length !== 64) return false;
   for (let word = 0; word < 8; word++) {
