@@ -210,8 +210,9 @@ function keyPresence(options: PresenceOptions, logger: Pick<Logger, 'warn' | 'in
       { rows, capacity: filter.capacity, megabytes: Math.round(filter.bytes / 1e4) / 100, seconds: Math.round(performance.now() - started) / 1000 },
       'cache keys loaded: a memory miss on a key not in the database skips it',
     );
-    // Found too small (more than three quarters full): a bigger one, this one answering meanwhile.
-    if (rows > 0.75 * filter.capacity) load(false);
+    // Found too small (more than three quarters full), or filled past its capacity while it loaded:
+    // a bigger one, this one answering meanwhile.
+    if (rows > 0.75 * filter.capacity || filter.full) load(false);
   }
 
   function load(reset: boolean): void {

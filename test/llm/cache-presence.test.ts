@@ -1,7 +1,8 @@
 import { createHash } from 'node:crypto';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { createDatabase, type Database } from '../../src/db/database.ts';
-import type { CacheEntryValue } from '../../src/llm/cache.ts';
+import { createResponseCache, type CacheEntryValue } from '../../src/llm/cache.ts';
+import { createHistoryWriter } from '../../src/llm/history.ts';
 import { cacheEntryWrittenChannel } from '../../src/llm/history-rows.ts';
 import { createLogger } from '../../src/logger.ts';
 import { createServices, type Services } from '../../src/services.ts';
@@ -218,6 +219,62 @@ describe.each(databaseKinds)('the cache presence filter on %s', (kind) => {
     const [row] = await testDatabase.database.query<{ count: number }>(`SELECT count(*)::int AS "count" FROM "CacheEntry"`);
     return row!.count;
   }
+});
+
+describe.each(databaseKinds)('the presence filter of one cache on %s', (kind) => {
+  let testDatabase: TestDatabase;
+  const closing: (() => Promise<unknown>)[] = [];
+
+  beforeAll(async () => {
+    testDatabase = await createTestDatabase(kind);
+  });
+
+  afterAll(async () => {
+    for (const close of closing.reverse()) await close();
+    await testDatabase?.dispose();
+  });
+
+  function cacheOn(minKeys: number) {
+    const { wrapped, seen } = observed(testDatabase.database);
+    const writer = createHistoryWriter({ database: wrapped, logger: createLogger('silent'), spoolDir: testConfig().config.history.spoolDir });
+    const cache = createResponseCache({ database: wrapped, memoryEntries: 0, writer, presence: { database: wrapped, minKeys, pageSize: 40 } });
+    closing.push(() => writer.close(), () => cache.close());
+    return { cache, writer, seen };
+  }
+
+  it('is rebuilt for twice the rows when the load finds it too small, and again when past its capacity, never losing a key', async () => {
+    const keys = Array.from({ length: 300 }, (_unused, index) => createHash('sha256').update(`one cache ${index}`).digest('hex'));
+    const first = cacheOn(100);
+    for (const key of keys) first.cache.store(entryOf(key));
+    await first.writer.flush();
+
+    const { cache, seen } = cacheOn(100);
+    cache.loadKeys();
+    await vi.waitFor(() => expect(cache.presence()!.capacity).toBeGreaterThanOrEqual(600), { timeout: 10_000, interval: 10 });
+    expect(cache.presence()).toMatchObject({ complete: true, rowsAtLoad: 300 });
+    expect(cache.presence()!.capacity).toBeLessThan(700);
+    // Two passes of 8 pages of 40: the first filter (100 keys) was found too small.
+    expect(seen.keyReads).toBe(16);
+    const found = await Promise.all(keys.map((key) => cache.get(key)));
+    expect(found.filter((entry) => entry === undefined)).toEqual([]);
+    expect(seen.lookups).toBe(300);
+
+    const unseen = Array.from({ length: 200 }, (_unused, index) => createHash('sha256').update(`never stored ${index}`).digest('hex'));
+    expect((await Promise.all(unseen.map((key) => cache.get(key)))).every((entry) => entry === undefined)).toBe(true);
+    expect(seen.lookups).toBeLessThan(300 + 20);
+
+    // 1,000 more entries written elsewhere, announced to this cache (as services' listener does).
+    const more = Array.from({ length: 1000 }, (_unused, index) => createHash('sha256').update(`written later ${index}`).digest('hex'));
+    for (const key of more) first.cache.store(entryOf(key));
+    await first.writer.flush();
+    cache.written(more);
+    expect(cache.presence()).toMatchObject({ complete: true });
+    // Past its capacity, it is reloaded at twice the keys it holds; that one, finding 1,300 rows, at twice those.
+    await vi.waitFor(() => expect(cache.presence()!.capacity).toBeGreaterThanOrEqual(2600), { timeout: 10_000, interval: 10 });
+    expect(cache.presence()).toMatchObject({ complete: true, rowsAtLoad: 1300 });
+    expect((await Promise.all(more.map((key) => cache.get(key)))).filter((entry) => entry === undefined)).toEqual([]);
+    expect((await Promise.all(keys.map((key) => cache.get(key)))).filter((entry) => entry === undefined)).toEqual([]);
+  });
 });
 
 function entryOf(key: string): CacheEntryValue {
