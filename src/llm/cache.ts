@@ -7,7 +7,7 @@ import type { Logger } from '../logger.ts';
 import type { ProviderUsage } from './providers/provider.ts';
 import { cacheEntryColumns, cacheEntryFromRow, type CacheEntryRow } from './cache-rows.ts';
 import type { HistoryWriter } from './history.ts';
-import { KeyFilter } from './key-filter.ts';
+import { KeyFilter, maxFilterKeys } from './key-filter.ts';
 
 /** Bumped whenever what goes into a key changes, so old entries stop matching instead of lying. */
 export const cacheKeyVersion = 2;
@@ -212,7 +212,7 @@ function keyPresence(options: PresenceOptions, logger: Pick<Logger, 'warn' | 'in
     );
     // Found too small (more than three quarters full), or filled past its capacity while it loaded:
     // a bigger one, this one answering meanwhile.
-    if (rows > 0.75 * filter.capacity || filter.full) load(false);
+    if (filter.capacity < maxFilterKeys && (rows > 0.75 * filter.capacity || filter.full)) load(false);
   }
 
   function load(reset: boolean): void {
@@ -231,7 +231,7 @@ function keyPresence(options: PresenceOptions, logger: Pick<Logger, 'warn' | 'in
       current.add(key);
       next?.add(key);
       // Past its capacity: a bigger one is loaded while this one keeps answering.
-      if (complete && next === null && current.full) load(false);
+      if (complete && next === null && current.full && current.capacity < maxFilterKeys) load(false);
     },
     load: () => load(true),
     state: (): PresenceState => ({ complete, capacity: current.capacity, keys: current.estimatedKeys(), bytes: current.bytes, rowsAtLoad }),
