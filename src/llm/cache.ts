@@ -130,7 +130,11 @@ export interface PresenceOptions {
   database: Pick<Database, 'analyticsQuery'>;
   /** The fewest keys a filter is sized for; it is sized for twice the rows found at load when that is more. @default 1000000 */
   minKeys?: number;
-  /** Keys read per round trip of the load. @default 10000 */
+  /**
+   * Keys read per round trip of the load: what it holds the event loop for at once (receiving and
+   * adding them; on PGlite, which runs queries on the event loop, the query too; see
+   * bench/miss-lookup.ts). @default 1000
+   */
   pageSize?: number;
   /** Wait before a failed page of the load is read again. @default 1000 */
   retryMs?: number;
@@ -164,7 +168,7 @@ export interface ResponseCacheOptions {
  */
 function keyPresence(options: PresenceOptions, logger: Pick<Logger, 'warn' | 'info'> | undefined) {
   const minKeys = options.minKeys ?? 1_000_000;
-  const pageSize = options.pageSize ?? 10_000;
+  const pageSize = options.pageSize ?? 1000;
   const retryMs = options.retryMs ?? 1000;
   let current = new KeyFilter(minKeys);
   // The filter being loaded: it takes every key `current` takes, and replaces it when loaded.
