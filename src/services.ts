@@ -153,6 +153,7 @@ export async function createServices(options: ServicesOptions): Promise<Services
       else cache.loadKeys();
     },
     () => cache.loadKeys(),
+    () => cache.distrustKeys(),
   );
   cache.loadKeys();
   // Each instance keeps hot entries in memory: an invalidation anywhere must reach all of them.

@@ -107,6 +107,13 @@ export interface ResponseCache {
    * `written` is listening, and again whenever it may have missed notifications.
    */
   loadKeys(): void;
+  /**
+   * Announcements may be being missed (the listener's connection is lost): every memory miss reads
+   * the database until a `loadKeys` called after this completes.
+   */
+  distrustKeys(): void;
+  /** False when a memory miss on the key would skip the database: the filter is complete and says it is surely absent. */
+  mayHold(key: string): boolean;
   /** The presence filter's state; null when there is none (every miss is looked up). */
   presence(): PresenceState | null;
   /** Stops the background load. */
@@ -238,6 +245,12 @@ function keyPresence(options: PresenceOptions, logger: Pick<Logger, 'warn' | 'in
       if (complete && next === null && current.full && current.capacity < maxFilterKeys) load(false);
     },
     load: () => load(true),
+    // No load now (the database may be out of reach): the next `load` makes it whole again.
+    distrust(): void {
+      generation += 1;
+      complete = false;
+      next = null;
+    },
     state: (): PresenceState => ({ complete, capacity: current.capacity, keys: current.estimatedKeys(), bytes: current.bytes, rowsAtLoad }),
     async close() {
       closed = true;
@@ -342,6 +355,10 @@ export function createResponseCache(options: ResponseCacheOptions): ResponseCach
     loadKeys() {
       presence?.load();
     },
+    distrustKeys() {
+      presence?.distrust();
+    },
+    mayHold: (key) => !presence?.surelyAbsent(key),
     presence: () => presence?.state() ?? null,
     close: async () => presence?.close(),
   };

@@ -33,6 +33,7 @@ function observed(database: Database) {
     hold: null as ReturnType<typeof deferred> | null,
     heard: [] as string[],
     reconnects: [] as (() => void)[],
+    losses: 0,
   };
   const wrapped: Database = {
     ...database,
@@ -47,7 +48,7 @@ function observed(database: Database) {
       }
       return database.analyticsQuery(sql, parameters);
     },
-    listen: (channel, handler, onReconnect) =>
+    listen: (channel, handler, onReconnect, onLost) =>
       database.listen(
         channel,
         (payload) => {
@@ -57,6 +58,10 @@ function observed(database: Database) {
         () => {
           onReconnect?.();
           if (channel === cacheEntryWrittenChannel) seen.reconnects.push(() => onReconnect?.());
+        },
+        () => {
+          onLost?.();
+          if (channel === cacheEntryWrittenChannel) seen.losses += 1;
         },
       ),
   };
@@ -194,10 +199,16 @@ describe.each(databaseKinds)('the cache presence filter on %s', (kind) => {
 
     seen.hold = deferred();
     if (kind === 'postgres') {
-      // The LISTEN connection is cut: database.listen makes a new one after a second and says so.
+      // The LISTEN connection is cut: database.listen says so at once, and makes a new one after a second.
       await withClient(testDatabase.url!, (client) =>
         client.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND query = $1`, [`LISTEN "${cacheEntryWrittenChannel}"`]),
       );
+      await vi.waitFor(() => expect(seen.losses).toBe(1), { timeout: 10_000, interval: 5 });
+      expect(self.cache.presence()).toMatchObject({ complete: false });
+      const whileLost = await self.llm.sendMessage({ messages: user('while the listener is lost'), cache: 'USE' });
+      expect(whileLost.cacheStatus).toBe('MISS');
+      expect(seen.lookups).toBe(1);
+      seen.lookups = 0;
       await vi.waitFor(() => expect(seen.reconnects).toHaveLength(1), { timeout: 10_000, interval: 20 });
     } else {
       // PGlite's one in-process connection is never lost: its listener's reconnect is called as Postgres's would be.
