@@ -11,6 +11,7 @@ import type { Database } from './db/database.ts';
 import { createResponseCache, type ResponseCache } from './llm/cache.ts';
 import { createLlmClient, type LlmClient, type LlmClientDependencies } from './llm/client.ts';
 import { createHistoryWriter, type HistoryWriter } from './llm/history.ts';
+import { cacheEntryWrittenChannel } from './llm/history-rows.ts';
 import { createOverrideStore, type OverrideStore } from './llm/overrides.ts';
 import { createProviderRegistry, type ProviderRegistry } from './llm/registry.ts';
 import { createTemplateStore } from './llm/templates.ts';
@@ -81,6 +82,16 @@ function readForgetMessage(payload: string): ForgetMessage {
   }
 }
 
+/** The keys of a cacheEntryWrittenChannel message; null when it cannot be read (then what it held is read again from the table). */
+function readWrittenKeys(payload: string): string[] | null {
+  try {
+    const keys = JSON.parse(payload) as unknown;
+    return Array.isArray(keys) && keys.every((key) => typeof key === 'string') ? keys : null;
+  } catch {
+    return null;
+  }
+}
+
 /** The composition of the LLM layer over a database: registry, overrides, cache, history, client. */
 export async function createServices(options: ServicesOptions): Promise<Services> {
   const { loaded, database, logger } = options;
@@ -135,7 +146,19 @@ export async function createServices(options: ServicesOptions): Promise<Services
       return tokens;
     },
   });
-  const cache = createResponseCache({ database, memoryEntries: config.cache.memoryEntries, writer: history, logger });
+  const cache = createResponseCache({ database, memoryEntries: config.cache.memoryEntries, writer: history, logger, presence: { database } });
+  // Every instance's history announces the entries it writes; then, listening, the keys already there are read.
+  const stopEntriesListening = await database.listen(
+    cacheEntryWrittenChannel,
+    (payload) => {
+      const keys = readWrittenKeys(payload);
+      if (keys) cache.written(keys);
+      else cache.loadKeys();
+    },
+    () => cache.loadKeys(),
+    () => cache.distrustKeys(),
+  );
+  cache.loadKeys();
   // Each instance keeps hot entries in memory: an invalidation anywhere must reach all of them.
   const stopListening = await database.listen(
     cacheForgetChannel,
@@ -205,6 +228,8 @@ export async function createServices(options: ServicesOptions): Promise<Services
       await rollup.stop();
       await callEvents.close();
       await stopListening();
+      await stopEntriesListening();
+      await cache.close();
       await stopOverridesListening();
       await stopKeysListening();
       return history.close();

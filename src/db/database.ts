@@ -45,9 +45,11 @@ export interface Database {
   notify(channel: string, payload: string): Promise<void>;
   /**
    * Calls `handler` for each notification on the channel until the returned function is called.
-   * Notifications sent while a lost connection is re-made are missed: `onReconnect` says so.
+   * Notifications sent while a lost connection is re-made are missed: `onLost` says when the
+   * connection is lost (from then on until `onReconnect`, notifications may be missed), and
+   * `onReconnect` when it is listening again.
    */
-  listen(channel: string, handler: (payload: string) => void, onReconnect?: () => void): Promise<() => Promise<void>>;
+  listen(channel: string, handler: (payload: string) => void, onReconnect?: () => void, onLost?: () => void): Promise<() => Promise<void>>;
   close(): Promise<void>;
 }
 
@@ -154,7 +156,7 @@ async function openPostgres(url: string, options: { poolSize: number; analyticsP
     notify: async (channel, payload) => {
       await pool.query('SELECT pg_notify($1, $2)', [channel, payload]);
     },
-    listen: async (channel, handler, onReconnect) => {
+    listen: async (channel, handler, onReconnect, onLost) => {
       // A connection of its own: LISTEN holds it for as long as the instance runs.
       let client: pg.Client | undefined;
       let stopped = false;
@@ -165,6 +167,7 @@ async function openPostgres(url: string, options: { poolSize: number; analyticsP
         });
         next.on('error', () => {
           void next.end().catch(() => {});
+          if (client === next) onLost?.();
           reconnectLater();
         });
         await next.connect();

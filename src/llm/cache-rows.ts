@@ -78,8 +78,8 @@ export function entryRow(entry: CacheEntryValue) {
 }
 
 /**
- * The CTEs of the batch statement that write cache entries ($1: entryRow JSON texts; upserted) and
- * hits ($2: { key, count, lastHitAt }).
+ * The CTEs of the batch statement that write cache entries ($1: entryRow JSON texts; upserted;
+ * `written_entries` returns the keys written) and hits ($2: { key, count, lastHitAt }).
  */
 export const cacheEntryWrites = `entry_rows AS (
   SELECT * FROM jsonb_to_recordset($1::jsonb) AS r("key" text, "keyVersion" int, "kind" "CallKind", "apiType" text, "model" text,
@@ -99,7 +99,7 @@ export const cacheEntryWrites = `entry_rows AS (
     "completionTokens" = EXCLUDED."completionTokens", "totalTokens" = EXCLUDED."totalTokens", "costUsd" = EXCLUDED."costUsd",
     "hitCount" = EXCLUDED."hitCount", "createdAt" = EXCLUDED."createdAt", "lastHitAt" = EXCLUDED."lastHitAt",
     "expiresAt" = EXCLUDED."expiresAt", "createdByCallId" = EXCLUDED."createdByCallId", "tenant" = EXCLUDED."tenant", "apiKeyId" = EXCLUDED."apiKeyId"
-  RETURNING 1
+  RETURNING "key"
 ), counted_hits AS (
   UPDATE "CacheEntry" e SET "hitCount" = e."hitCount" + h."count", "lastHitAt" = GREATEST(e."lastHitAt", h."lastHitAt")
   FROM jsonb_to_recordset($2::jsonb) AS h("key" text, "count" int, "lastHitAt" timestamptz)

@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { setImmediate as nextTurn, setTimeout as sleep } from 'node:timers/promises';
 import { LRUCache } from 'lru-cache';
 import { stringify } from 'safe-stable-stringify';
 import type { Database } from '../db/database.ts';
@@ -6,6 +7,7 @@ import type { Logger } from '../logger.ts';
 import type { ProviderUsage } from './providers/provider.ts';
 import { cacheEntryColumns, cacheEntryFromRow, type CacheEntryRow } from './cache-rows.ts';
 import type { HistoryWriter } from './history.ts';
+import { KeyFilter, maxFilterKeys } from './key-filter.ts';
 
 /** Bumped whenever what goes into a key changes, so old entries stop matching instead of lying. */
 export const cacheKeyVersion = 2;
@@ -94,6 +96,55 @@ export interface ResponseCache {
   invalidated(tenant: string | null): void;
   /** Entries kept in memory now. */
   size(): number;
+  /**
+   * Keys just written to the database, by this instance or another (the history's notifications on
+   * cacheEntryWrittenChannel): the presence filter takes them, so that a miss on them is looked up.
+   */
+  written(keys: readonly string[]): void;
+  /**
+   * Reads the keys in the database into a new presence filter, in the background; until it is
+   * complete, every memory miss looks the database up. Called at start, after the listener of
+   * `written` is listening, and again whenever it may have missed notifications.
+   */
+  loadKeys(): void;
+  /**
+   * Announcements may be being missed (the listener's connection is lost): every memory miss reads
+   * the database until a `loadKeys` called after this completes.
+   */
+  distrustKeys(): void;
+  /** False when a memory miss on the key would skip the database: the filter is complete and says it is surely absent. */
+  mayHold(key: string): boolean;
+  /** The presence filter's state; null when there is none (every miss is looked up). */
+  presence(): PresenceState | null;
+  /** Stops the background load. */
+  close(): Promise<void>;
+}
+
+export interface PresenceState {
+  /** True once the keys in the database are in: a miss on a key it does not hold skips the database. */
+  complete: boolean;
+  /** Distinct keys it is sized for, and holds (estimated). */
+  capacity: number;
+  keys: number;
+  /** Memory taken by its bits (twice that while a new one is being loaded). */
+  bytes: number;
+  /** Rows read by the last complete load. */
+  rowsAtLoad: number;
+}
+
+export interface PresenceOptions {
+  /** Where the keys in the database are read from: the dashboards' pool, not the calls'. */
+  database: Pick<Database, 'analyticsQuery'>;
+  /** The fewest keys a filter is sized for; it is sized for twice the rows found at load when that is more. @default 1000000 */
+  minKeys?: number;
+  /**
+   * Keys read per round trip of the load: what it holds the event loop for at once (receiving and
+   * adding them; on PGlite, which runs queries on the event loop, the query too; see
+   * bench/miss-lookup.ts). @default 1000
+   */
+  pageSize?: number;
+  /** Wait before a failed page of the load is read again. @default 1000 */
+  retryMs?: number;
 }
 
 export interface ResponseCacheOptions {
@@ -106,6 +157,106 @@ export interface ResponseCacheOptions {
   /** Told once when reads start failing and once when they work again. */
   logger?: Pick<Logger, 'warn' | 'info'>;
   now?: () => number;
+  /**
+   * A presence filter of the keys in the database, so that a memory miss on a key surely absent
+   * skips the database. Without it every memory miss reads the database.
+   */
+  presence?: PresenceOptions;
+}
+
+/**
+ * A Bloom filter (KeyFilter) of the keys in "CacheEntry", fed by this instance's stores, the keys
+ * every instance's history announces, the rows lookups find, and a keyset-paginated read of the
+ * table in the background. It answers "surely absent" only while complete: from the end of a load
+ * that began after the announcements were being listened to, until `load` is called again (a lost
+ * listener). A filter past its capacity is replaced by one twice as big, loaded in the background
+ * while the full one keeps answering (more false positives, never a wrong "absent"). Deleted or
+ * expired entries stay in it until the next load: a false "maybe" only costs a lookup.
+ */
+function keyPresence(options: PresenceOptions, logger: Pick<Logger, 'warn' | 'info'> | undefined) {
+  const minKeys = options.minKeys ?? 1_000_000;
+  const pageSize = options.pageSize ?? 1000;
+  const retryMs = options.retryMs ?? 1000;
+  let current = new KeyFilter(minKeys);
+  // The filter being loaded: it takes every key `current` takes, and replaces it when loaded.
+  let next: KeyFilter | null = null;
+  let complete = false;
+  let rowsAtLoad = 0;
+  // A load stops when a later one starts, or at close.
+  let generation = 0;
+  let closed = false;
+  let running: Promise<void> = Promise.resolve();
+
+  async function loadInto(filter: KeyFilter, run: number): Promise<void> {
+    const started = performance.now();
+    let after = '';
+    let rows = 0;
+    let failing = false;
+    for (;;) {
+      let page: { key: string }[];
+      try {
+        page = await options.database.analyticsQuery<{ key: string }>(`SELECT "key" FROM "CacheEntry" WHERE "key" > $1 ORDER BY "key" LIMIT ${pageSize}`, [after]);
+      } catch (error) {
+        if (!failing) logger?.warn({ err: error }, 'cache keys cannot be read: every memory miss reads the database until they are');
+        failing = true;
+        if (run !== generation || closed) return;
+        await sleep(retryMs, undefined, { ref: false });
+        if (run !== generation || closed) return;
+        continue;
+      }
+      if (run !== generation || closed) return;
+      for (const row of page) filter.add(row.key);
+      rows += page.length;
+      if (page.length < pageSize) break;
+      after = page[page.length - 1]!.key;
+      // Between pages the calls run: a load never holds the event loop for more than a page.
+      await nextTurn();
+      if (run !== generation || closed) return;
+    }
+    current = filter;
+    next = null;
+    complete = true;
+    rowsAtLoad = rows;
+    logger?.info(
+      { rows, capacity: filter.capacity, megabytes: Math.round(filter.bytes / 1e4) / 100, seconds: Math.round(performance.now() - started) / 1000 },
+      'cache keys loaded: a memory miss on a key not in the database skips it',
+    );
+    // Found too small (more than three quarters full), or filled past its capacity while it loaded:
+    // a bigger one, this one answering meanwhile.
+    if (filter.capacity < maxFilterKeys && (rows > 0.75 * filter.capacity || filter.full)) load(false);
+  }
+
+  function load(reset: boolean): void {
+    if (closed) return;
+    const run = ++generation;
+    if (reset) complete = false;
+    const estimate = current.estimatedKeys();
+    const filter = new KeyFilter(Math.max(minKeys, 2 * Math.max(rowsAtLoad, Number.isFinite(estimate) ? estimate : current.capacity)));
+    next = filter;
+    running = loadInto(filter, run);
+  }
+
+  return {
+    surelyAbsent: (key: string) => complete && !current.mightContain(key),
+    add(key: string): void {
+      current.add(key);
+      next?.add(key);
+      // Past its capacity: a bigger one is loaded while this one keeps answering.
+      if (complete && next === null && current.full && current.capacity < maxFilterKeys) load(false);
+    },
+    load: () => load(true),
+    // No load now (the database may be out of reach): the next `load` makes it whole again.
+    distrust(): void {
+      generation += 1;
+      complete = false;
+      next = null;
+    },
+    state: (): PresenceState => ({ complete, capacity: current.capacity, keys: current.estimatedKeys(), bytes: current.bytes, rowsAtLoad }),
+    async close() {
+      closed = true;
+      await running;
+    },
+  };
 }
 
 export function createResponseCache(options: ResponseCacheOptions): ResponseCache {
@@ -116,6 +267,7 @@ export function createResponseCache(options: ResponseCacheOptions): ResponseCach
   // When each tenant's entries ('*': everyone's) were last invalidated, on this process's clock.
   const invalidations = new Map<string, number>();
   const staleSince = (tenant: string, time: number) => time <= Math.max(invalidations.get('*') ?? -Infinity, invalidations.get(tenant) ?? -Infinity);
+  const presence = options.presence ? keyPresence(options.presence, options.logger) : null;
 
   const peek = (key: string) => {
     const entry = memory?.get(key);
@@ -129,9 +281,12 @@ export function createResponseCache(options: ResponseCacheOptions): ResponseCach
   const get = async (key: string) => {
     const remembered = peek(key);
     if (remembered) return remembered;
+    // No round trip for a key the database surely does not hold (the race: see keyPresence).
+    if (presence?.surelyAbsent(key)) return undefined;
     const readAt = now();
     const [row] = await options.database.query<CacheEntryRow>(`SELECT ${cacheEntryColumns('e')} FROM "CacheEntry" e WHERE e."key" = $1`, [key], { name: 'callboard_cache_lookup' });
     if (!row) return undefined;
+    presence?.add(key);
     const entry = cacheEntryFromRow(row);
     if (!isFresh(entry)) return undefined;
     // A row read while an invalidation deleted it is not kept: the next call reads again.
@@ -140,6 +295,8 @@ export function createResponseCache(options: ResponseCacheOptions): ResponseCach
     return entry;
   };
   const remember = (entry: CacheEntryValue) => {
+    // Whether or not memory keeps it, the database holds it or soon will.
+    presence?.add(entry.key);
     if (!staleSince(entry.tenant, entry.requestedAt.getTime())) memory?.set(entry.key, entry);
   };
   let failing: { since: number; count: number } | null = null;
@@ -192,5 +349,17 @@ export function createResponseCache(options: ResponseCacheOptions): ResponseCach
       invalidations.set(tenant ?? '*', now());
     },
     size: () => memory?.size ?? 0,
+    written(keys) {
+      if (presence) for (const key of keys) presence.add(key);
+    },
+    loadKeys() {
+      presence?.load();
+    },
+    distrustKeys() {
+      presence?.distrust();
+    },
+    mayHold: (key) => !presence?.surelyAbsent(key),
+    presence: () => presence?.state() ?? null,
+    close: async () => presence?.close(),
   };
 }

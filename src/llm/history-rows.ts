@@ -137,12 +137,22 @@ export const callRecordedChannel = 'callboard_call_recorded';
 export const callsPerNotification = 100;
 
 /**
+ * The channel on which every instance hears of the cache entries just written (each LISTENs once,
+ * for its presence filter: see ResponseCache.written): a JSON array of up to `keysPerNotification`
+ * keys per notification.
+ */
+export const cacheEntryWrittenChannel = 'callboard_cache_entry_written';
+/** 100 keys of 64 characters take about 6,700 bytes: within NOTIFY's 8,000. */
+export const keysPerNotification = 100;
+
+/**
  * One statement writes a whole batch, atomically and in one round trip: cache entries (upserted),
  * hit counts, calls, their bodies and their attempts, each table's rows passed as one JSON array.
  * Attempts may reference calls inserted by the same statement: foreign keys are checked at its end.
- * It also announces the calls it inserted on `callRecordedChannel`: Postgres delivers a NOTIFY only
- * when its transaction commits, so listeners hear of committed rows only, and of a row replayed
- * from the spool (ON CONFLICT DO NOTHING) once.
+ * It also announces the calls it inserted on `callRecordedChannel`, and the cache entries it wrote
+ * on `cacheEntryWrittenChannel`: Postgres delivers a NOTIFY only when its transaction commits, so
+ * listeners hear of committed rows only, and of a call replayed from the spool (ON CONFLICT DO
+ * NOTHING) once.
  */
 export const writeBatchSql = `
 WITH ${cacheEntryWrites}), written_calls AS (
@@ -176,6 +186,11 @@ WITH ${cacheEntryWrites}), written_calls AS (
   SELECT pg_notify('${callRecordedChannel}', json_build_object('tenant', w."tenant", 'ids', array_agg(w."id"))::text)
   FROM (SELECT "id", "tenant", (row_number() OVER (PARTITION BY "tenant" ORDER BY "id") - 1) / ${callsPerNotification} AS "part" FROM written_calls) w
   GROUP BY w."tenant", w."part"
+), entries_notified AS (
+  SELECT pg_notify('${cacheEntryWrittenChannel}', json_agg(w."key")::text)
+  FROM (SELECT "key", (row_number() OVER (ORDER BY "key") - 1) / ${keysPerNotification} AS "part" FROM written_entries) w
+  GROUP BY w."part"
 )
-SELECT (SELECT count(*) FROM written_calls) AS "calls", (SELECT count(*) FROM notified) AS "notifications"`;
+SELECT (SELECT count(*) FROM written_calls) AS "calls", (SELECT count(*) FROM notified) AS "notifications",
+  (SELECT count(*) FROM entries_notified) AS "entryNotifications"`;
 

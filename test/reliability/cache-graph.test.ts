@@ -59,6 +59,8 @@ describe.each(databaseKinds)('the cache graph across two instances on %s', (kind
     numbered();
     const first = await testApp.services.llm.sendMessage({ messages: user('refresh me'), cache: 'USE' });
     await testApp.services.history.flush();
+    // The other instance hears of the new entry (its presence filter) a moment after it is written.
+    await waitUntil(() => other.cache.mayHold(first.call.cacheKey!));
     const remembered = await other.llm.sendMessage({ messages: user('refresh me'), cache: 'USE' });
     expect(remembered.cacheStatus).toBe('HIT');
     expect(remembered.message.content).toBe(first.message.content);
