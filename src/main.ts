@@ -10,7 +10,7 @@ import { ConfigError } from './errors.ts';
 import { createLogger } from './logger.ts';
 import { builtInProviders } from './llm/registry.ts';
 import { createServices } from './services.ts';
-import { countTextTokens } from './llm/tokens.ts';
+import { countTextTokens, encodingForModel } from './llm/tokens.ts';
 import { isLoopbackHost } from './auth/hosts.ts';
 
 const repositoryRoot = fileURLToPath(new URL('..', import.meta.url));
@@ -20,6 +20,27 @@ const shutdownMarginMs = 5_000;
 const forcedStepMs = 2_000;
 
 const pause = (milliseconds: number) => new Promise<void>((done) => setTimeout(done, milliseconds).unref());
+
+/** How long after listening the warm-ups start, and how often they look again for a moment without requests. */
+const warmUpDelayMs = 200;
+const warmUpRetryMs = 50;
+
+/**
+ * Runs each task in a turn of its own once the server is idle (`busy()` false): a task blocks the event
+ * loop (it is synchronous), so it never runs while a request is being handled, nor before /ready has
+ * had a chance to answer.
+ */
+function warmUpWhenIdle(tasks: (() => void)[], busy: () => boolean): void {
+  const next = (delayMs: number) => {
+    if (tasks.length === 0) return;
+    setTimeout(() => {
+      if (busy()) return next(warmUpRetryMs);
+      tasks.shift()!();
+      next(warmUpRetryMs);
+    }, delayMs).unref();
+  };
+  next(warmUpDelayMs);
+}
 
 async function main(): Promise<void> {
   let loaded;
@@ -68,11 +89,14 @@ async function main(): Promise<void> {
     const address = server.address();
     const port = typeof address === 'object' && address ? address.port : config.server.port;
     logger.info({ url: `http://${config.server.host}:${port}/graphql` }, 'Callboard is listening');
-    // Building a tokenizer takes about half a second: pay it now rather than on a caller's request.
-    setImmediate(() => {
-      countTextTokens('', 'gpt-4o');
-      countTextTokens('', 'gpt-4');
-    });
+    // Building a tokenizer takes a tenth to a quarter of a second: paid while nothing else is going on, not on a
+    // caller's request (the history counts every call's prompt), nor before /ready answers.
+    warmUpWhenIdle(
+      [...new Set([config.openai.model, config.openai.embeddingModel].map((model) => encodingForModel(model).encoding))].map((encoding) => () => {
+        countTextTokens('', encoding === 'cl100k_base' ? 'gpt-4' : 'gpt-4o');
+      }),
+      () => handling.size > 0,
+    );
   });
 
   let phase: 'running' | 'draining' | 'forced' = 'running';

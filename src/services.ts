@@ -85,6 +85,7 @@ export async function createServices(options: ServicesOptions): Promise<Services
   const registry = createProviderRegistry(config.secrets);
   const overrides = await createOverrideStore({
     prisma: database.prisma,
+    query: database.query,
     base: config.openai,
     validate: (field, value) =>
       field === 'apiType' && !registry.has(value as string) ? `unknown API type "${String(value)}"; registered: ${registry.apiTypes().join(', ')}` : null,
