@@ -1,6 +1,7 @@
 import { createServer } from 'node:http';
 import { fileURLToPath } from 'node:url';
 import { resolve } from 'node:path';
+import { setFlagsFromString } from 'node:v8';
 import { createApp } from './app.ts';
 import { loadConfig, maxTimerMs } from './config/config.ts';
 import { readConfigFiles } from './config/files.ts';
@@ -14,6 +15,16 @@ import { countTextTokens, encodingForModel } from './llm/tokens.ts';
 import { isLoopbackHost } from './auth/hosts.ts';
 
 const repositoryRoot = fileURLToPath(new URL('..', import.meta.url));
+
+/**
+ * Left to itself, V8 lets the heap grow to up to four times what its last full collection found alive
+ * before it collects again, and gives nothing back when the load stops: after 10,000 calls a server
+ * sat at 330 MB of RSS, idle, for about 100 MB of live data. Collecting once the heap has grown by this
+ * much keeps it near what is alive, for more frequent full collections. V8 reads the flag at each
+ * collection, so setting it here works; `node --heap-growing-percent=<n> dist/main.js` chooses another.
+ */
+const heapGrowingPercent = 30;
+if (!process.execArgv.some((flag) => /^--heap[-_]growing[-_]percent/.test(flag))) setFlagsFromString(`--heap-growing-percent=${heapGrowingPercent}`);
 /** After a call's deadline: time for its answer to go out and its history row to be written. */
 const shutdownMarginMs = 5_000;
 /** A forced stop still waits this long for cut calls to record their attempts, and again for the history to be written. */

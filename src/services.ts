@@ -133,7 +133,13 @@ export async function createServices(options: ServicesOptions): Promise<Services
       return tokens;
     },
   });
-  const cache = createResponseCache({ database, memoryEntries: config.cache.memoryEntries, writer: history, logger });
+  const cache = createResponseCache({
+    database,
+    memoryEntries: config.cache.memoryEntries,
+    memoryBytes: Math.round(config.cache.memoryMegabytes * 2 ** 20),
+    writer: history,
+    logger,
+  });
   // Each instance keeps hot entries in memory: an invalidation anywhere must reach all of them.
   const stopListening = await database.listen(
     cacheForgetChannel,
