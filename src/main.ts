@@ -106,7 +106,8 @@ async function main(): Promise<void> {
       [...new Set([config.openai.model, config.openai.embeddingModel].map((model) => encodingForModel(model).encoding))].map((encoding) => () => {
         countTextTokens('', encoding === 'cl100k_base' ? 'gpt-4' : 'gpt-4o');
       }),
-      () => handling.size > 0,
+      // Nor while stopping: the process is about to exit.
+      () => handling.size > 0 || phase !== 'running',
     );
   });
 

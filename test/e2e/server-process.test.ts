@@ -192,7 +192,7 @@ describe('the server process (npm start)', () => {
     expect(output.join('')).toContain('"msg":"stopped"');
   }, 60_000);
 
-  it('compiled, as `npm start` runs it: answers /ready, then serves GraphiQL with its packaged scripts, loaded on the first requests for the page', async () => {
+  it('compiled, as `npm start` runs it: answers /ready, then serves GraphiQL with its packaged scripts, loaded on the first requests for the page, and Prisma with its compiler', async () => {
     // GraphiQL's renderer is imported on its first use, from dist/ as from the sources: built here if stale, as `npm start` does.
     const build = spawnSync(process.execPath, [join(repositoryRoot, 'scripts/build.mjs'), '--if-stale'], { cwd: repositoryRoot, encoding: 'utf8' });
     expect(build.status, build.stderr).toBe(0);
@@ -214,6 +214,9 @@ describe('the server process (npm start)', () => {
       }
       const answer = await postGraphQL(server.url, tokenCountBody);
       expect(answer.body).toEqual({ data: { tokenCount: { tokens: 6, encoding: 'o200k_base' } } });
+      // Prisma's query compiler is a chunk of its own too, read on Prisma's first query.
+      const forced = await postGraphQL(server.url, JSON.stringify({ query: 'mutation { forceApiCache(enabled: true) { key value } }' }));
+      expect(forced.body).toEqual({ data: { forceApiCache: [{ key: 'CACHE_API_CALLS', value: 'True' }] } });
     } finally {
       expect(await server.stop('SIGTERM')).toBe(0);
     }
