@@ -21,6 +21,7 @@ import {
   type ScenarioName,
 } from './lib/scenarios.ts';
 import { createStack, stackOptionsFromEnvironment } from './lib/stack.ts';
+import { createStartupRun, renderStartup, startupScenarioName, startupVerdicts, type StartupReport, type StartupRun } from './lib/startup.ts';
 import { measureStreaming, streamScenarioName, ttfbStats, type StreamReport } from './lib/stream.ts';
 import { measureTokenizers, renderTokenizerReport, tokenizerPartName, type TokenizerReport } from './lib/tokenizers.ts';
 
@@ -31,7 +32,11 @@ const settings = {
   seconds: Number(environment.BENCH_SECONDS || 5),
   warmupSeconds: Number(environment.BENCH_WARMUP_SECONDS || 1),
   connections: (environment.BENCH_CONNECTIONS || '1,32').split(',').map(Number),
-  scenarios: (environment.BENCH_SCENARIOS || 'upstream,miss,hit,embedding,tokens,tokenizer,stream').split(',') as (ScenarioName | typeof streamScenarioName | typeof tokenizerPartName)[],
+  scenarios: (environment.BENCH_SCENARIOS || 'startup,upstream,miss,hit,embedding,tokens,tokenizer,stream').split(',') as (ScenarioName | typeof streamScenarioName | typeof tokenizerPartName | typeof startupScenarioName)[],
+  /** The startup scenario: starts on each kind of database, then chat calls to the last one, at so many connections. */
+  starts: Number(environment.BENCH_STARTS ?? 5),
+  startupCalls: Number(environment.BENCH_STARTUP_CALLS ?? 10_000),
+  startupConnections: Number(environment.BENCH_STARTUP_CONNECTIONS || 8),
   /** Set to '' for none. */
   peers: (environment.BENCH_PEERS ?? peerNames.join(',')).split(',').filter((name) => name !== '') as PeerName[],
   pinning: coreLayout(environment.BENCH_PIN === '0'),
@@ -41,9 +46,9 @@ const settings = {
   historyRows: Number(environment.BENCH_HISTORY_ROWS ?? 1_000_000),
   statsRuns: Number(environment.BENCH_STATS_RUNS || 10),
   /** The whole run is cut short (children killed, database dropped) after this long. */
-  timeoutSeconds: Number(environment.BENCH_TIMEOUT_SECONDS || 900),
+  timeoutSeconds: Number(environment.BENCH_TIMEOUT_SECONDS || 1200),
 };
-for (const name of settings.scenarios) if (!(name in scenarios) && name !== streamScenarioName && name !== tokenizerPartName) throw new Error(`BENCH_SCENARIOS: unknown scenario "${name}"`);
+for (const name of settings.scenarios) if (!(name in scenarios) && name !== streamScenarioName && name !== tokenizerPartName && name !== startupScenarioName) throw new Error(`BENCH_SCENARIOS: unknown scenario "${name}"`);
 for (const name of settings.peers) if (!peerNames.includes(name)) throw new Error(`BENCH_PEERS: unknown peer "${name}" (${peerNames.join(', ')})`);
 
 const targets = { hitCpuMs: 0.5, missCpuOverUpstreamMs: 1, missAddedP50Ms: 1, streamAddedTtfbMs: 2, callStatsMs: 300 };
@@ -60,9 +65,15 @@ const stack = createStack(stackOptions);
 let admin: pg.Client | undefined;
 let historyClient: pg.Client | undefined;
 let peer: Peer | undefined;
+let startupRun: StartupRun | undefined;
 
 async function cleanUp(): Promise<void> {
-  await Promise.all([admin?.end().catch(() => undefined), historyClient?.end().catch(() => undefined), peer?.stop(2000)]);
+  await Promise.all([
+    admin?.end().catch(() => undefined),
+    historyClient?.end().catch(() => undefined),
+    peer?.stop(2000),
+    startupRun?.close().catch((error: unknown) => console.error('could not stop the startup scenario:', error instanceof Error ? error.message : error)),
+  ]);
   await stack.close();
 }
 
@@ -114,6 +125,21 @@ async function main(): Promise<void> {
   admin = await openClient(settings.adminUrl);
   historyClient = await openClient(databaseUrl);
   log(`Callboard (pid ${server.pid}) at ${server.origin}, fake upstream (pid ${upstream.pid}) at ${upstream.url}`);
+  // Before anything is pinned: a child inherits the bench's core, and `npm start` runs on every core.
+  let startup: StartupReport | null = null;
+  if (settings.scenarios.includes(startupScenarioName)) {
+    startupRun = createStartupRun({
+      adminUrl: settings.adminUrl,
+      databaseName: `${settings.databaseName}_startup`,
+      openaiBaseURL: upstream.openaiBaseURL,
+      serverRoot: settings.serverRoot,
+      starts: settings.starts,
+      calls: settings.startupCalls,
+      connections: settings.startupConnections,
+      log,
+    });
+    startup = await startupRun.run();
+  }
   const layout = settings.pinning;
   if (layout) {
     const pinned = pin(server.pid, layout.server) && pin(upstream.pid, layout.others) && pin(process.pid, layout.others);
@@ -136,6 +162,7 @@ async function main(): Promise<void> {
       tokenizers = await measureTokenizers(log, settings.pinning?.server ?? null);
       continue;
     }
+    if (name === startupScenarioName) continue;
     if (name === streamScenarioName) {
       streaming = await measureStreaming(context, { requests: settings.streamRequests, warmups: settings.streamWarmups, history: historyClient });
       const direct = streaming.series.find((series) => series.name === 'direct');
@@ -262,7 +289,7 @@ async function main(): Promise<void> {
   const complaints = server.output.filter((line) => line.trim() !== '');
   if (complaints.length > 0) log(`Callboard logged ${complaints.length} warning or error lines; the first:\n${complaints.slice(0, 3).join('\n').slice(0, 2000)}`);
   const postgresVersion = (await admin.query<{ server_version: string }>('SHOW server_version')).rows[0]!.server_version;
-  const report = renderReport({ rows, streaming, tokenizers, peerRows, peerNotes, seed, rollup, stats, plan, longTextTokens: longText.tokens, postgresVersion, complaints, loadBefore, loadAfter: loadavg() });
+  const report = renderReport({ rows, streaming, tokenizers, startup, peerRows, peerNotes, seed, rollup, stats, plan, longTextTokens: longText.tokens, postgresVersion, complaints, loadBefore, loadAfter: loadavg() });
   console.log(`\n${report}`);
   writeFileSync(resultsPath, report);
   log(`written to ${resultsPath}`);
@@ -274,6 +301,7 @@ function renderReport(input: {
   rows: Row[];
   streaming: StreamReport | null;
   tokenizers: TokenizerReport | null;
+  startup: StartupReport | null;
   peerRows: PeerRow[];
   peerNotes: string[];
   seed: SeedReport | null;
@@ -286,7 +314,7 @@ function renderReport(input: {
   loadBefore: number[];
   loadAfter: number[];
 }): string {
-  const { rows, streaming, seed, rollup, stats, plan } = input;
+  const { rows, streaming, startup, seed, rollup, stats, plan } = input;
   const lines: string[] = [];
   const postgresVersion = input.postgresVersion;
   lines.push('# Callboard bench results', '');
@@ -407,6 +435,7 @@ function renderReport(input: {
     }
   }
 
+  if (startup) lines.push(...renderStartup(startup, settings.startupConnections));
   if (input.tokenizers) lines.push(...renderTokenizerReport(input.tokenizers));
 
   lines.push(
@@ -473,6 +502,7 @@ function renderReport(input: {
     modelDayMedian === null || !seed ? null : modelDayMedian < targets.callStatsMs,
     `callStats [MODEL, DAY] over ${seed ? seed.rows.toLocaleString('en') : '1,000,000'} rows < ${targets.callStatsMs} ms (median ${fixed(modelDayMedian, 0)} ms)`,
   );
+  if (settings.scenarios.includes(startupScenarioName)) for (const { met, text } of startupVerdicts(startup)) verdict(met, text);
   lines.push('## Targets', '', ...verdicts, '');
   if (verdicts.some((line) => line.startsWith('- MISSED: cache'))) {
     lines.push('Where the time goes: `npx tsx bench/profile.ts miss 1` (or `hit 32`, ...) profiles Callboard under the same load.', '');

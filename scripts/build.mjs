@@ -1,4 +1,9 @@
-// Compiles the server to dist/ (tsconfig.build.json), so that `npm start` runs plain JavaScript.
+// Compiles the server to dist/, so that `npm start` runs plain JavaScript: TypeScript checks the
+// sources (tsconfig.build.json), then esbuild bundles src/main.ts and what it imports, packages
+// included, into dist/main.js. One file starts in half the time of hundreds of modules (Node.js
+// resolves, reads and links each one). What is imported dynamically (GraphiQL's page, Prisma's query
+// compiler) becomes a chunk of its own in dist/chunks/, read only when first needed; PGlite stays
+// in node_modules (it finds its WebAssembly and data files next to its own modules).
 //   node scripts/build.mjs             generates the Prisma client, then compiles
 //   node scripts/build.mjs --if-stale  does nothing when dist/ was built from the sources as they are
 // `npm start` runs the second form: a checkout updated without `npm install` (git pull) must not
@@ -54,14 +59,40 @@ if (ifStale) console.error('build: dist/ is missing or older than the sources, b
 if (!ifStale || !existsSync(clientPath) || statSync(schemaPath).mtimeMs > statSync(clientPath).mtimeMs) {
   run([join(root, 'scripts', 'prisma-generate.mjs')], 'prisma generate');
 }
+const require = createRequire(import.meta.url);
 let tsc;
+let esbuild;
 try {
-  tsc = join(createRequire(import.meta.url).resolve('typescript/package.json'), '..', 'bin', 'tsc');
+  tsc = join(require.resolve('typescript/package.json'), '..', 'bin', 'tsc');
+  esbuild = await import('esbuild');
 } catch {
-  console.error('build: TypeScript is not installed (npm install --omit=dev?). Build dist/ where the dev dependencies are installed: npm run build.');
+  console.error('build: TypeScript or esbuild is not installed (npm install --omit=dev?). Build dist/ where the dev dependencies are installed: npm run build.');
   process.exit(1);
 }
+run([tsc, '-p', join(root, 'tsconfig.build.json')], 'tsc -p tsconfig.build.json');
 // Files of removed sources must not linger in dist/.
 rmSync(join(root, 'dist'), { recursive: true, force: true });
-run([tsc, '-p', join(root, 'tsconfig.build.json')], 'tsc -p tsconfig.build.json');
+try {
+  await esbuild.build({
+    absWorkingDir: root,
+    entryPoints: ['src/main.ts'],
+    bundle: true,
+    splitting: true,
+    format: 'esm',
+    platform: 'node',
+    target: 'node20.19',
+    // dist/main.js finds the project's config.ini and prisma/migrations at `..`, as src/main.ts does.
+    outdir: 'dist',
+    entryNames: '[name]',
+    chunkNames: 'chunks/[name]-[hash]',
+    // PGlite reads files next to its modules; pg-native is pg's optional native driver, not installed.
+    external: ['@electric-sql/pglite', 'pglite-prisma-adapter', 'pg-native'],
+    // CommonJS packages in an ES module bundle still call require() for Node.js's own modules.
+    banner: { js: "import { createRequire as __callboardCreateRequire } from 'node:module'; const require = __callboardCreateRequire(import.meta.url);" },
+    logLevel: 'warning',
+  });
+} catch {
+  console.error('build: esbuild failed');
+  process.exit(1);
+}
 writeFileSync(stampPath, sourcesHash());

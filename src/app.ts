@@ -1,4 +1,3 @@
-import { renderGraphiQL } from '@graphql-yoga/render-graphiql';
 import { execute, subscribe } from 'graphql';
 import { createYoga, useReadinessCheck, type Plugin, type YogaServerInstance } from 'graphql-yoga';
 import { createCacheEntryQueries } from './analytics/cache-entries.ts';
@@ -73,8 +72,9 @@ export function createApp(services: Services): App {
     landingPage: false,
     graphiql: loaded.config.server.graphiql ? { title: 'Callboard', defaultQuery: exampleOperations } : false,
     // GraphiQL's scripts come with the package: Yoga's default page loads them from a CDN, which a
-    // machine without internet access (or a strict content policy) never reaches.
-    renderGraphiQL,
+    // machine without internet access (or a strict content policy) never reaches. The package is
+    // 9 MB of script: it is read on the page's first request, not at start.
+    renderGraphiQL: async (options) => (await import('@graphql-yoga/render-graphiql')).renderGraphiQL(options),
     logging: {
       debug: (...args) => logger.debug(args.map(String).join(' ')),
       info: (...args) => logger.info(args.map(String).join(' ')),

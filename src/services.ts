@@ -99,6 +99,7 @@ export async function createServices(options: ServicesOptions): Promise<Services
   const registry = createProviderRegistry(config.secrets);
   const overrides = await createOverrideStore({
     prisma: database.prisma,
+    query: database.query,
     base: config.openai,
     validate: (field, value) =>
       field === 'apiType' && !registry.has(value as string) ? `unknown API type "${String(value)}"; registered: ${registry.apiTypes().join(', ')}` : null,
@@ -146,7 +147,7 @@ export async function createServices(options: ServicesOptions): Promise<Services
       return tokens;
     },
   });
-  const cache = createResponseCache({ database, memoryEntries: config.cache.memoryEntries, writer: history, logger, presence: { database } });
+  const cache = createResponseCache({ database, memoryEntries: config.cache.memoryEntries, memoryBytes: Math.round(config.cache.memoryMegabytes * 2 ** 20), writer: history, logger, presence: { database } });
   // Every instance's history announces the entries it writes; then, listening, the keys already there are read.
   const stopEntriesListening = await database.listen(
     cacheEntryWrittenChannel,

@@ -36,11 +36,12 @@ export function percentile(sorted: ArrayLike<number>, fraction: number): number 
 }
 
 /**
- * Runs autocannon against the target for `seconds` with `connections` keep-alive connections.
+ * Runs autocannon against the target for `seconds` (or until it has sent `amount` requests) with
+ * `connections` keep-alive connections.
  * Latencies come from autocannon's per-response event (hrtime, fractional milliseconds) rather
  * than its histogram, which rounds to whole milliseconds.
  */
-export function runLoad(target: LoadTarget, options: { connections: number; seconds: number }): Promise<LoadResult> {
+export function runLoad(target: LoadTarget, options: { connections: number } & ({ seconds: number } | { amount: number })): Promise<LoadResult> {
   const latencies: number[] = [];
   let firstFailure: string | null = null;
   const { body } = target;
@@ -51,7 +52,7 @@ export function runLoad(target: LoadTarget, options: { connections: number; seco
       {
         url: target.url,
         connections: options.connections,
-        duration: options.seconds,
+        ...('amount' in options ? { amount: options.amount } : { duration: options.seconds }),
         method: 'POST',
         headers: target.headers,
         ...(typeof body === 'string'

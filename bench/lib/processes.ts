@@ -1,5 +1,5 @@
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -29,6 +29,14 @@ export function machineBusyMs(): number {
   // user nice system idle iowait irq softirq steal guest guest_nice: guest time is already in user.
   const [user = 0, nice = 0, system = 0, , , irq = 0, softirq = 0, steal = 0] = fields;
   return ((user + nice + system + irq + softirq + steal) * 1000) / clockTicks;
+}
+
+/** Resident memory of a process (RSS, `VmRSS`), or its peak so far (`VmHWM`), in bytes. */
+export function residentBytes(pid: number, which: 'now' | 'peak' = 'now'): number {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const match = new RegExp(`^${which === 'now' ? 'VmRSS' : 'VmHWM'}:\\s+(\\d+) kB`, 'm').exec(status);
+  if (!match) throw new Error(`no ${which === 'now' ? 'VmRSS' : 'VmHWM'} in /proc/${pid}/status`);
+  return Number(match[1]) * 1024;
 }
 
 /** CPU time of a process that may have exited meanwhile (then 0). */
@@ -140,28 +148,51 @@ export function passedSettings(environment: NodeJS.ProcessEnv = process.env): Re
 export interface Server extends ChildHandle {
   /** e.g. http://127.0.0.1:41234 (GraphQL at /graphql). */
   origin: string;
+  /** From just before the spawn to the first GET /ready that answered 200 (polled every `pollMs`). */
+  readyMs: number;
+  /** The process's CPU time (user + system, 10 ms ticks) when /ready first answered. */
+  readyCpuMs: number;
 }
 
 export interface ServerOptions {
   databaseUrl: string;
   openaiBaseURL: string;
-  /** Extra Node.js flags before `--import tsx`, e.g. `--cpu-prof`. */
+  /** Extra Node.js flags before the script, e.g. `--cpu-prof`. */
   nodeFlags?: string[];
   /** Extra environment (CALLBOARD_* settings). */
   environment?: Record<string, string>;
-  /** The checkout whose src/main.ts runs (another commit, to compare). @default this repository */
+  /** The checkout whose dist/main.js runs (another commit, to compare). @default this repository */
   root?: string;
   readyTimeoutMs?: number;
+  /** How often GET /ready is tried until it answers 200. @default 10 */
+  pollMs?: number;
+}
+
+const built = new Set<string>();
+
+/**
+ * Compiles `root`'s src/ to dist/ unless dist/ was built from the sources as they are (`npm start` does
+ * the same first); once per checkout and bench process.
+ */
+export function buildIfStale(root: string): void {
+  if (built.has(root)) return;
+  const script = resolve(root, 'scripts/build.mjs');
+  if (!existsSync(script)) throw new Error(`${root} has no scripts/build.mjs: the bench runs Callboard compiled (dist/main.js), which that checkout cannot build`);
+  const result = spawnSync(process.execPath, [script, '--if-stale'], { cwd: root, stdio: ['ignore', 'inherit', 'inherit'] });
+  if (result.status !== 0) throw new Error(`node scripts/build.mjs --if-stale failed in ${root} (exit ${result.status})`);
+  built.add(root);
 }
 
 /**
- * Starts Callboard as `npm start` does (`NODE_ENV=production node --import tsx src/main.ts`, from the repository root
- * so the project's config.ini applies) and waits until GET /ready answers 200.
+ * Starts Callboard as `npm start` does (`NODE_ENV=production node dist/main.js`, built first if stale, from
+ * the repository root so the project's config.ini applies) and waits until GET /ready answers 200.
  */
 export async function startServer(options: ServerOptions): Promise<Server> {
-  const port = await freePort();
   const root = options.root ?? repositoryRoot;
-  const child = spawn(process.execPath, [...(options.nodeFlags ?? []), '--import', tsxLoader, resolve(root, 'src/main.ts')], {
+  buildIfStale(root);
+  const port = await freePort();
+  const spawnedAt = performance.now();
+  const child = spawn(process.execPath, [...(options.nodeFlags ?? []), resolve(root, 'dist/main.js')], {
     cwd: root,
     env: {
       PATH: process.env.PATH ?? '',
@@ -182,19 +213,23 @@ export async function startServer(options: ServerOptions): Promise<Server> {
   });
   const handle = track(child);
   const origin = `http://127.0.0.1:${port}`;
-  const deadline = Date.now() + (options.readyTimeoutMs ?? 90_000);
+  const timeoutMs = options.readyTimeoutMs ?? 90_000;
+  const deadline = Date.now() + timeoutMs;
   let exitCode: number | null | undefined;
   void handle.exited.then((code) => (exitCode = code));
   while (Date.now() < deadline) {
     if (exitCode !== undefined) throw new Error(`the server exited with ${exitCode}:\n${handle.output.join('\n')}`);
     try {
       const response = await fetch(`${origin}/ready`, { signal: AbortSignal.timeout(2000) });
-      if (response.status === 200) return { ...handle, origin };
+      if (response.status === 200) {
+        const readyMs = performance.now() - spawnedAt;
+        return { ...handle, origin, readyMs, readyCpuMs: cpuTimeMs(handle.pid) };
+      }
     } catch {
       // Not listening yet.
     }
-    await new Promise((resolve) => setTimeout(resolve, 100));
+    await new Promise((resolve) => setTimeout(resolve, options.pollMs ?? 10));
   }
   await handle.stop(2000);
-  throw new Error(`the server was not ready within ${options.readyTimeoutMs ?? 90_000} ms:\n${handle.output.join('\n')}`);
+  throw new Error(`the server was not ready within ${timeoutMs} ms:\n${handle.output.join('\n')}`);
 }

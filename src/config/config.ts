@@ -50,7 +50,7 @@ export interface Config {
   database: { url: string | null; dataDir: string };
   logging: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };
   /** `ttlSeconds` null means entries never expire. */
-  cache: { ttlSeconds: number | null; memoryEntries: number; sharedAcrossTenants: boolean };
+  cache: { ttlSeconds: number | null; memoryEntries: number; memoryMegabytes: number; sharedAcrossTenants: boolean };
   history: { storeBodies: boolean; batchSize: number; flushIntervalMs: number; maxPendingRows: number; spoolDir: string; rollupIntervalSeconds: number };
   prompts: { dir: string };
   /** Bounds on what one GraphQL request may ask; `analyticsStatementTimeoutMs` 0 means none. */
@@ -257,6 +257,7 @@ const sections: Record<string, Record<string, KeySpec>> = {
       schema: optional(configNumber((schema) => schema.positive().max(maxTtlSeconds, `must be at most ${maxTtlSeconds} seconds (100 years); leave it empty for no expiry`))),
     },
     MEMORY_ENTRIES: { path: ['cache', 'memoryEntries'], default: '10000', schema: integer(0) },
+    MEMORY_MB: { path: ['cache', 'memoryMegabytes'], default: '64', schema: configNumber((schema) => schema.positive().max(1_000_000)) },
     SHARED_ACROSS_TENANTS: { path: ['cache', 'sharedAcrossTenants'], default: 'False', schema: configBoolean },
   },
   History: {

@@ -1,8 +1,7 @@
 import { mkdirSync } from 'node:fs';
-import { PGlite } from '@electric-sql/pglite';
+import type { PGlite } from '@electric-sql/pglite';
 import { PrismaPg } from '@prisma/adapter-pg';
 import pg from 'pg';
-import { PrismaPGlite } from 'pglite-prisma-adapter';
 import { redactUrlPassword, type Config } from '../config/config.ts';
 import { CallboardError } from '../errors.ts';
 import { PrismaClient } from './generated/client.ts';
@@ -39,7 +38,11 @@ export interface Database {
   analyticsQuery<Row = Record<string, unknown>>(sql: string, parameters?: unknown[]): Promise<Row[]>;
   /** Lends one connection for the duration of `work`. */
   withSession<T>(work: (session: SqlSession) => Promise<T>): Promise<T>;
-  /** True when a trivial query answers. */
+  /**
+   * True when a trivial query answers. It goes through the pool, not Prisma: Prisma compiles its
+   * query compiler (WebAssembly, about 45 MB and half a second) on its first query, which /ready
+   * and the calls' paths never need.
+   */
   isReachable(): Promise<boolean>;
   /** Tells every Callboard instance on this database, this one included (Postgres NOTIFY). */
   notify(channel: string, payload: string): Promise<void>;
@@ -76,7 +79,9 @@ export async function createDatabase(options: DatabaseOptions): Promise<Database
 async function openPglite(dataDir: string): Promise<Database> {
   const inMemory = dataDir.startsWith('memory://');
   if (!inMemory) mkdirSync(dataDir, { recursive: true });
-  const client = new PGlite(inMemory ? undefined : dataDir);
+  // Loaded only here: a server on Postgres never reads PGlite's modules.
+  const [{ PGlite }, { PrismaPGlite }] = await Promise.all([import('@electric-sql/pglite'), import('pglite-prisma-adapter')]);
+  const client: PGlite = new PGlite(inMemory ? undefined : dataDir);
   await client.waitReady;
   const prisma = new PrismaClient({ adapter: new PrismaPGlite(client) });
   const session: SqlSession = {
@@ -92,7 +97,7 @@ async function openPglite(dataDir: string): Promise<Database> {
     query: session.query,
     analyticsQuery: session.query,
     withSession: (work) => work(session),
-    isReachable: () => isReachable(prisma),
+    isReachable: () => isReachable(session.query),
     // PGlite's own LISTEN/NOTIFY (one process, one connection): a NOTIFY inside a statement, such as
     // the history's, reaches the listeners when it commits, as on a Postgres server.
     notify: async (channel, payload) => {
@@ -126,12 +131,13 @@ async function openPostgres(url: string, options: { poolSize: number; analyticsP
   pool.on('error', () => {});
   analyticsPool.on('error', () => {});
   const prisma = new PrismaClient({ adapter: new PrismaPg(pool) });
+  const query = async <Row,>(sql: string, parameters?: unknown[], queryOptions?: QueryOptions) =>
+    (await (queryOptions?.name ? pool.query({ name: queryOptions.name, text: sql, values: parameters }) : pool.query(sql, parameters))).rows as Row[];
   return {
     kind: 'postgres',
     location: redactUrlPassword(url),
     prisma,
-    query: async <Row,>(sql: string, parameters?: unknown[], queryOptions?: QueryOptions) =>
-      (await (queryOptions?.name ? pool.query({ name: queryOptions.name, text: sql, values: parameters }) : pool.query(sql, parameters))).rows as Row[],
+    query,
     analyticsQuery: async <Row,>(sql: string, parameters?: unknown[]) => {
       try {
         return (await analyticsPool.query(sql, parameters)).rows as Row[];
@@ -152,7 +158,7 @@ async function openPostgres(url: string, options: { poolSize: number; analyticsP
         client.release();
       }
     },
-    isReachable: () => isReachable(prisma),
+    isReachable: () => isReachable(query),
     notify: async (channel, payload) => {
       await pool.query('SELECT pg_notify($1, $2)', [channel, payload]);
     },
@@ -191,9 +197,9 @@ async function openPostgres(url: string, options: { poolSize: number; analyticsP
   };
 }
 
-async function isReachable(prisma: PrismaClient): Promise<boolean> {
+async function isReachable(query: Database['query']): Promise<boolean> {
   try {
-    await prisma.$queryRaw`SELECT 1`;
+    await query('SELECT 1');
     return true;
   } catch {
     return false;

@@ -59,6 +59,30 @@ export interface CacheEntryValue {
   requestedAt: Date;
 }
 
+/** Bytes per character of a string, per number, and per object, array, or other value, in `entrySize`'s estimate. */
+const stringCharacterBytes = 1;
+const numberBytes = 8;
+const valueBytes = 16;
+
+/**
+ * About how much memory an entry holds: its request's and response's strings and numbers, and a fixed share
+ * per object, array and other value, plus the entry's own fields. An estimate made without allocating (a
+ * walk, not JSON): a string of ASCII text takes about a byte per character in V8, and objects more than
+ * their JSON. Depth is bounded (the request and response are JSON from the API, never cyclic).
+ */
+function entrySize(entry: CacheEntryValue): number {
+  const walk = (value: unknown, depth: number): number => {
+    if (typeof value === 'string') return valueBytes + value.length * stringCharacterBytes;
+    if (typeof value === 'number') return numberBytes;
+    if (value === null || typeof value !== 'object' || depth > 64) return valueBytes;
+    let bytes = valueBytes;
+    if (Array.isArray(value)) for (const item of value) bytes += walk(item, depth + 1);
+    else for (const key in value) bytes += valueBytes + key.length + walk((value as Record<string, unknown>)[key], depth + 1);
+    return bytes;
+  };
+  return 512 + entry.key.length + walk(entry.request, 0) + walk(entry.response, 0);
+}
+
 /** What a cache lookup found. */
 export interface CacheLookup {
   entry: CacheEntryValue | undefined;
@@ -152,6 +176,11 @@ export interface ResponseCacheOptions {
   database: Pick<Database, 'query'>;
   /** @default 10000 */
   memoryEntries: number;
+  /**
+   * What the entries kept in memory may hold together, in bytes, by `entrySize`'s estimate (a long prompt is kept
+   * with its answer); the least recently used go first, and an entry larger than this is not kept. @default no bound
+   */
+  memoryBytes?: number;
   /** The durable queue that carries entries and hits to the database with the history's rows. */
   writer: Pick<HistoryWriter, 'saveCacheEntry' | 'recordCacheHit'>;
   /** Told once when reads start failing and once when they work again. */
@@ -261,7 +290,13 @@ function keyPresence(options: PresenceOptions, logger: Pick<Logger, 'warn' | 'in
 
 export function createResponseCache(options: ResponseCacheOptions): ResponseCache {
   const now = options.now ?? Date.now;
-  const memory = options.memoryEntries > 0 ? new LRUCache<string, CacheEntryValue>({ max: options.memoryEntries }) : null;
+  const memory =
+    options.memoryEntries > 0
+      ? new LRUCache<string, CacheEntryValue>({
+          max: options.memoryEntries,
+          ...(options.memoryBytes ? { maxSize: options.memoryBytes, maxEntrySize: options.memoryBytes, sizeCalculation: entrySize } : {}),
+        })
+      : null;
   const flights = new Map<string, Promise<unknown>>();
   const isFresh = (entry: CacheEntryValue) => entry.expiresAt === null || entry.expiresAt.getTime() > now();
   // When each tenant's entries ('*': everyone's) were last invalidated, on this process's clock.

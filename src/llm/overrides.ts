@@ -1,4 +1,5 @@
 import { overridableKeys, parseOpenAiValue, type OpenAiConfig } from '../config/config.ts';
+import type { Database } from '../db/database.ts';
 import type { PrismaClient } from '../db/generated/client.ts';
 import { badUserInput } from '../errors.ts';
 import type { Logger } from '../logger.ts';
@@ -41,6 +42,11 @@ export interface OverrideStore {
 
 export interface OverrideStoreOptions {
   prisma: PrismaClient;
+  /**
+   * Reads the overrides at start and every refresh: plain SQL, so that Prisma's query compiler (compiled on
+   * Prisma's first query, about 45 MB and half a second) is loaded only when an ADMIN changes a setting.
+   */
+  query: Database['query'];
   base: OpenAiConfig;
   /** Extra checks on a parsed value (e.g. that an API type is registered); returns a problem or null. */
   validate?: (field: keyof OpenAiConfig, value: unknown) => string | null;
@@ -52,7 +58,7 @@ export interface OverrideStoreOptions {
 }
 
 export async function createOverrideStore(options: OverrideStoreOptions): Promise<OverrideStore> {
-  const { prisma, base, logger } = options;
+  const { prisma, query, base, logger } = options;
   let overrides = new Map<string, Override>();
   let effective: OpenAiConfig = base;
 
@@ -76,7 +82,9 @@ export async function createOverrideStore(options: OverrideStoreOptions): Promis
     effective = settings as unknown as OpenAiConfig;
   };
   const load = async () => {
-    const rows = await prisma.runtimeOverride.findMany({ orderBy: { key: 'asc' } });
+    const rows = await query<{ key: string; value: unknown; updatedAt: Date; updatedBy: string }>(
+      'SELECT "key", "value", "updatedAt", "updatedBy" FROM "RuntimeOverride" ORDER BY "key"',
+    );
     const unchanged =
       rows.length === overrides.size && rows.every((row) => overrides.get(row.key)?.updatedAt.getTime() === row.updatedAt.getTime() && overrides.get(row.key)?.value === String(row.value));
     if (!unchanged) apply(rows.map((row) => ({ key: row.key, value: String(row.value), updatedAt: row.updatedAt, updatedBy: row.updatedBy })));

@@ -192,6 +192,36 @@ describe('the server process (npm start)', () => {
     expect(output.join('')).toContain('"msg":"stopped"');
   }, 60_000);
 
+  it('compiled, as `npm start` runs it: answers /ready, then serves GraphiQL with its packaged scripts, loaded on the first requests for the page, and Prisma with its compiler', async () => {
+    // GraphiQL's renderer is imported on its first use, from dist/ as from the sources: built here if stale, as `npm start` does.
+    const build = spawnSync(process.execPath, [join(repositoryRoot, 'scripts/build.mjs'), '--if-stale'], { cwd: repositoryRoot, encoding: 'utf8' });
+    expect(build.status, build.stderr).toBe(0);
+    const server = await startServerProcess({ cwd: workDir, env: { CALLBOARD_DATABASE__DATA_DIR: join(workDir, 'data-compiled') }, compiled: true });
+    try {
+      const origin = new URL(server.url).origin;
+      expect((await fetch(`${origin}/ready`)).status).toBe(200);
+      // Three at once: none may get a page before the renderer has loaded, nor an error while it loads.
+      const pages = await Promise.all([0, 1, 2].map(() => fetch(server.url, { headers: { accept: 'text/html' } })));
+      for (const page of pages) {
+        expect(page.status).toBe(200);
+        expect(page.headers.get('content-type')).toContain('text/html');
+        const html = await page.text();
+        expect(html).toContain('<title>Callboard</title>');
+        expect(html).toContain('query CountTokens');
+        // The packaged page carries GraphiQL's scripts (megabytes); Yoga's default loads them from unpkg.com.
+        expect(html).not.toContain('unpkg.com');
+        expect(html.length).toBeGreaterThan(1_000_000);
+      }
+      const answer = await postGraphQL(server.url, tokenCountBody);
+      expect(answer.body).toEqual({ data: { tokenCount: { tokens: 6, encoding: 'o200k_base' } } });
+      // Prisma's query compiler is a chunk of its own too, read on Prisma's first query.
+      const forced = await postGraphQL(server.url, JSON.stringify({ query: 'mutation { forceApiCache(enabled: true) { key value } }' }));
+      expect(forced.body).toEqual({ data: { forceApiCache: [{ key: 'CACHE_API_CALLS', value: 'True' }] } });
+    } finally {
+      expect(await server.stop('SIGTERM')).toBe(0);
+    }
+  }, 120_000);
+
   it('reads ./config.ini of the working directory over the project one, and the environment over both', async () => {
     await writeFile(join(workDir, 'config.ini'), '[OpenAI]\nMODEL=gpt-4\n[Logging]\nLEVEL=warn\n');
     const server = await startServerProcess({ cwd: workDir, env: { CALLBOARD_DATABASE__DATA_DIR: join(workDir, 'data'), CALLBOARD_LOGGING__LEVEL: 'info' } });

@@ -65,6 +65,27 @@ describe.each(databaseKinds)('the cache on %s', (kind) => {
       expect(entry.lastHitAt).toBeInstanceOf(Date);
     });
 
+    it('keeps in memory what [Cache] MEMORY_MB allows, least recently used first out, and an entry larger than it only in the database', async () => {
+      const { llm, cache } = await harness.start({ ini: '[Cache]\nMEMORY_MB=0.4\n' });
+      const keyOf = async (call: { id: string }) => (await historyRow(harness, call.id)).cacheKey!;
+      // About 180 KB each (the prompt, and the answer echoes it twice): two fit in 0.4 MB, three do not.
+      const prompts = ['a', 'b', 'c'].map((letter) => `${letter} `.repeat(30_000));
+      const keys: string[] = [];
+      for (const prompt of prompts) keys.push(await keyOf((await llm.sendMessage({ messages: user(prompt), cache: 'USE' })).call));
+
+      expect(cache.peek(keys[0]!)).toBeUndefined();
+      expect(cache.peek(keys[1]!)).toBeDefined();
+      expect(cache.peek(keys[2]!)).toBeDefined();
+      // Out of memory is not out of the cache: the database still answers.
+      expect((await llm.sendMessage({ messages: user(prompts[0]!), cache: 'USE' })).cacheStatus).toBe('HIT');
+
+      const huge = 'd '.repeat(300_000);
+      const stored = await llm.sendMessage({ messages: user(huge), cache: 'USE' });
+      expect(cache.peek(await keyOf(stored.call))).toBeUndefined();
+      expect((await llm.sendMessage({ messages: user(huge), cache: 'USE' })).cacheStatus).toBe('HIT');
+      expect(harness.fake.requestsTo('chat')).toHaveLength(4);
+    });
+
     it('REFRESH calls upstream and overwrites the entry', async () => {
       const { llm } = await harness.start();
       harness.fake.script('chat', [

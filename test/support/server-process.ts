@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
 const mainPath = fileURLToPath(new URL('../../src/main.ts', import.meta.url));
+const compiledMainPath = fileURLToPath(new URL('../../dist/main.js', import.meta.url));
 // Resolved here, not from the child's working directory, which is a temporary folder.
 const tsxLoader = pathToFileURL(createRequire(import.meta.url).resolve('tsx')).href;
 
@@ -19,13 +20,17 @@ export interface ServerProcess {
   stop(signal?: NodeJS.Signals): Promise<number | null>;
 }
 
-/** Starts `src/main.ts` through tsx (the sources under test; `npm start` runs their build, dist/main.js), and waits until it listens (or fails). */
-export function startServerProcess(options: { cwd: string; env: Record<string, string> }): Promise<ServerProcess> {
-  const child = spawn(process.execPath, ['--import', tsxLoader, mainPath], {
+/**
+ * Starts `src/main.ts` through tsx (the sources under test; `npm start` runs their build, dist/main.js), or with
+ * `compiled` that build as `npm start` runs it (`NODE_ENV=production node dist/main.js`; build it first), and waits
+ * until it listens (or fails).
+ */
+export function startServerProcess(options: { cwd: string; env: Record<string, string>; compiled?: boolean }): Promise<ServerProcess> {
+  const child = spawn(process.execPath, options.compiled ? [compiledMainPath] : ['--import', tsxLoader, mainPath], {
     cwd: options.cwd,
     // A spool of its own: servers started in a shared folder (the system's temporary one) must never
     // replay into their database the rows another test's server left behind.
-    env: { PATH: process.env.PATH ?? '', CALLBOARD_SERVER__PORT: '0', CALLBOARD_HISTORY__SPOOL_DIR: mkdtempSync(join(tmpdir(), 'callboard-spool-')), ...options.env },
+    env: { PATH: process.env.PATH ?? '', ...(options.compiled ? { NODE_ENV: 'production' } : {}), CALLBOARD_SERVER__PORT: '0', CALLBOARD_HISTORY__SPOOL_DIR: mkdtempSync(join(tmpdir(), 'callboard-spool-')), ...options.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const output: string[] = [];
