@@ -17,12 +17,15 @@ import { createProviderRegistry, type ProviderRegistry } from './llm/registry.ts
 import { createTemplateStore } from './llm/templates.ts';
 import { countMessageTokens, countTextTokens, type TokenMessage } from './llm/tokens.ts';
 import type { Logger } from './logger.ts';
+import { createMetrics, type Metrics } from './observability/metrics.ts';
 
 /** Everything the API serves from, built once per process. */
 export interface Services {
   loaded: LoadedConfig;
   database: Database;
   logger: Logger;
+  /** The Prometheus registry every part registers its metrics on (GET /metrics). */
+  metrics: Metrics;
   registry: ProviderRegistry;
   overrides: OverrideStore;
   cache: ResponseCache;
@@ -96,6 +99,7 @@ function readWrittenKeys(payload: string): string[] | null {
 export async function createServices(options: ServicesOptions): Promise<Services> {
   const { loaded, database, logger } = options;
   const { config } = loaded;
+  const metrics = createMetrics();
   const registry = createProviderRegistry(config.secrets);
   const overrides = await createOverrideStore({
     prisma: database.prisma,
@@ -209,6 +213,7 @@ export async function createServices(options: ServicesOptions): Promise<Services
     loaded,
     database,
     logger,
+    metrics,
     registry,
     overrides,
     cache,
