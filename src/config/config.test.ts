@@ -46,7 +46,7 @@ describe('loadConfig', () => {
     const text = readFileSync(new URL('../../config.ini', import.meta.url), 'utf8');
     const { config, settings } = loadConfig([file('config.ini', text)], {});
     expect(config.openai).toEqual(loadConfig([], {}).config.openai);
-    expect(config.prices['gpt-4o-mini']).toEqual({ inputPerMillion: 0.15, outputPerMillion: 0.6 });
+    expect(config.prices['gpt-4o-mini']).toEqual({ inputPerMillion: '0.15', outputPerMillion: '0.6' });
     expect(settings.find((setting) => setting.key === 'MODEL')).toMatchObject({ source: 'FILE', origin: 'config.ini' });
   });
 
@@ -216,7 +216,15 @@ describe('loadConfig', () => {
 
   it('parses prices as input and output USD per million tokens', () => {
     const { config } = loadConfig([file('a.ini', '[Prices]\nmy-model = 1.5 , 6\n')], {});
-    expect(config.prices).toEqual({ 'my-model': { inputPerMillion: 1.5, outputPerMillion: 6 } });
+    expect(config.prices).toEqual({ 'my-model': { inputPerMillion: '1.5', outputPerMillion: '6' } });
+  });
+
+  it('keeps prices exact, and refuses what is not a plain decimal of at most 6 places', () => {
+    const { config } = loadConfig([file('a.ini', '[Prices]\nfine = 0.000001, 12.500000\n')], {});
+    expect(config.prices).toEqual({ fine: { inputPerMillion: '0.000001', outputPerMillion: '12.5' } });
+    for (const bad of ['0.0000001, 1', '1e-3, 1', '-1, 1', '0x10, 1', '1']) {
+      expect(() => loadConfig([file('b.ini', `[Prices]\nbad = ${bad}\n`)], {}), bad).toThrow(/at most 6 decimal places/);
+    }
   });
 });
 

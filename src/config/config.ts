@@ -1,11 +1,12 @@
 import { parse as parseIni } from 'ini';
 import { z } from 'zod';
 import { ConfigError, type ConfigProblem } from '../errors.ts';
+import { formatPicoUsd, parseDecimal, priceScale, usdScale, type Usd } from '../money.ts';
 
-/** The USD price of a model, per million tokens. */
+/** The USD price of a model, per million tokens, as exact decimal strings (at most 6 decimals). */
 export interface ModelPrice {
-  inputPerMillion: number;
-  outputPerMillion: number;
+  inputPerMillion: Usd;
+  outputPerMillion: Usd;
 }
 
 /** TinyTroupe's `[OpenAI]` section, with Callboard's additions. */
@@ -297,12 +298,17 @@ const sections: Record<string, Record<string, KeySpec>> = {
 const pricesSection = 'Prices';
 const price = z.string().transform((value, context) => {
   const parts = value.split(',').map((part) => part.trim());
-  const numbers = parts.map(Number);
-  if (parts.length !== 2 || numbers.some((number) => parts.includes('') || !Number.isFinite(number) || number < 0)) {
-    context.addIssue({ code: 'custom', message: `expected "input, output" USD per million tokens such as "0.15, 0.60", got "${value}"` });
+  // Exact decimals: 10^-6 USD per million tokens is a picodollar per token, the unit of every cost.
+  const amounts = parts.map((part) => parseDecimal(part, priceScale));
+  if (parts.length !== 2 || amounts.some((amount) => amount === null || amount < 0n)) {
+    context.addIssue({
+      code: 'custom',
+      message: `expected "input, output" USD per million tokens such as "0.15, 0.60" (plain decimals, at most ${priceScale} decimal places), got "${value}"`,
+    });
     return z.NEVER;
   }
-  return { inputPerMillion: numbers[0]!, outputPerMillion: numbers[1]! } satisfies ModelPrice;
+  const usd = (amount: bigint) => formatPicoUsd(amount * 10n ** BigInt(usdScale - priceScale));
+  return { inputPerMillion: usd(amounts[0]!), outputPerMillion: usd(amounts[1]!) } satisfies ModelPrice;
 });
 
 /** Secrets and the variables they come from: the environment only, as in TinyTroupe. */

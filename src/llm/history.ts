@@ -2,6 +2,7 @@ import { readdirSync } from 'node:fs';
 import type { Database } from '../db/database.ts';
 import { classifyDatabaseError, type DatabaseFailure } from '../db/database-errors.ts';
 import type { Logger } from '../logger.ts';
+import type { Usd } from '../money.ts';
 import type { CacheEntryValue, CacheStatus, CallKind } from './cache.ts';
 import { entryRow } from './cache-rows.ts';
 import { prepareCall, reasonOf, reducedCall, statementParameters, storableJson, writeBatchSql, type PreparedRow } from './history-rows.ts';
@@ -48,7 +49,10 @@ export interface CallRecord {
   totalTokens: number | null;
   /** Our own count of the prompt; filled in off the caller's path when null. */
   estimatedPromptTokens: number | null;
-  costUsd: number | null;
+  /** USD spent, exact (a decimal string): 0 for a cache hit; null when the model has no price. */
+  costUsd: Usd | null;
+  /** For a cache hit: what its answer cost when it was produced (USD saved); null otherwise. */
+  costSavedUsd: Usd | null;
   templateName: string | null;
   templateHash: string | null;
   tags: string[];

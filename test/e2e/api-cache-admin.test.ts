@@ -39,6 +39,7 @@ const SendMessageMutation = graphql(`
         cacheKey
         attemptCount
         costUsd
+        costSavedUsd
         requestBody
       }
     }
@@ -289,7 +290,7 @@ describe.each(databaseKinds)('the cache and the admin levers through the API on 
         usage: miss.usage,
         cacheStatus: 'HIT',
         attempts: 0,
-        call: { cacheStatus: 'HIT', attemptCount: 0, cacheKey: miss.call.cacheKey, costUsd: miss.call.costUsd },
+        call: { cacheStatus: 'HIT', attemptCount: 0, cacheKey: miss.call.cacheKey, costUsd: '0', costSavedUsd: miss.call.costUsd },
       });
       expect(miss.call.cacheKey).toMatch(/^[0-9a-f]{64}$/);
 

@@ -37,6 +37,7 @@ function call(overrides: Partial<CallRecord> = {}): CallRecord {
     totalTokens: 7,
     estimatedPromptTokens: 3,
     costUsd: null,
+    costSavedUsd: null,
     templateName: null,
     templateHash: null,
     tags: ['writer'],

@@ -45,6 +45,7 @@ export interface Recorder {
 
 export function createRecorder(options: { history: Pick<HistoryWriter, 'recordCall'>; secrets: readonly string[]; storeBodies: boolean }): Recorder {
   const redact = createRedactor(options.secrets);
+  const savedMoved = new WeakSet<CallRecord>();
   return {
     redact,
     start(kind, apiType, model, input) {
@@ -70,6 +71,7 @@ export function createRecorder(options: { history: Pick<HistoryWriter, 'recordCa
         totalTokens: null,
         estimatedPromptTokens: null,
         costUsd: null,
+        costSavedUsd: null,
         templateName: input.template?.name ?? null,
         templateHash: input.template?.hash ?? null,
         tags: [...(input.tags ?? [])],
@@ -83,6 +85,12 @@ export function createRecorder(options: { history: Pick<HistoryWriter, 'recordCa
     },
     finish(record, started, prompt, error, ownsAttempts = true) {
       record.latencyMs = performance.now() - started;
+      // A hit spent nothing: what its answer cost when it was produced is what it saved.
+      if (record.cacheStatus === 'HIT' && !savedMoved.has(record)) {
+        savedMoved.add(record);
+        record.costSavedUsd = record.costUsd;
+        record.costUsd = '0';
+      }
       // A call refused for what it carries keeps none of the refused part, and its prompt is not counted.
       if (error instanceof InputLimitError) {
         prompt = null;
