@@ -1,6 +1,7 @@
 import { LRUCache } from 'lru-cache';
 import { createCallEventHub, type CallEventHub } from './analytics/call-events.ts';
 import { startCallRollup, type CallRollupJob } from './analytics/call-rollup.ts';
+import { startHistoryPurge, type PurgeJob } from './llm/retention.ts';
 import { createAuthenticator, type Authenticator } from './auth/identity.ts';
 import { createKeyStore, keyChangedChannel, type KeyStore } from './auth/keys.ts';
 import { createLimitStore, type LimitStore } from './auth/limits.ts';
@@ -38,6 +39,8 @@ export interface Services {
   callEvents: CallEventHub;
   /** Rolls up complete hours of the history for callStats, in the background. */
   rollup: CallRollupJob;
+  /** The retention purge ([History] RETENTION_DAYS, PURGE_INTERVAL_SECONDS). */
+  purge: PurgeJob;
   /** Tells every instance that a key changed, so none trusts what it remembers of it. */
   announceKeyChange(id: string): Promise<void>;
   /** Drops cache entries (all when null) from the memory of every instance on this database, this one included. */
@@ -209,6 +212,14 @@ export async function createServices(options: ServicesOptions): Promise<Services
         .catch((error: unknown) => logger.warn({ err: error }, 'could not tell other instances of a refreshed cache entry')),
   });
   const rollup = startCallRollup({ database, logger, intervalMs: config.history.rollupIntervalSeconds * 1000 });
+  const purge = startHistoryPurge({
+    database,
+    logger,
+    registry: metrics.registry,
+    intervalMs: config.history.purgeIntervalSeconds * 1000,
+    retentionDays: config.history.retentionDays,
+    batchSize: config.history.purgeBatchSize,
+  });
   return {
     loaded,
     database,
@@ -224,6 +235,7 @@ export async function createServices(options: ServicesOptions): Promise<Services
     authenticator: createAuthenticator({ masterKey: config.secrets.masterKey, keys }),
     callEvents,
     rollup,
+    purge,
     async announceKeyChange(id) {
       keys.forget(id);
       await database.notify(keyChangedChannel, id);
@@ -232,6 +244,7 @@ export async function createServices(options: ServicesOptions): Promise<Services
     async close() {
       overrides.close();
       await rollup.stop();
+      await purge.stop();
       await callEvents.close();
       await stopListening();
       await stopEntriesListening();

@@ -219,6 +219,13 @@ describe('loadConfig', () => {
     expect(config.prices).toEqual({ 'my-model': { inputPerMillion: '1.5', outputPerMillion: '6' } });
   });
 
+  it('keeps the history forever unless RETENTION_DAYS says otherwise, and purges every 300 s', () => {
+    expect(loadConfig([], {}).config.history).toMatchObject({ retentionDays: null, purgeIntervalSeconds: 300, purgeBatchSize: 1000 });
+    expect(loadConfig([file('a.ini', '[History]\nRETENTION_DAYS=90\n')], {}).config.history.retentionDays).toBe(90);
+    expect(() => loadConfig([file('a.ini', '[History]\nRETENTION_DAYS=0\n')], {})).toThrow(/RETENTION_DAYS/);
+    expect(() => loadConfig([file('a.ini', '[History]\nPURGE_BATCH_SIZE=0\n')], {})).toThrow(/PURGE_BATCH_SIZE/);
+  });
+
   it('keeps prices exact, and refuses what is not a plain decimal of at most 6 places', () => {
     const { config } = loadConfig([file('a.ini', '[Prices]\nfine = 0.000001, 12.500000\n')], {});
     expect(config.prices).toEqual({ fine: { inputPerMillion: '0.000001', outputPerMillion: '12.5' } });

@@ -52,7 +52,18 @@ export interface Config {
   logging: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };
   /** `ttlSeconds` null means entries never expire. */
   cache: { ttlSeconds: number | null; memoryEntries: number; memoryMegabytes: number; sharedAcrossTenants: boolean };
-  history: { storeBodies: boolean; batchSize: number; flushIntervalMs: number; maxPendingRows: number; spoolDir: string; rollupIntervalSeconds: number };
+  /** `retentionDays` null keeps calls forever; `purgeIntervalSeconds` 0 turns the purge off. */
+  history: {
+    storeBodies: boolean;
+    batchSize: number;
+    flushIntervalMs: number;
+    maxPendingRows: number;
+    spoolDir: string;
+    rollupIntervalSeconds: number;
+    retentionDays: number | null;
+    purgeIntervalSeconds: number;
+    purgeBatchSize: number;
+  };
   prompts: { dir: string };
   /** Bounds on what one GraphQL request may ask; `analyticsStatementTimeoutMs` 0 means none. */
   limits: {
@@ -268,6 +279,10 @@ const sections: Record<string, Record<string, KeySpec>> = {
     MAX_PENDING_ROWS: { path: ['history', 'maxPendingRows'], default: '10000', schema: integer(1) },
     SPOOL_DIR: { path: ['history', 'spoolDir'], default: './.callboard/spool', schema: text },
     ROLLUP_INTERVAL_SECONDS: { path: ['history', 'rollupIntervalSeconds'], default: '60', schema: integer(0, 86_400) },
+    // The retention purge (src/llm/retention.ts): calls older than RETENTION_DAYS, and expired cache entries.
+    RETENTION_DAYS: { path: ['history', 'retentionDays'], default: '', schema: optional(integer(1, 36_500)) },
+    PURGE_INTERVAL_SECONDS: { path: ['history', 'purgeIntervalSeconds'], default: '300', schema: integer(0, 86_400) },
+    PURGE_BATCH_SIZE: { path: ['history', 'purgeBatchSize'], default: '1000', schema: integer(1, 100_000) },
   },
   Prompts: {
     DIR: { path: ['prompts', 'dir'], default: './prompts', schema: text },
