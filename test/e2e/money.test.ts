@@ -38,6 +38,19 @@ const MoneyStats = graphql(`
   }
 `);
 
+const MoneyByCost = graphql(`
+  query MoneyByCost($after: String) {
+    calls(first: 1, after: $after, filter: { tags: ["money-order"] }, orderBy: { field: COST, direction: DESC }) {
+      edges {
+        cursor
+        node {
+          costUsd
+        }
+      }
+    }
+  }
+`);
+
 const MoneyKey = graphql(`
   mutation MoneyKey($input: CreateApiKeyInput!) {
     createApiKey(input: $input) {
@@ -108,6 +121,27 @@ describe.each(databaseKinds)('money through the API on %s', (kind) => {
     const [bucket] = dataOf(await testApp.execute(MoneyStats, { filter: { tags: ['money-sum'] } })).callStats;
     // 30 x 0.0005253: a float sum would end in ...99999.
     expect(bucket).toEqual({ cacheStatus: 'BYPASS', calls: 30, costUsd: '0.015759', costSavedUsd: null });
+  });
+
+  it('orders calls by their exact cost, page after page', async () => {
+    const usages: Record<string, [number, number]> = { big: [1234, 567], tiny: [1, 0], middle: [10, 10] };
+    fake.script('chat', (request) => {
+      const [prompt, completion] = usages[String((request.body.messages as { content: string }[])[0]!.content)]!;
+      return { json: chatCompletion({ content: 'priced', model: request.body.model, usage: { prompt_tokens: prompt, completion_tokens: completion } }) };
+    });
+    for (const content of Object.keys(usages)) await send(content, 'BYPASS', ['money-order']);
+    await testApp.services.history.flush();
+    const costs: string[] = [];
+    let after: string | undefined;
+    for (let page = 0; page < 3; page++) {
+      const [edge] = dataOf(await testApp.execute(MoneyByCost, { after })).calls.edges;
+      costs.push(edge!.node.costUsd!);
+      after = edge!.cursor;
+    }
+    expect(costs).toEqual(['0.0005253', '0.0000075', '0.00000015']);
+    expect(dataOf(await testApp.execute(MoneyByCost, { after })).calls.edges).toEqual([]);
+    const forged = Buffer.from(JSON.stringify(['1e-3', '0190f3b2-0000-7000-8000-000000000001'])).toString('base64url');
+    expect((await testApp.execute(MoneyByCost, { after: forged })).errors?.[0]).toMatchObject({ extensions: { code: 'BAD_USER_INPUT' } });
   });
 
   it('takes a budget as a decimal string, and refuses a number for it', async () => {
