@@ -116,11 +116,14 @@ describe.each(databaseKinds)('the retention purge on %s', (kind) => {
       const first = await purgeHistory(
         pausedAfterFirstDelete(database, async () => {
           second = await purgeHistory(other, { retentionDays: 30, batchSize: 10, pauseMs: 0 });
+          // Between two batches nothing is locked: the history's writes go on.
+          await insertCalls(other, new Date(now - 1000), 1);
         }),
         { retentionDays: 30, batchSize: 10, pauseMs: 0 },
       );
       expect(second).toEqual({ ran: false, deleted: { LlmCall: 0, LlmCallBody: 0, LlmAttempt: 0, CacheEntry: 0 }, statements: 0 });
       expect(first).toMatchObject({ ran: true, deleted: { LlmCall: 27, CacheEntry: 12 } });
+      expect((await counts(database)).calls).toBe(7 + 1);
       // The lock is given back: the other one purges next time (nothing left).
       expect(await purgeHistory(other, { retentionDays: 30 })).toMatchObject({ ran: true, deleted: { LlmCall: 0 } });
       if (kind === 'postgres') {
