@@ -167,9 +167,21 @@ describe.each(databaseKinds)('GET /metrics on %s, over HTTP', (kind) => {
     await memberClient.chat.completions.create({ model: 'gpt-4o-mini', messages: user('blue team asks') });
     await memberClient.embeddings.create({ model: 'text-embedding-3-small', input: 'embed me' });
     await memberClient.embeddings.create({ model: 'text-embedding-3-small', input: 'embed me' });
+    const before = await scrape();
+    // A streamed call counts once, when its last chunk is out, and stays out of the overhead; a GraphQL call counts as a /v1 one does.
+    const stream = await memberClient.chat.completions.create({ model: 'gpt-4o-mini', messages: user('stream to blue'), stream: true });
+    for await (const _chunk of stream);
+    const graphql = await fetch(`${server.url}/graphql`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${member.key}` },
+      body: JSON.stringify({ query: 'mutation { sendMessage(input: { messages: [{ role: USER, content: "graphql to blue" }] }) { call { id } } }' }),
+    });
+    expect(((await graphql.json()) as { errors?: unknown }).errors).toBeUndefined();
     const metrics = await scrape();
     const blue = { status: 'SUCCESS', provider: 'openai', tenant: 'team-blue' };
-    expect(metrics.value('callboard_calls_total', { ...blue, kind: 'CHAT', cache_status: 'MISS', model: 'gpt-4o-mini' })).toBe(1);
+    expect(metrics.value('callboard_calls_total', { ...blue, kind: 'CHAT', cache_status: 'MISS', model: 'gpt-4o-mini' })).toBe(3);
+    expect(metrics.value('callboard_call_duration_seconds_count', { kind: 'CHAT', cache_status: 'MISS' })).toBe(before.value('callboard_call_duration_seconds_count', { kind: 'CHAT', cache_status: 'MISS' })! + 2);
+    expect(metrics.value('callboard_overhead_seconds_count', { kind: 'CHAT', cache_status: 'MISS' })).toBe(before.value('callboard_overhead_seconds_count', { kind: 'CHAT', cache_status: 'MISS' })! + 1);
     expect(metrics.value('callboard_calls_total', { ...blue, kind: 'EMBEDDING', cache_status: 'MISS', model: 'text-embedding-3-small' })).toBe(1);
     expect(metrics.value('callboard_calls_total', { ...blue, kind: 'EMBEDDING', cache_status: 'HIT', model: 'text-embedding-3-small' })).toBe(1);
     expect(metrics.value('callboard_tokens_total', { model: 'text-embedding-3-small', tenant: 'team-blue', type: 'prompt', outcome: 'saved' })).toBeGreaterThan(0);
