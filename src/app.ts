@@ -14,6 +14,8 @@ import { schema } from './graphql/schema.ts';
 import { useBodyLimit } from './http/body-limit.ts';
 import { createCorsOptions, useBrowserSafety } from './http/browser-safety.ts';
 import { useOpenAiDoor } from './http/openai-door.ts';
+import { createRequestLogging } from './observability/request-log.ts';
+import type { Tracing } from './observability/tracing.ts';
 import type { Services } from './services.ts';
 
 export type App = YogaServerInstance<Record<string, never>, GraphQLContext>;
@@ -34,11 +36,17 @@ function useGraphqlJsExecution(): Plugin {
   };
 }
 
+export interface AppOptions {
+  /** OpenTelemetry tracing (startTracing), when OTEL_EXPORTER_OTLP_ENDPOINT is set. */
+  tracing?: Tracing | null;
+}
+
 /** Builds the HTTP application (GraphQL at /graphql, /health, /ready). It does not listen: tests call `app.fetch`. */
-export function createApp(services: Services): App {
+export function createApp(services: Services, options: AppOptions = {}): App {
   const { loaded, database, logger } = services;
   const prisma = database.prisma;
   const door = createDoor(services.authenticator);
+  const requestLogging = createRequestLogging({ logger, identityOf: door.identityIfAny, tracing: options.tracing });
   const { server } = loaded.config;
   return createYoga<Record<string, never>, GraphQLContext>({
     schema,
@@ -64,6 +72,7 @@ export function createApp(services: Services): App {
           callStats({ query: database.analyticsQuery }, withinTenant(filter, tenant), ...rest),
         actor: note ? `${identity.label} (note: ${note})` : identity.label,
         signal: request.signal,
+        requestLog: requestLogging.of(request),
       };
       return context;
     },
@@ -92,11 +101,13 @@ export function createApp(services: Services): App {
     maxRequestBodySize: false,
     parserAndValidationCache: createParseCaches(),
     plugins: [
+      // First: every answer carries its x-request-id, and every request writes its line.
+      requestLogging.plugin,
       // A rebound Host is refused before anyone is asked for a key.
       useBrowserSafety({ corsOrigins: server.corsOrigins, allowedHosts: server.allowedHosts, checkHost: services.authenticator.openMode }),
       useBodyLimit(loaded.config.limits.maxBodyBytes),
       door.plugin,
-      useOpenAiDoor({ services, identityOf: door.identityOf, maxBodyBytes: loaded.config.limits.maxBodyBytes }),
+      useOpenAiDoor({ services, identityOf: door.identityOf, requestLogOf: requestLogging.of, maxBodyBytes: loaded.config.limits.maxBodyBytes }),
       useReadinessCheck({ endpoint: '/ready', check: () => database.isReachable() }),
       ...createQueryLimitPlugins(loaded.config.limits),
       useSubscriptionRefusals(),

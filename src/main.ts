@@ -9,6 +9,7 @@ import { createDatabase } from './db/database.ts';
 import { migrate, readMigrations } from './db/migrate.ts';
 import { ConfigError } from './errors.ts';
 import { createLogger } from './logger.ts';
+import { startTracing } from './observability/tracing.ts';
 import { builtInProviders } from './llm/registry.ts';
 import { createServices } from './services.ts';
 import { countTextTokens, encodingForModel } from './llm/tokens.ts';
@@ -87,7 +88,9 @@ async function main(): Promise<void> {
   if (services.authenticator.openMode) {
     logger.warn('open mode: no CALLBOARD_MASTER_KEY is set, so requests without a key act as an ADMIN of tenant "default" (loopback only)');
   }
-  const app = createApp(services);
+  // Off and free unless OTEL_EXPORTER_OTLP_ENDPOINT is set: nothing of OpenTelemetry is loaded then.
+  const tracing = await startTracing(process.env, logger);
+  const app = createApp(services, { tracing });
   // Every request's handling, until its resolver has finished: a cut connection ends the response,
   // not the call, which still records its attempts once its upstream request is aborted.
   const handling = new Set<Promise<unknown>>();
@@ -99,7 +102,7 @@ async function main(): Promise<void> {
   server.listen(config.server.port, config.server.host, () => {
     const address = server.address();
     const port = typeof address === 'object' && address ? address.port : config.server.port;
-    logger.info({ url: `http://${config.server.host}:${port}/graphql` }, 'Callboard is listening');
+    logger.info({ url: `http://${config.server.host}:${port}/graphql`, tracing: tracing?.url ?? null }, 'Callboard is listening');
     // Building a tokenizer takes a tenth to a quarter of a second: paid while nothing else is going on, not on a
     // caller's request (the history counts every call's prompt), nor before /ready answers.
     warmUpWhenIdle(
@@ -161,6 +164,8 @@ async function main(): Promise<void> {
     const { lost } = forced() ? await Promise.race([closing, pause(forcedStepMs).then(() => ({ lost: Number.NaN }))]) : await closing;
     if (Number.isNaN(lost)) logger.error('history rows were still being written when the forced stop ended');
     else await database.close();
+    // The spans of the last requests, buffered by the batch processor, are sent before the process exits.
+    await tracing?.shutdown(forced() ? forcedStepMs : shutdownMarginMs);
     const kept = lost === 0;
     logger.info({ forced: forced(), historyKept: kept }, 'stopped');
     logger.flush();
