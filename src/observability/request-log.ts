@@ -34,6 +34,8 @@ export interface RequestLog extends CallsOfRequest {
   /** performance.now() and Date.now() when the request came. */
   startedAt: number;
   startedAtMs: number;
+  /** The codes of the GraphQL errors answered (a GraphQL error is no HTTP error): distinct, at most a few. */
+  errorCodes: string[] | null;
   /** W3C trace context of the request, read only while tracing. */
   traceparent: string | null;
   tracestate: string | null;
@@ -55,6 +57,7 @@ export interface CallSummary {
 const maxListedCalls = 50;
 const maxOperationCharacters = 200;
 const maxPathCharacters = 200;
+const maxErrorCodes = 5;
 /** Unnamed operations are named after their first root fields. */
 const maxNamedFields = 3;
 const knownRoutes = new Set(['/graphql', '/health', '/ready', '/metrics']);
@@ -115,6 +118,7 @@ export function createRequestLogging(options: { logger: Logger; identityOf: (req
       path: path.slice(0, maxPathCharacters),
       route: knownRoutes.has(path) ? path : null,
       operation: null,
+      errorCodes: null,
       startedAt,
       startedAtMs: Date.now(),
       traceparent: tracing ? request.headers.get('traceparent') : null,
@@ -131,6 +135,8 @@ export function createRequestLogging(options: { logger: Logger; identityOf: (req
 
   /** The line, built once: the calls were appended as they finished. */
   function write(log: RequestLog, request: Request, status: number, finished: boolean): void {
+    const level = probePaths.has(log.path) ? 'debug' : 'info';
+    if (!tracing && !logger.isLevelEnabled(level)) return;
     const durationMs = Math.round((performance.now() - log.startedAt) * 100) / 100;
     const identity = identityOf(request);
     const calls = log.calls.length > maxListedCalls ? log.calls.slice(0, maxListedCalls) : log.calls;
@@ -140,6 +146,7 @@ export function createRequestLogging(options: { logger: Logger; identityOf: (req
       path: log.path,
       status,
       operation: log.operation,
+      ...(log.errorCodes ? { errorCodes: log.errorCodes } : {}),
       caller: callerOf(identity),
       tenant: identity?.tenant ?? null,
       calls: calls.map(summarizeCall),
@@ -148,15 +155,9 @@ export function createRequestLogging(options: { logger: Logger; identityOf: (req
       // The client went away before the whole answer was sent.
       ...(finished ? {} : { aborted: true }),
     };
-    if (probePaths.has(log.path)) logger.debug(line, 'request');
-    else logger.info(line, 'request');
+    logger[level](line, 'request');
     tracing?.record(log, { status, durationMs, tenant: line.tenant });
   }
-
-  const nameOperation = ({ args }: { args: { document: DocumentNode; operationName?: string | null; contextValue: { requestLog?: RequestLog } } }) => {
-    const log = args.contextValue.requestLog;
-    if (log) log.operation = operationOf(args.document, args.operationName);
-  };
 
   return {
     of,
@@ -164,12 +165,22 @@ export function createRequestLogging(options: { logger: Logger; identityOf: (req
       onRequest({ request, url }) {
         start(request, url.pathname);
       },
-      onParams({ request, params }) {
-        // Named before execution, so that a request refused at validation still says what it asked.
-        if (typeof params.operationName === 'string') of(request).operation = params.operationName.slice(0, maxOperationCharacters);
+      onValidate({ params, context }) {
+        // Named at validation, so that a request refused by it still says what it asked.
+        const { request, params: graphqlParams } = context as { request?: Request; params?: { operationName?: string | null } };
+        if (request) of(request).operation = operationOf(params.documentAST, graphqlParams?.operationName);
       },
-      onExecute: nameOperation,
-      onSubscribe: nameOperation,
+      onResultProcess({ request, result }) {
+        // One result (a query or mutation); a subscription's events are not looked at.
+        const errors = !Array.isArray(result) && result && typeof result === 'object' && 'errors' in result ? result.errors : undefined;
+        if (!errors || errors.length === 0) return;
+        const codes = new Set<string>();
+        for (const error of errors) {
+          codes.add(String((error as { extensions?: { code?: unknown } }).extensions?.code ?? 'INTERNAL_SERVER_ERROR').slice(0, 64));
+          if (codes.size === maxErrorCodes) break;
+        }
+        of(request).errorCodes = [...codes];
+      },
       onResponse({ request, response, serverContext }) {
         const log = of(request);
         response.headers.set(requestIdHeader, log.id);

@@ -21,6 +21,7 @@ interface RequestLine {
   path: string;
   status: number;
   operation: string | null;
+  errorCodes?: string[];
   caller: { kind: string; keyId?: string; label: string } | null;
   tenant: string | null;
   calls: { callId: string; kind: string; model: string; cacheStatus: string; status: string; errorCode: string | null; attempts: (number | string | null)[] }[];
@@ -155,13 +156,21 @@ describe.each(databaseKinds)('request log lines and x-request-id on %s, over HTT
     fake.script('chat', (request) => (request.callNumber === 1 ? { error: { status: 500, message: 'upstream broke' } } : defaultChatResponse(request)));
     const retried = await graphql(sendMessage, { input: { messages: [{ role: 'USER', content: 'retry me' }], cache: 'BYPASS' } }, { 'x-request-id': 'retried-1' });
     expect(retried.body.errors).toBeUndefined();
+    // The same document again (parsed and validated from the cache this time) is still named.
+    expect((await lineOf('retried-1')).operation).toBe('mutation sendMessage');
     expect((await lineOf('retried-1')).calls).toEqual([expect.objectContaining({ cacheStatus: 'BYPASS', status: 'SUCCESS', attempts: [500, 200] })]);
 
     fake.reset();
     fake.script('chat', { error: { status: 400, message: 'bad request upstream' } });
     const failed = await graphql(sendMessage, { input: { messages: [{ role: 'USER', content: 'fail me' }], cache: 'BYPASS' } }, { 'x-request-id': 'failed-1' });
     expect(failed.body.errors).toHaveLength(1);
-    expect((await lineOf('failed-1')).calls).toEqual([expect.objectContaining({ status: 'ERROR', errorCode: expect.any(String), attempts: [400] })]);
+    const failedLine = await lineOf('failed-1');
+    expect(failedLine.calls).toEqual([expect.objectContaining({ status: 'ERROR', errorCode: expect.any(String), attempts: [400] })]);
+    // The GraphQL error the caller got, by its code: the HTTP status of a GraphQL answer says nothing of it.
+    expect(failedLine).toMatchObject({ status: 200, errorCodes: [(failed.body.errors![0] as unknown as { extensions: { code: string } }).extensions.code] });
+
+    const invalid = await graphql('query Broken { nope }', {}, { 'x-request-id': 'invalid-1' });
+    expect(await lineOf('invalid-1')).toMatchObject({ status: invalid.response.status, operation: 'query Broken', errorCodes: ['GRAPHQL_VALIDATION_FAILED'], calls: [] });
   });
 
   it('writes the REST door line with its route as operation and the key (never the secret) as caller', async () => {
