@@ -183,7 +183,11 @@ export function createRequestLogging(options: { logger: Logger; identityOf: (req
       },
       onResponse({ request, response, serverContext }) {
         const log = of(request);
-        response.headers.set(requestIdHeader, log.id);
+        try {
+          response.headers.set(requestIdHeader, log.id);
+        } catch {
+          // A response with immutable headers (one passed on from fetch) goes out without it.
+        }
         // Behind node:http, the line is written once the answer is sent (a stream's calls end before it); through
         // `fetch` (tests, other runtimes), when the answer is made.
         const res = (serverContext as { res?: ServerResponse } | undefined)?.res;
