@@ -15,6 +15,8 @@ import { useBodyLimit } from './http/body-limit.ts';
 import { createCorsOptions, useBrowserSafety } from './http/browser-safety.ts';
 import { useOpenAiDoor } from './http/openai-door.ts';
 import { useMetricsEndpoint } from './observability/metrics-endpoint.ts';
+import { createRequestLogging } from './observability/request-log.ts';
+import type { Tracing } from './observability/tracing.ts';
 import type { Services } from './services.ts';
 
 export type App = YogaServerInstance<Record<string, never>, GraphQLContext>;
@@ -35,11 +37,17 @@ function useGraphqlJsExecution(): Plugin {
   };
 }
 
+export interface AppOptions {
+  /** OpenTelemetry tracing (startTracing), when OTEL_EXPORTER_OTLP_ENDPOINT is set. */
+  tracing?: Tracing | null;
+}
+
 /** Builds the HTTP application (GraphQL at /graphql, /v1, /metrics, /health, /ready). It does not listen: tests call `app.fetch`. */
-export function createApp(services: Services): App {
+export function createApp(services: Services, options: AppOptions = {}): App {
   const { loaded, database, logger } = services;
   const prisma = database.prisma;
   const door = createDoor(services.authenticator);
+  const requestLogging = createRequestLogging({ logger, identityOf: door.identityIfAny, tracing: options.tracing });
   const { server } = loaded.config;
   return createYoga<Record<string, never>, GraphQLContext>({
     schema,
@@ -65,6 +73,7 @@ export function createApp(services: Services): App {
           callStats({ query: database.analyticsQuery }, withinTenant(filter, tenant), ...rest),
         actor: note ? `${identity.label} (note: ${note})` : identity.label,
         signal: request.signal,
+        requestLog: requestLogging.of(request),
       };
       return context;
     },
@@ -93,11 +102,13 @@ export function createApp(services: Services): App {
     maxRequestBodySize: false,
     parserAndValidationCache: createParseCaches(),
     plugins: [
+      // First: every answer carries its x-request-id, and every request writes its line.
+      requestLogging.plugin,
       // A rebound Host is refused before anyone is asked for a key.
       useBrowserSafety({ corsOrigins: server.corsOrigins, allowedHosts: server.allowedHosts, checkHost: services.authenticator.openMode }),
       useBodyLimit(loaded.config.limits.maxBodyBytes),
       door.plugin,
-      useOpenAiDoor({ services, identityOf: door.identityOf, maxBodyBytes: loaded.config.limits.maxBodyBytes }),
+      useOpenAiDoor({ services, identityOf: door.identityOf, requestLogOf: requestLogging.of, maxBodyBytes: loaded.config.limits.maxBodyBytes }),
       // With [Metrics] PORT set, /metrics is served on that port only (main.ts), and here it is not found.
       ...(loaded.config.metrics.port === null ? [useMetricsEndpoint({ registry: services.metrics.registry, identityOf: door.identityOf })] : []),
       useReadinessCheck({ endpoint: '/ready', check: () => database.isReachable() }),

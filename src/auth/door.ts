@@ -31,5 +31,9 @@ export function createDoor(authenticator: Authenticator) {
       if (!identity) throw new Error('No identity for this request: the door plugin did not run.');
       return identity;
     },
+    /** The identity, when the door decided one (not for /health, /ready, GraphiQL's page, nor a refused key). */
+    identityIfAny(request: Request): Identity | undefined {
+      return identities.get(request);
+    },
   };
 }

@@ -22,6 +22,13 @@ export interface RecordedOptions {
   tags?: readonly string[] | null;
   metadata?: unknown;
   template?: { name: string | null; hash: string | null };
+  /** The HTTP request the call is made for: its log line and trace list the call once it is finished. */
+  requestLog?: CallsOfRequest | null;
+}
+
+/** What a request keeps of its calls (src/observability/request-log.ts): each finished call is appended. */
+export interface CallsOfRequest {
+  calls: CallRecord[];
 }
 
 /** A failed call's error carries the id of its history row, so a caller can look it up. */
@@ -51,11 +58,13 @@ export function createRecorder(options: {
   onFinished?: (record: CallRecord) => void;
 }): Recorder {
   const redact = createRedactor(options.secrets);
+  /** The request of each call that has one, until it is finished. */
+  const requests = new WeakMap<CallRecord, CallsOfRequest>();
   return {
     redact,
     start(kind, apiType, model, input) {
       const caller = input.caller ?? defaultCaller;
-      return {
+      const record: CallRecord = {
         id: newId(),
         createdAt: new Date(),
         tenant: caller.tenant,
@@ -86,6 +95,8 @@ export function createRecorder(options: {
         timeToFirstTokenMs: null,
         attempts: [],
       };
+      if (input.requestLog) requests.set(record, input.requestLog);
+      return record;
     },
     finish(record, started, prompt, error, ownsAttempts = true) {
       record.latencyMs = performance.now() - started;
@@ -110,6 +121,7 @@ export function createRecorder(options: {
         record.responseBody = null;
       }
       options.history.recordCall(record, prompt);
+      requests.get(record)?.calls.push(record);
       options.onFinished?.(record);
       return record;
     },
