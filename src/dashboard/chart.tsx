@@ -31,12 +31,14 @@ export function Chart({ title, testId, times, series, axis, max, height = 220 }:
     const element = box.current;
     if (!element) return;
     const bars = uPlot.paths.bars?.({ size: [0.6, 40] });
+    const halfStep = times.length > 1 ? (times[1]! - times[0]!) / 2 : 1800;
     const options: uPlot.Options = {
       width: Math.max(200, element.clientWidth),
       height,
       legend: { show: true },
       cursor: { drag: { x: false, y: false } },
-      scales: { x: { time: true }, y: { range: (_plot, _min, dataMax) => [0, max ?? (dataMax > 0 ? dataMax * 1.15 : 1)] } },
+      // Half a step of room at both ends, so that the first and last bars are whole.
+      scales: { x: { time: true, range: (_plot, min, max) => [min - halfStep, max + halfStep] }, y: { range: (_plot, _min, dataMax) => [0, max ?? (dataMax > 0 ? dataMax * 1.15 : 1)] } },
       axes: [
         { stroke: '#8b93a7', grid: { stroke: '#2a3142', width: 1 }, ticks: { stroke: '#2a3142' } },
         { stroke: '#8b93a7', grid: { stroke: '#2a3142', width: 1 }, ticks: { stroke: '#2a3142' }, size: 60, ...(axis ? { values: (_plot: uPlot, ticks: number[]) => ticks.map(axis) } : {}) },

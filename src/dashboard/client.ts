@@ -67,11 +67,11 @@ export function createDashboardClient(key: string): DashboardClient {
   };
 }
 
-/** The Callboard error code of a failed operation (UNAUTHENTICATED, FORBIDDEN, ...), else its message. */
-export function errorCodeOf(error: CombinedError): string {
+/** The Callboard error code of a failed operation (UNAUTHENTICATED, FORBIDDEN, ...) and its message. */
+export function errorOf(error: CombinedError): { code: string; message: string } {
   for (const graphQLError of error.graphQLErrors) {
     const code = graphQLError.extensions?.code;
-    if (typeof code === 'string') return code;
+    if (typeof code === 'string') return { code, message: graphQLError.message };
   }
-  return error.networkError ? `NETWORK_ERROR: ${error.networkError.message}` : error.message;
+  return error.networkError ? { code: 'NETWORK_ERROR', message: error.networkError.message } : { code: 'ERROR', message: error.message };
 }

@@ -41,6 +41,7 @@ export function formatRate(value: number | null | undefined): string {
 export function formatMs(value: number | null | undefined): string {
   if (value === null || value === undefined || !Number.isFinite(value)) return '—';
   if (value >= 1000) return `${(value / 1000).toFixed(2)} s`;
+  if (value === 0) return '0 ms';
   return `${value < 10 ? value.toFixed(1) : Math.round(value)} ms`;
 }
 
@@ -48,10 +49,18 @@ export function formatMs(value: number | null | undefined): string {
 export function formatTime(iso: string | null | undefined): string {
   if (!iso) return '—';
   const date = new Date(iso);
-  return Number.isNaN(date.getTime()) ? iso : date.toLocaleString('en-GB', { hour12: false });
+  // Swedish writes dates as ISO 8601 does: 2026-12-02 05:25:40.
+  return Number.isNaN(date.getTime()) ? iso : date.toLocaleString('sv-SE');
 }
 
 /** A UTC day bucket ("2026-12-02T00:00:00.000Z") as its date. */
 export function formatDay(iso: string | null | undefined): string {
   return iso ? iso.slice(0, 10) : '—';
+}
+
+/** Only the time of day of a timestamp, in the viewer's time zone. */
+export function formatClock(iso: string | null | undefined): string {
+  if (!iso) return '—';
+  const date = new Date(iso);
+  return Number.isNaN(date.getTime()) ? iso : date.toLocaleTimeString('sv-SE');
 }

@@ -15,8 +15,8 @@ import {
   type DashboardStatsQuery,
 } from '../client/generated/graphql.ts';
 import { Chart, type ChartSeries } from './chart.tsx';
-import { createDashboardClient, errorCodeOf, keyStorageName } from './client.ts';
-import { formatCount, formatDay, formatMoney, formatMs, formatRate, formatTime, moneyValue, type Money } from './format.ts';
+import { createDashboardClient, errorOf, keyStorageName } from './client.ts';
+import { formatClock, formatCount, formatDay, formatMoney, formatMs, formatRate, formatTime, moneyValue, type Money } from './format.ts';
 
 const ranges = [
   { id: '24h', label: 'Last 24 hours', hours: 24, step: 'HOUR' },
@@ -96,11 +96,13 @@ function Dashboard({ apiKey, onSignIn, onSignOut, onLive }: DashboardProps) {
     return event;
   });
 
-  if (stats.error) return <SignIn error={apiKey || stats.error.graphQLErrors.length === 0 ? errorCodeOf(stats.error) : null} onSignIn={onSignIn} />;
+  // Without a key, a server that needs one answers UNAUTHENTICATED: that is no error to show yet.
+  if (stats.error) return <SignIn error={apiKey || stats.error.graphQLErrors.length === 0 ? errorOf(stats.error) : null} onSignIn={onSignIn} />;
   if (!stats.data) return <div class="loading">Loading…</div>;
 
   const fetched = calls.data?.calls.edges.map((edge) => edge.node) ?? [];
   const seen = new Set(live.map((row) => row.id));
+  const fetchedIds = new Set(fetched.map((row) => row.id));
   const rows = [...live, ...fetched.filter((row) => !seen.has(row.id))].slice(0, tableRows);
   const me = stats.data.me;
   const who = me ? `${me.name} · ${me.role} of ${me.tenant} (${me.prefix}…)` : apiKey ? 'master key: every tenant' : 'open mode: no key needed';
@@ -136,7 +138,7 @@ function Dashboard({ apiKey, onSignIn, onSignOut, onLive }: DashboardProps) {
         <OverTime buckets={stats.data.overTime} from={Date.parse(from)} range={range} />
       </div>
       <div class="columns">
-        <RecentCalls rows={rows} total={calls.data?.calls.totalCount} liveIds={seen} selected={selected} onSelect={setSelected} showTenant={!me || me.role === 'ADMIN'} />
+        <RecentCalls rows={rows} total={calls.data ? calls.data.calls.totalCount + live.filter((row) => !fetchedIds.has(row.id)).length : undefined} liveIds={seen} selected={selected} onSelect={setSelected} showTenant={!me || me.role === 'ADMIN'} />
         {selected ? <CallDetail id={selected} onClose={() => setSelected(null)} /> : <CostTable buckets={stats.data.byModelDay} />}
       </div>
       {selected ? <CostTable buckets={stats.data.byModelDay} /> : null}
@@ -144,7 +146,7 @@ function Dashboard({ apiKey, onSignIn, onSignOut, onLive }: DashboardProps) {
   );
 }
 
-function SignIn({ error, onSignIn }: { error: string | null; onSignIn(key: string): void }) {
+function SignIn({ error, onSignIn }: { error: { code: string; message: string } | null; onSignIn(key: string): void }) {
   const input = useRef<HTMLInputElement>(null);
   return (
     <div class="sign-in">
@@ -162,8 +164,8 @@ function SignIn({ error, onSignIn }: { error: string | null; onSignIn(key: strin
         </label>
         <button type="submit">Sign in</button>
         {error ? (
-          <p class="error" data-testid="sign-in-error">
-            {error}
+          <p class="error">
+            <strong data-testid="sign-in-error">{error.code}</strong> {error.message}
           </p>
         ) : null}
         <p class="hint">The key stays in this tab (sessionStorage) and is sent as Authorization: Bearer to /graphql only.</p>
@@ -324,7 +326,7 @@ function RecentCalls({ rows, total, liveIds, selected, onSelect, showTenant }: R
   return (
     <section class="panel calls" data-testid="recent-calls">
       <h2>
-        Recent calls <span class="muted">{total === undefined ? '' : `(${formatCount(total + liveIds.size)} in range, newest first)`}</span>
+        Recent calls <span class="muted">{total === undefined ? '' : `(${formatCount(total)} in range, newest first)`}</span>
       </h2>
       <table>
         <thead>
@@ -388,7 +390,7 @@ function CallDetail({ id, onClose }: { id: string; onClose(): void }) {
           ×
         </button>
       </h2>
-      {result.error ? <p class="error">{errorCodeOf(result.error)}</p> : null}
+      {result.error ? <p class="error">{errorOf(result.error).code}: {errorOf(result.error).message}</p> : null}
       {result.fetching && !call ? <p class="muted">Loading…</p> : null}
       {result.data && !call ? <p class="muted">Not found (or not this key's tenant).</p> : null}
       {call ? (
@@ -453,11 +455,13 @@ function CallDetail({ id, onClose }: { id: string; onClose(): void }) {
                 {call.attempts.map((attempt) => (
                   <tr data-testid="attempt">
                     <td class="num">{attempt.number}</td>
-                    <td>{formatTime(attempt.startedAt)}</td>
+                    <td>{formatClock(attempt.startedAt)}</td>
                     <td class="num">{attempt.httpStatus ?? '—'}</td>
                     <td class="num">{formatMs(attempt.latencyMs)}</td>
                     <td class="num">{attempt.waitMs === null ? '—' : formatMs(attempt.waitMs)}</td>
-                    <td title={attempt.errorMessage ?? ''}>{attempt.errorCode ?? ''}</td>
+                    <td class="wrap" title={attempt.errorMessage ?? ''}>
+                      {attempt.errorCode ?? ''}
+                    </td>
                   </tr>
                 ))}
               </tbody>
