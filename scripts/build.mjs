@@ -3,7 +3,9 @@
 // included, into dist/main.js. One file starts in half the time of hundreds of modules (Node.js
 // resolves, reads and links each one). What is imported dynamically (GraphiQL's page, Prisma's query
 // compiler) becomes a chunk of its own in dist/chunks/, read only when first needed; PGlite stays
-// in node_modules (it finds its WebAssembly and data files next to its own modules).
+// in node_modules (it finds its WebAssembly and data files next to its own modules). The dashboard
+// (src/dashboard/, for browsers) is bundled apart into dist/dashboard/ (buildDashboard below), from
+// the typed operations codegen writes into src/client/generated/ (run here when missing or older).
 //   node scripts/build.mjs             generates the Prisma client, then compiles
 //   node scripts/build.mjs --if-stale  does nothing when dist/ was built from the sources as they are
 // `npm start` runs the second form: a checkout updated without `npm install` (git pull) must not
@@ -28,7 +30,7 @@ function inputs() {
     for (const entry of readdirSync(join(root, dir), { withFileTypes: true }).sort((a, b) => a.name.localeCompare(b.name))) {
       const path = `${dir}/${entry.name}`;
       if (entry.isDirectory()) walk(path);
-      else if (path.startsWith('src/dashboard/') || (path.endsWith('.ts') && !path.endsWith('.test.ts'))) files.push(path);
+      else if (!path.endsWith('.test.ts') && (path.endsWith('.ts') || path.startsWith('src/dashboard/'))) files.push(path);
     }
   };
   walk('src');
