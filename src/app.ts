@@ -16,6 +16,7 @@ import { useBodyLimit } from './http/body-limit.ts';
 import { createCorsOptions, useBrowserSafety } from './http/browser-safety.ts';
 import { useDashboard } from './http/dashboard.ts';
 import { useOpenAiDoor } from './http/openai-door.ts';
+import { useMetricsEndpoint } from './observability/metrics-endpoint.ts';
 import type { Services } from './services.ts';
 
 export type App = YogaServerInstance<Record<string, never>, GraphQLContext>;
@@ -38,7 +39,7 @@ function useGraphqlJsExecution(): Plugin {
   };
 }
 
-/** Builds the HTTP application (GraphQL at /graphql, /health, /ready). It does not listen: tests call `app.fetch`. */
+/** Builds the HTTP application (GraphQL at /graphql, /v1, /metrics, /dashboard, /health, /ready). It does not listen: tests call `app.fetch`. */
 export function createApp(services: Services): App {
   const { loaded, database, logger } = services;
   const prisma = database.prisma;
@@ -103,6 +104,8 @@ export function createApp(services: Services): App {
       useBodyLimit(loaded.config.limits.maxBodyBytes),
       door.plugin,
       useOpenAiDoor({ services, identityOf: door.identityOf, maxBodyBytes: loaded.config.limits.maxBodyBytes }),
+      // With [Metrics] PORT set, /metrics is served on that port only (main.ts), and here it is not found.
+      ...(loaded.config.metrics.port === null ? [useMetricsEndpoint({ registry: services.metrics.registry, identityOf: door.identityOf })] : []),
       useReadinessCheck({ endpoint: '/ready', check: () => database.isReachable() }),
       ...createQueryLimitPlugins(loaded.config.limits),
       useSubscriptionRefusals(),

@@ -13,6 +13,7 @@ import { builtInProviders } from './llm/registry.ts';
 import { createServices } from './services.ts';
 import { countTextTokens, encodingForModel } from './llm/tokens.ts';
 import { isLoopbackHost } from './auth/hosts.ts';
+import { startMetricsServer, type MetricsServer } from './observability/metrics-endpoint.ts';
 
 const repositoryRoot = fileURLToPath(new URL('..', import.meta.url));
 
@@ -88,6 +89,12 @@ async function main(): Promise<void> {
     logger.warn('open mode: no CALLBOARD_MASTER_KEY is set, so requests without a key act as an ADMIN of tenant "default" (loopback only)');
   }
   const app = createApp(services);
+  // [Metrics] PORT: /metrics on a listener of its own, without a key; the main server then has no /metrics.
+  let metricsServer: MetricsServer | null = null;
+  if (config.metrics.port !== null) {
+    metricsServer = await startMetricsServer({ registry: services.metrics.registry, host: config.metrics.host, port: config.metrics.port });
+    logger.info({ url: metricsServer.url }, 'metrics are served on a port of their own');
+  }
   // Every request's handling, until its resolver has finished: a cut connection ends the response,
   // not the call, which still records its attempts once its upstream request is aborted.
   const handling = new Set<Promise<unknown>>();
@@ -161,6 +168,8 @@ async function main(): Promise<void> {
     const { lost } = forced() ? await Promise.race([closing, pause(forcedStepMs).then(() => ({ lost: Number.NaN }))]) : await closing;
     if (Number.isNaN(lost)) logger.error('history rows were still being written when the forced stop ended');
     else await database.close();
+    // Scraped until the end: a drain's history and pool metrics are worth seeing.
+    await metricsServer?.close();
     const kept = lost === 0;
     logger.info({ forced: forced(), historyKept: kept }, 'stopped');
     logger.flush();

@@ -43,7 +43,13 @@ export interface Recorder {
   redact: <T>(value: T) => T;
 }
 
-export function createRecorder(options: { history: Pick<HistoryWriter, 'recordCall'>; secrets: readonly string[]; storeBodies: boolean }): Recorder {
+export function createRecorder(options: {
+  history: Pick<HistoryWriter, 'recordCall'>;
+  secrets: readonly string[];
+  storeBodies: boolean;
+  /** Told of every finished row (the metrics); it must be cheap and must not throw. */
+  onFinished?: (record: CallRecord) => void;
+}): Recorder {
   const redact = createRedactor(options.secrets);
   return {
     redact,
@@ -104,6 +110,7 @@ export function createRecorder(options: { history: Pick<HistoryWriter, 'recordCa
         record.responseBody = null;
       }
       options.history.recordCall(record, prompt);
+      options.onFinished?.(record);
       return record;
     },
     fail(error, record) {
