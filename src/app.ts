@@ -1,3 +1,4 @@
+import { fileURLToPath } from 'node:url';
 import { execute, subscribe } from 'graphql';
 import { createYoga, useReadinessCheck, type Plugin, type YogaServerInstance } from 'graphql-yoga';
 import { createCacheEntryQueries } from './analytics/cache-entries.ts';
@@ -13,6 +14,7 @@ import { createParseCaches, createQueryLimitPlugins } from './graphql/query-limi
 import { schema } from './graphql/schema.ts';
 import { useBodyLimit } from './http/body-limit.ts';
 import { createCorsOptions, useBrowserSafety } from './http/browser-safety.ts';
+import { useDashboard } from './http/dashboard.ts';
 import { useOpenAiDoor } from './http/openai-door.ts';
 import { useMetricsEndpoint } from './observability/metrics-endpoint.ts';
 import { createRequestLogging } from './observability/request-log.ts';
@@ -22,6 +24,8 @@ import type { Services } from './services.ts';
 export type App = YogaServerInstance<Record<string, never>, GraphQLContext>;
 
 const actorHeader = 'x-callboard-actor';
+/** The built dashboard (scripts/build.mjs): `../dist/dashboard` from src/app.ts and from its bundle, dist/main.js, alike. */
+const dashboardDirectory = fileURLToPath(new URL('../dist/dashboard/', import.meta.url));
 
 type DropFirst<T extends unknown[]> = T extends [unknown, ...infer Rest] ? Rest : never;
 
@@ -42,7 +46,7 @@ export interface AppOptions {
   tracing?: Tracing | null;
 }
 
-/** Builds the HTTP application (GraphQL at /graphql, /v1, /metrics, /health, /ready). It does not listen: tests call `app.fetch`. */
+/** Builds the HTTP application (GraphQL at /graphql, /v1, /metrics, /dashboard, /health, /ready). It does not listen: tests call `app.fetch`. */
 export function createApp(services: Services, options: AppOptions = {}): App {
   const { loaded, database, logger } = services;
   const prisma = database.prisma;
@@ -106,6 +110,8 @@ export function createApp(services: Services, options: AppOptions = {}): App {
       requestLogging.plugin,
       // A rebound Host is refused before anyone is asked for a key.
       useBrowserSafety({ corsOrigins: server.corsOrigins, allowedHosts: server.allowedHosts, checkHost: services.authenticator.openMode }),
+      // The dashboard's page and files hold no data: served before the door asks for a key.
+      useDashboard({ directory: dashboardDirectory }),
       useBodyLimit(loaded.config.limits.maxBodyBytes),
       door.plugin,
       useOpenAiDoor({ services, identityOf: door.identityOf, requestLogOf: requestLogging.of, maxBodyBytes: loaded.config.limits.maxBodyBytes }),
