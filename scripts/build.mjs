@@ -3,7 +3,9 @@
 // included, into dist/main.js. One file starts in half the time of hundreds of modules (Node.js
 // resolves, reads and links each one). What is imported dynamically (GraphiQL's page, Prisma's query
 // compiler) becomes a chunk of its own in dist/chunks/, read only when first needed; PGlite stays
-// in node_modules (it finds its WebAssembly and data files next to its own modules).
+// in node_modules (it finds its WebAssembly and data files next to its own modules). The dashboard
+// (src/dashboard/, for browsers) is bundled apart into dist/dashboard/ (buildDashboard below), from
+// the typed operations codegen writes into src/client/generated/ (run here when missing or older).
 //   node scripts/build.mjs             generates the Prisma client, then compiles
 //   node scripts/build.mjs --if-stale  does nothing when dist/ was built from the sources as they are
 // `npm start` runs the second form: a checkout updated without `npm install` (git pull) must not
@@ -28,11 +30,12 @@ function inputs() {
     for (const entry of readdirSync(join(root, dir), { withFileTypes: true }).sort((a, b) => a.name.localeCompare(b.name))) {
       const path = `${dir}/${entry.name}`;
       if (entry.isDirectory()) walk(path);
-      else if (path.endsWith('.ts') && !path.endsWith('.test.ts')) files.push(path);
+      else if (!path.endsWith('.test.ts') && (path.endsWith('.ts') || path.startsWith('src/dashboard/'))) files.push(path);
     }
   };
   walk('src');
-  return files.filter((path) => !path.startsWith('src/client/'));
+  // The dashboard's typed operations are generated from these two (src/client/generated/ is not committed).
+  return [...files.filter((path) => !path.startsWith('src/client/')), 'src/client/operations.graphql', 'schema.graphql', 'codegen.ts'];
 }
 
 function sourcesHash() {
@@ -58,6 +61,13 @@ if (ifStale) console.error('build: dist/ is missing or older than the sources, b
 // schema is newer (or it is missing), unless asked for a full build.
 if (!ifStale || !existsSync(clientPath) || statSync(schemaPath).mtimeMs > statSync(clientPath).mtimeMs) {
   run([join(root, 'scripts', 'prisma-generate.mjs')], 'prisma generate');
+}
+// The dashboard imports the typed operations that codegen writes from src/client/operations.graphql.
+const generatedOperations = join(root, 'src', 'client', 'generated', 'graphql.ts');
+const codegenInputs = ['src/client/operations.graphql', 'schema.graphql'].map((path) => statSync(join(root, path)).mtimeMs);
+if (!ifStale || !existsSync(generatedOperations) || Math.max(...codegenInputs) > statSync(generatedOperations).mtimeMs) {
+  const require = createRequire(import.meta.url);
+  run([join(require.resolve('@graphql-codegen/cli/package.json'), '..', 'cjs', 'bin.js'), '--config', 'codegen.ts'], 'graphql-codegen');
 }
 const require = createRequire(import.meta.url);
 let tsc;
@@ -95,4 +105,46 @@ try {
   console.error('build: esbuild failed');
   process.exit(1);
 }
+try {
+  await buildDashboard(esbuild);
+} catch (error) {
+  console.error(`build: the dashboard failed: ${error.message}`);
+  process.exit(1);
+}
 writeFileSync(stampPath, sourcesHash());
+
+/**
+ * The dashboard (src/dashboard/, Preact and uPlot) for browsers: one script and one style sheet
+ * with content-hashed names in dist/dashboard/assets/ (served as immutable), and the page,
+ * dist/dashboard/index.html, that names them. Nothing is loaded from another host.
+ */
+async function buildDashboard(esbuild) {
+  const outdir = join(root, 'dist', 'dashboard');
+  const result = await esbuild.build({
+    absWorkingDir: root,
+    entryPoints: ['src/dashboard/main.tsx'],
+    bundle: true,
+    format: 'esm',
+    platform: 'browser',
+    target: ['chrome109', 'firefox115', 'safari16'],
+    jsx: 'automatic',
+    jsxImportSource: 'preact',
+    minify: true,
+    sourcemap: false,
+    legalComments: 'linked',
+    define: { 'process.env.NODE_ENV': '"production"' },
+    outdir: join(outdir, 'assets'),
+    entryNames: '[name]-[hash]',
+    assetNames: '[name]-[hash]',
+    metafile: true,
+    logLevel: 'warning',
+  });
+  const outputs = Object.keys(result.metafile.outputs).map((path) => path.slice(path.lastIndexOf('/') + 1));
+  const script = outputs.find((name) => /^main-.*\.js$/.test(name));
+  const styles = outputs.find((name) => /^main-.*\.css$/.test(name));
+  if (!script || !styles) throw new Error(`unexpected outputs: ${outputs.join(', ')}`);
+  const page = readFileSync(join(root, 'src', 'dashboard', 'index.html'), 'utf8')
+    .replace('{{js}}', `/dashboard/assets/${script}`)
+    .replace('{{css}}', `/dashboard/assets/${styles}`);
+  writeFileSync(join(outdir, 'index.html'), page);
+}

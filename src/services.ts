@@ -18,7 +18,9 @@ import { createProviderRegistry, type ProviderRegistry } from './llm/registry.ts
 import { createTemplateStore } from './llm/templates.ts';
 import { countMessageTokens, countTextTokens, type TokenMessage } from './llm/tokens.ts';
 import type { Logger } from './logger.ts';
+import { createCallMetrics } from './observability/call-metrics.ts';
 import { createMetrics, type Metrics } from './observability/metrics.ts';
+import { registerHistoryMetrics, registerPoolMetrics, registerProcessMetrics } from './observability/runtime-metrics.ts';
 
 /** Everything the API serves from, built once per process. */
 export interface Services {
@@ -154,6 +156,16 @@ export async function createServices(options: ServicesOptions): Promise<Services
       return tokens;
     },
   });
+  registerHistoryMetrics(metrics.registry, history);
+  registerPoolMetrics(metrics.registry, database);
+  registerProcessMetrics(metrics.registry);
+  const callMetrics = createCallMetrics({
+    registry: metrics.registry,
+    maxModels: config.metrics.maxModelLabels,
+    maxTenants: config.metrics.maxTenantLabels,
+    knownModels: [config.openai.model, config.openai.reasoningModel, config.openai.embeddingModel, ...Object.keys(config.prices)].filter((model): model is string => !!model),
+    knownProviders: registry.apiTypes(),
+  });
   const cache = createResponseCache({ database, memoryEntries: config.cache.memoryEntries, memoryBytes: Math.round(config.cache.memoryMegabytes * 2 ** 20), writer: history, logger, presence: { database } });
   // Every instance's history announces the entries it writes; then, listening, the keys already there are read.
   const stopEntriesListening = await database.listen(
@@ -201,6 +213,7 @@ export async function createServices(options: ServicesOptions): Promise<Services
     spend: createSpendGuard({ limits, prices: config.prices, logger }),
     secrets: Object.values(config.secrets).filter((secret): secret is string => secret !== null),
     inputLimits: config.limits,
+    onCallFinished: callMetrics.observe,
     sleep: options.sleep,
     random: options.random,
     signal: options.signal,

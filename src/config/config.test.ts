@@ -214,6 +214,15 @@ describe('loadConfig', () => {
     expect(config.logging.level).toBe('error');
   });
 
+  it('serves /metrics on the main server unless [Metrics] PORT names a separate port (on 127.0.0.1 unless HOST says otherwise)', () => {
+    expect(loadConfig([], {}).config.metrics).toEqual({ port: null, host: '127.0.0.1', maxModelLabels: 50, maxTenantLabels: 100 });
+    const separate = loadConfig([file('/etc/callboard.ini', '[Metrics]\nPORT=9464\nMAX_MODEL_LABELS=10\n')], { CALLBOARD_METRICS__HOST: '0.0.0.0' });
+    expect(separate.config.metrics).toEqual({ port: 9464, host: '0.0.0.0', maxModelLabels: 10, maxTenantLabels: 100 });
+    expect(separate.settings.find((setting) => setting.section === 'Metrics' && setting.key === 'PORT')).toMatchObject({ value: '9464', source: 'FILE', origin: '/etc/callboard.ini' });
+    const problems = problemsOf(() => loadConfig([file('/etc/bad.ini', '[Metrics]\nPORT=70000\nMAX_TENANT_LABELS=0\n')], {}));
+    expect(problems.map((problem) => `${problem.source}: [${problem.section}] ${problem.key}`)).toEqual(['/etc/bad.ini: [Metrics] PORT', '/etc/bad.ini: [Metrics] MAX_TENANT_LABELS']);
+  });
+
   it('parses prices as input and output USD per million tokens', () => {
     const { config } = loadConfig([file('a.ini', '[Prices]\nmy-model = 1.5 , 6\n')], {});
     expect(config.prices).toEqual({ 'my-model': { inputPerMillion: '1.5', outputPerMillion: '6' } });

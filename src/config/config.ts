@@ -88,6 +88,12 @@ export interface Config {
     /** Subscriptions one instance serves at once; 0: none. */
     maxSubscriptions: number;
   };
+  /**
+   * GET /metrics. `port` null: served on the main server (protected like the API); a number: a separate
+   * listener on `host` serving only /metrics, unauthenticated. The label bounds cap the distinct models and
+   * tenants a metric tells apart (the rest are "other").
+   */
+  metrics: { port: number | null; host: string; maxModelLabels: number; maxTenantLabels: number };
   prices: Record<string, ModelPrice>;
   /** From the environment only; never logged, stored or answered. */
   secrets: { openaiApiKey: string | null; azureOpenaiEndpoint: string | null; azureOpenaiKey: string | null; masterKey: string | null };
@@ -284,6 +290,12 @@ const sections: Record<string, Record<string, KeySpec>> = {
     PURGE_INTERVAL_SECONDS: { path: ['history', 'purgeIntervalSeconds'], default: '300', schema: integer(0, 86_400) },
     PURGE_BATCH_SIZE: { path: ['history', 'purgeBatchSize'], default: '1000', schema: integer(1, 100_000) },
   },
+  Metrics: {
+    PORT: { path: ['metrics', 'port'], default: '', schema: optional(integer(0, 65535)) },
+    HOST: { path: ['metrics', 'host'], default: '127.0.0.1', schema: text },
+    MAX_MODEL_LABELS: { path: ['metrics', 'maxModelLabels'], default: '50', schema: integer(1, 10_000) },
+    MAX_TENANT_LABELS: { path: ['metrics', 'maxTenantLabels'], default: '100', schema: integer(1, 10_000) },
+  },
   Prompts: {
     DIR: { path: ['prompts', 'dir'], default: './prompts', schema: text },
   },
@@ -473,7 +485,7 @@ export function loadConfig(
     raw.set(rawKey(section, key), { value, source: 'ENVIRONMENT', origin: name });
   }
 
-  const config = { openai: {}, server: {}, database: {}, logging: {}, cache: {}, history: {}, prompts: {}, limits: {}, prices: {}, secrets: {} } as Record<
+  const config = { openai: {}, server: {}, database: {}, logging: {}, cache: {}, history: {}, metrics: {}, prompts: {}, limits: {}, prices: {}, secrets: {} } as Record<
     keyof Config,
     Record<string, unknown>
   >;

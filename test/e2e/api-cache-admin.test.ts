@@ -566,7 +566,7 @@ describe.each(databaseKinds)('the cache and the admin levers through the API on 
       expect(find('BASE_URL')).toMatchObject({ section: 'OpenAI', value: fake.openaiBaseURL, source: 'FILE', origin: 'test.ini' });
       expect(find('MAX_ATTEMPTS')).toMatchObject({ value: '5', source: 'DEFAULT', origin: null });
       expect(find('OPENAI_API_KEY')).toEqual({ section: 'Secrets', key: 'OPENAI_API_KEY', value: 'set', source: 'ENVIRONMENT', origin: 'OPENAI_API_KEY', secret: true });
-      expect(new Set(settings.map((setting) => setting.section))).toEqual(new Set(['OpenAI', 'Server', 'Database', 'Logging', 'Cache', 'History', 'Prompts', 'Limits', 'Prices', 'Secrets']));
+      expect(new Set(settings.map((setting) => setting.section))).toEqual(new Set(['OpenAI', 'Server', 'Database', 'Logging', 'Cache', 'History', 'Metrics', 'Prompts', 'Limits', 'Prices', 'Secrets']));
       expect(JSON.stringify(settings)).not.toContain(apiKey);
     });
   });
