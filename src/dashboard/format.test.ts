@@ -1,20 +1,23 @@
 import { describe, expect, it } from 'vitest';
-import { formatMoney, formatMs, formatRate, moneyValue } from './format.ts';
+import { formatMoney, formatMs, formatRate, moneyValue, sumMoney } from './format.ts';
 
 describe('the dashboard formats', () => {
-  it('shows money sent as a decimal string as written, and as a number without float noise', () => {
+  it('shows money as the decimal string the server wrote', () => {
     expect(formatMoney('0.0002109')).toBe('$0.0002109');
     expect(formatMoney('12.50')).toBe('$12.50');
-    expect(formatMoney(0.0000036)).toBe('$0.0000036');
-    expect(formatMoney(0.1 + 0.2)).toBe('$0.3');
-    expect(formatMoney(0)).toBe('$0');
+    expect(formatMoney('0')).toBe('$0');
     expect(formatMoney(null)).toBe('—');
     expect(formatMoney(undefined)).toBe('—');
   });
 
-  it('reads money as a number for charts and sums, from either form', () => {
+  it('sums money exactly, where floats would not', () => {
+    expect(sumMoney(['0.1', '0.2', null])).toBe('0.3');
+    expect(sumMoney(['0.0338797', '0.0000001'])).toBe('0.0338798');
+    expect(sumMoney([null, undefined])).toBeNull();
+  });
+
+  it('reads money as a number for charts', () => {
     expect(moneyValue('0.0002109')).toBe(0.0002109);
-    expect(moneyValue(0.25)).toBe(0.25);
     expect(moneyValue(null)).toBeNull();
     expect(moneyValue('not a number')).toBeNull();
   });

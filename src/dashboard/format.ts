@@ -1,29 +1,25 @@
 // How the dashboard writes numbers. Pure functions: the page uses them, and so does its test, to
 // compare what the page shows with what the API answers.
+import { sumUsd } from '../money.ts';
 
-/**
- * A money amount as the API sends it: a number (Float) or a decimal string (the Decimal scalar,
- * e.g. "0.0002109"). Null: not priced.
- */
-export type Money = number | string | null | undefined;
+/** A money amount as the API sends it: a decimal string (the Decimal scalar, e.g. "0.0002109"). Null: not priced. */
+export type Money = string | null | undefined;
 
-/** The amount as a number, for charts and sums; null when unpriced or unreadable. */
+/** The amount as a number, for charts only (never summed or shown); null when unpriced or unreadable. */
 export function moneyValue(value: Money): number | null {
   if (value === null || value === undefined || value === '') return null;
   const number = Number(value);
   return Number.isFinite(number) ? number : null;
 }
 
-/**
- * The amount as shown: a decimal string as the server wrote it (it is exact), a number with up to 7
- * decimals without trailing zeros; "—" when unpriced.
- */
+/** The amount as shown: the decimal string as the server wrote it (it is exact); "—" when unpriced. */
 export function formatMoney(value: Money): string {
-  if (value === null || value === undefined || value === '') return '—';
-  if (typeof value === 'string') return `$${value}`;
-  if (!Number.isFinite(value)) return '—';
-  const fixed = value.toFixed(7).replace(/0+$/, '').replace(/\.$/, '');
-  return `$${fixed === '-0' ? '0' : fixed}`;
+  return value === null || value === undefined || value === '' ? '—' : `$${value}`;
+}
+
+/** The exact sum of amounts (null when all are unpriced), through the server's own decimal arithmetic. */
+export function sumMoney(values: Money[]): string | null {
+  return sumUsd(values.map((value) => (value === undefined || value === '' ? null : value)));
 }
 
 /** A count with thousands separators. */

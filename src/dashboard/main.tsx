@@ -16,7 +16,7 @@ import {
 } from '../client/generated/graphql.ts';
 import { Chart, type ChartSeries } from './chart.tsx';
 import { createDashboardClient, errorOf, keyStorageName } from './client.ts';
-import { formatClock, formatCount, formatDay, formatMoney, formatMs, formatRate, formatTime, moneyValue, type Money } from './format.ts';
+import { formatClock, formatCount, formatDay, formatMoney, formatMs, formatRate, formatTime, moneyValue, sumMoney } from './format.ts';
 
 const ranges = [
   { id: '24h', label: 'Last 24 hours', hours: 24, step: 'HOUR' },
@@ -181,15 +181,15 @@ function Totals({ totals }: { totals: Totals | undefined }) {
     ['calls', 'Calls', formatCount(totals?.calls ?? 0)],
     ['errors', 'Errors', formatCount(totals?.errors ?? 0)],
     ['hit-rate', 'Cache hit rate', formatRate(totals?.hitRate)],
-    ['cost', 'Cost spent', formatMoney(totals?.costUsd as Money)],
-    ['saved', 'Saved by the cache', formatMoney(totals?.costSavedUsd as Money)],
+    ['cost', 'Cost spent', formatMoney(totals?.costUsd)],
+    ['saved', 'Saved by the cache', formatMoney(totals?.costSavedUsd)],
     ['p50', 'Latency p50', formatMs(totals?.latencyP50Ms)],
     ['p95', 'Latency p95', formatMs(totals?.latencyP95Ms)],
   ];
   return (
     <div class="cards">
       {cards.map(([id, label, value]) => (
-        <div class={`card ${id === 'errors' && (totals?.errors ?? 0) > 0 ? 'bad' : ''}`}>
+        <div class={`card ${id === 'errors' && (totals?.errors ?? 0) > 0 ? 'bad' : ''} ${id === 'cost' || id === 'saved' ? 'money' : ''}`}>
           <div class="label">{label}</div>
           <div class="value" data-testid={`stat-${id}`}>
             {value}
@@ -248,9 +248,9 @@ function OverTime({ buckets, from, range }: { buckets: DashboardStatsQuery['over
 
 function CostTable({ buckets }: { buckets: DashboardStatsQuery['byModelDay'] }) {
   const sorted = [...buckets].sort((a, b) => (b.day ?? '').localeCompare(a.day ?? '') || (a.model ?? '').localeCompare(b.model ?? ''));
-  const spent = buckets.reduce((sum, bucket) => sum + (moneyValue(bucket.costUsd as Money) ?? 0), 0);
-  const saved = buckets.reduce((sum, bucket) => sum + (moneyValue(bucket.costSavedUsd as Money) ?? 0), 0);
-  const widest = Math.max(...buckets.map((bucket) => (moneyValue(bucket.costUsd as Money) ?? 0) + (moneyValue(bucket.costSavedUsd as Money) ?? 0)), 0);
+  const spent = sumMoney(buckets.map((bucket) => bucket.costUsd));
+  const saved = sumMoney(buckets.map((bucket) => bucket.costSavedUsd));
+  const widest = Math.max(...buckets.map((bucket) => (moneyValue(bucket.costUsd) ?? 0) + (moneyValue(bucket.costSavedUsd) ?? 0)), 0);
   return (
     <section class="panel cost" data-testid="cost-by-model">
       <h2>Cost by model and day</h2>
@@ -267,15 +267,15 @@ function CostTable({ buckets }: { buckets: DashboardStatsQuery['byModelDay'] }) 
         </thead>
         <tbody>
           {sorted.map((bucket) => {
-            const cost = moneyValue(bucket.costUsd as Money) ?? 0;
-            const save = moneyValue(bucket.costSavedUsd as Money) ?? 0;
+            const cost = moneyValue(bucket.costUsd) ?? 0;
+            const save = moneyValue(bucket.costSavedUsd) ?? 0;
             return (
               <tr>
                 <td>{formatDay(bucket.day)}</td>
                 <td>{bucket.model}</td>
                 <td class="num">{formatCount(bucket.calls)}</td>
-                <td class="num">{formatMoney(bucket.costUsd as Money)}</td>
-                <td class="num saved">{formatMoney(bucket.costSavedUsd as Money)}</td>
+                <td class="num">{formatMoney(bucket.costUsd)}</td>
+                <td class="num saved">{formatMoney(bucket.costSavedUsd)}</td>
                 <td class="bar-cell">
                   <Bar part={cost} whole={widest} kind="spent" />
                   <Bar part={save} whole={widest} kind="saved" />
@@ -294,8 +294,12 @@ function CostTable({ buckets }: { buckets: DashboardStatsQuery['byModelDay'] }) 
         <tfoot>
           <tr>
             <td colSpan={3}>Total</td>
-            <td class="num">{formatMoney(Number(spent.toFixed(9)))}</td>
-            <td class="num saved">{formatMoney(Number(saved.toFixed(9)))}</td>
+            <td class="num" data-testid="cost-total-spent">
+              {formatMoney(spent)}
+            </td>
+            <td class="num saved" data-testid="cost-total-saved">
+              {formatMoney(saved)}
+            </td>
             <td />
           </tr>
         </tfoot>
@@ -362,7 +366,9 @@ function RecentCalls({ rows, total, liveIds, selected, onSelect, showTenant }: R
                 <span class={`pill cache-${row.cacheStatus.toLowerCase()}`}>{row.cacheStatus}</span>
               </td>
               <td class="num">{formatMs(row.latencyMs)}</td>
-              <td class="num">{formatMoney(row.costUsd as Money)}</td>
+              <td class="num" title={row.costSavedUsd ? `${formatMoney(row.costSavedUsd)} saved by the cache` : undefined}>
+                {row.costSavedUsd ? <span class="saved">{formatMoney(row.costSavedUsd)} saved</span> : formatMoney(row.costUsd)}
+              </td>
               <td class="num">{row.attemptCount}</td>
             </tr>
           ))}
@@ -426,8 +432,8 @@ function CallDetail({ id, onClose }: { id: string; onClose(): void }) {
             <dd>{call.usage ? `${formatCount(call.usage.promptTokens)} in, ${formatCount(call.usage.completionTokens)} out` : '—'}</dd>
             <dt>Cost</dt>
             <dd>
-              {formatMoney(call.costUsd as Money)}
-              {call.cacheStatus === 'HIT' ? ' saved' : ''}
+              {formatMoney(call.costUsd)} spent
+              {call.costSavedUsd !== null && call.costSavedUsd !== undefined ? `, ${formatMoney(call.costSavedUsd)} saved by the cache` : ''}
             </dd>
             {call.tags.length > 0 ? (
               <>
@@ -483,7 +489,7 @@ function CallDetail({ id, onClose }: { id: string; onClose(): void }) {
               <dt>Expires</dt>
               <dd>{call.cacheEntry.expiresAt ? formatTime(call.cacheEntry.expiresAt) : 'never'}</dd>
               <dt>Cost per answer</dt>
-              <dd>{formatMoney(call.cacheEntry.costUsd as Money)}</dd>
+              <dd>{formatMoney(call.cacheEntry.costUsd)}</dd>
             </dl>
           ) : (
             <p class="muted">{call.cacheKey ? 'Gone (invalidated, expired or replaced).' : 'None: the cache was not used.'}</p>

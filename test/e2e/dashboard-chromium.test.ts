@@ -254,6 +254,9 @@ describe.skipIf(!existsSync(chromiumPath)).each(databaseKinds)('the dashboard in
     // The charts are drawn (uPlot's canvas), and the cost table has a row per model.
     expect(await page.locator('[data-testid=chart-calls] canvas').count()).toBe(1);
     expect(await page.locator('[data-testid=cost-by-model] tbody tr').count()).toBeGreaterThanOrEqual(2);
+    // Its totals are the exact sums of its rows: the same amounts as the API's totals, to the last digit.
+    expect(await text('cost-total-spent')).toBe(formatMoney(totals.costUsd));
+    expect(await text('cost-total-saved')).toBe(formatMoney(totals.costSavedUsd));
     await page.screenshot({ path: `${outputDir}dashboard.png`, fullPage: true });
     expect(foreignRequests).toEqual([]);
     expect(pageErrors).toEqual([]);
