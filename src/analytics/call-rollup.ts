@@ -1,5 +1,6 @@
 import type { Database } from '../db/database.ts';
 import type { Logger } from '../logger.ts';
+import { startPeriodicJob, type PeriodicJob } from '../periodic-job.ts';
 
 /**
  * The call history pre-aggregated for callStats: "LlmCallRollup" per UTC hour and combination of
@@ -208,57 +209,23 @@ export async function rollUpCalls(database: RollupDatabase, options: RollupOptio
   return { steps };
 }
 
-export interface CallRollupJob {
-  /** Runs a rollup now (after the one running, if any). */
-  run(): Promise<void>;
-  /** Stops the timer and waits for a step running. */
-  stop(): Promise<void>;
-}
+/** Rolls up now with run(); stop() waits for a step running. */
+export type CallRollupJob = PeriodicJob<void>;
 
 /** Rolls up complete hours every `intervalMs` (and soon after start); 0 turns the job off. */
 export function startCallRollup(options: { database: RollupDatabase; logger: Logger; intervalMs: number; firstRunMs?: number }): CallRollupJob {
   const { database, logger, intervalMs } = options;
-  let timer: NodeJS.Timeout | undefined;
-  let running: Promise<void> | undefined;
-  let stopped = intervalMs <= 0;
-  let failing = false;
-  const run = async () => {
-    try {
+  return startPeriodicJob({
+    what: 'call rollup',
+    logger,
+    intervalMs,
+    firstRunMs: options.firstRunMs ?? Math.min(intervalMs, 1000),
+    // The database may be down: callStats reads the calls meanwhile, and the next run catches up.
+    work: async () => {
       const started = performance.now();
       const { steps } = await rollUpCalls(database);
-      if (failing) logger.info('call rollup working again');
-      failing = false;
       const rows = steps.reduce((sum, step) => sum + step.rows, 0);
       if (steps.length > 1) logger.info({ steps: steps.length, rows, ms: Math.round(performance.now() - started) }, 'call history rolled up');
-    } catch (error) {
-      // The database may be down: callStats reads the calls meanwhile, and the next run catches up.
-      if (!failing) logger.warn({ err: error }, 'call rollup failed; it will be tried again');
-      failing = true;
-    }
-  };
-  const schedule = (delayMs: number) => {
-    if (stopped) return;
-    timer = setTimeout(() => {
-      timer = undefined;
-      void job.run().finally(() => schedule(intervalMs));
-    }, delayMs);
-    timer.unref();
-  };
-  const job: CallRollupJob = {
-    async run() {
-      while (running) await running;
-      running = run().finally(() => {
-        running = undefined;
-      });
-      await running;
     },
-    async stop() {
-      stopped = true;
-      clearTimeout(timer);
-      timer = undefined;
-      await running;
-    },
-  };
-  schedule(options.firstRunMs ?? Math.min(intervalMs, 1000));
-  return job;
+  });
 }

@@ -2,6 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Counter, type Registry } from 'prom-client';
 import type { Database, SqlSession } from '../db/database.ts';
 import type { Logger } from '../logger.ts';
+import { startPeriodicJob, type PeriodicJob } from '../periodic-job.ts';
 
 /*
  * The retention purge: deletes the calls older than [History] RETENTION_DAYS (with their bodies and
@@ -137,12 +138,8 @@ export function purgeMetrics(registry: Registry): PurgeMetrics {
   };
 }
 
-export interface PurgeJob {
-  /** Purges now (after the run in progress, if any). */
-  run(): Promise<PurgeResult | null>;
-  /** Stops the timer, and the run in progress after its current statement. */
-  stop(): Promise<void>;
-}
+/** Purges now with run(); stop() ends a run in progress after its current statement. */
+export type PurgeJob = PeriodicJob<PurgeResult>;
 
 export interface PurgeJobOptions extends Omit<PurgeOptions, 'stopped'> {
   database: PurgeDatabase;
@@ -158,55 +155,25 @@ export interface PurgeJobOptions extends Omit<PurgeOptions, 'stopped'> {
 export function startHistoryPurge(options: PurgeJobOptions): PurgeJob {
   const { database, logger, intervalMs } = options;
   const metrics = purgeMetrics(options.registry);
-  let timer: NodeJS.Timeout | undefined;
-  let running: Promise<PurgeResult | null> | undefined;
-  let stopped = intervalMs <= 0;
-  // Only stop() cuts a run short: a job that is off (interval 0) still purges when run() is called.
-  let stopping = false;
-  let failing = false;
-  const purge = async (): Promise<PurgeResult | null> => {
-    try {
+  return startPeriodicJob({
+    what: 'history purge',
+    logger,
+    intervalMs,
+    firstRunMs: options.firstRunMs ?? intervalMs,
+    work: async (stopping) => {
       const started = performance.now();
-      const result = await purgeHistory(database, { ...options, stopped: () => stopping });
+      let result: PurgeResult;
+      try {
+        result = await purgeHistory(database, { ...options, stopped: stopping });
+      } catch (error) {
+        metrics.runs.inc({ result: 'error' });
+        throw error;
+      }
       metrics.runs.inc({ result: result.ran ? 'ok' : 'skipped' });
       for (const [table, count] of Object.entries(result.deleted)) if (count > 0) metrics.purgedRows.inc({ table }, count);
-      if (failing) logger.info('history purge working again');
-      failing = false;
       const total = Object.values(result.deleted).reduce((sum, count) => sum + count, 0);
       if (total > 0) logger.info({ deleted: result.deleted, statements: result.statements, ms: Math.round(performance.now() - started) }, 'history purged');
       return result;
-    } catch (error) {
-      metrics.runs.inc({ result: 'error' });
-      // The database may be down: the next run catches up.
-      if (!failing) logger.warn({ err: error }, 'history purge failed; it will be tried again');
-      failing = true;
-      return null;
-    }
-  };
-  const schedule = (delayMs: number) => {
-    if (stopped) return;
-    timer = setTimeout(() => {
-      timer = undefined;
-      void job.run().finally(() => schedule(intervalMs));
-    }, delayMs);
-    timer.unref();
-  };
-  const job: PurgeJob = {
-    async run() {
-      while (running) await running;
-      running = purge().finally(() => {
-        running = undefined;
-      });
-      return running;
     },
-    async stop() {
-      stopped = true;
-      stopping = true;
-      clearTimeout(timer);
-      timer = undefined;
-      await running;
-    },
-  };
-  schedule(options.firstRunMs ?? intervalMs);
-  return job;
+  });
 }
