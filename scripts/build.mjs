@@ -9,6 +9,11 @@
 // `npm start` runs the second form: a checkout updated without `npm install` (git pull) must not
 // start yesterday's code. The check hashes contents, not times: `npm test` rewrites the generated
 // client with the same bytes, which must not count as a change.
+// It also builds the client package, `callboard/client` (package.json "exports"): the typed
+// operations of src/client/operations.graphql (GraphQL Code Generator, when they are missing or older
+// than their sources) and the small client, bundled by esbuild into dist/client/index.js (graphql's
+// printer included: nothing to install beside it), with declarations written by `tsc -p
+// tsconfig.client.json` into dist/client/*.d.ts.
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -20,10 +25,12 @@ const root = fileURLToPath(new URL('..', import.meta.url));
 const stampPath = join(root, 'dist', '.sources-hash');
 const schemaPath = join(root, 'prisma', 'schema.prisma');
 const clientPath = join(root, 'src', 'db', 'generated', 'client.ts');
+const operationsPath = join(root, 'src', 'client', 'generated', 'graphql.ts');
+const operationSources = ['schema.graphql', 'src/client/operations.graphql', 'codegen.ts'].map((path) => join(root, path));
 
 /** Every file the compiled output depends on, in a stable order: what tsconfig.build.json compiles and its settings. */
 function inputs() {
-  const files = ['package.json', 'tsconfig.json', 'tsconfig.build.json', 'prisma/schema.prisma'];
+  const files = ['package.json', 'tsconfig.json', 'tsconfig.build.json', 'tsconfig.client.json', 'prisma/schema.prisma', 'schema.graphql', 'codegen.ts', 'src/client/operations.graphql'];
   const walk = (dir) => {
     for (const entry of readdirSync(join(root, dir), { withFileTypes: true }).sort((a, b) => a.name.localeCompare(b.name))) {
       const path = `${dir}/${entry.name}`;
@@ -32,7 +39,8 @@ function inputs() {
     }
   };
   walk('src');
-  return files.filter((path) => !path.startsWith('src/client/'));
+  // The generated operations follow from schema.graphql, the operations and codegen.ts.
+  return files.filter((path) => !path.startsWith('src/client/generated/'));
 }
 
 function sourcesHash() {
@@ -61,13 +69,19 @@ if (!ifStale || !existsSync(clientPath) || statSync(schemaPath).mtimeMs > statSy
 }
 const require = createRequire(import.meta.url);
 let tsc;
+let codegen;
 let esbuild;
 try {
   tsc = join(require.resolve('typescript/package.json'), '..', 'bin', 'tsc');
+  codegen = join(require.resolve('@graphql-codegen/cli/package.json'), '..', 'esm', 'bin.js');
   esbuild = await import('esbuild');
 } catch {
-  console.error('build: TypeScript or esbuild is not installed (npm install --omit=dev?). Build dist/ where the dev dependencies are installed: npm run build.');
+  console.error('build: TypeScript, GraphQL Code Generator or esbuild is not installed (npm install --omit=dev?). Build dist/ where the dev dependencies are installed: npm run build.');
   process.exit(1);
+}
+const newestSource = Math.max(...operationSources.map((path) => statSync(path).mtimeMs));
+if (!existsSync(operationsPath) || newestSource > statSync(operationsPath).mtimeMs) {
+  run([codegen, '--config', join(root, 'codegen.ts')], 'graphql-codegen (npm run codegen)');
 }
 run([tsc, '-p', join(root, 'tsconfig.build.json')], 'tsc -p tsconfig.build.json');
 // Files of removed sources must not linger in dist/.
@@ -91,8 +105,21 @@ try {
     banner: { js: "import { createRequire as __callboardCreateRequire } from 'node:module'; const require = __callboardCreateRequire(import.meta.url);" },
     logLevel: 'warning',
   });
+  // The client package: for browsers and Node.js alike, one module without imports.
+  await esbuild.build({
+    absWorkingDir: root,
+    entryPoints: ['src/client/index.ts'],
+    bundle: true,
+    format: 'esm',
+    platform: 'neutral',
+    mainFields: ['module', 'main'],
+    target: 'es2022',
+    outfile: 'dist/client/index.js',
+    logLevel: 'warning',
+  });
 } catch {
   console.error('build: esbuild failed');
   process.exit(1);
 }
+run([tsc, '-p', join(root, 'tsconfig.client.json')], 'tsc -p tsconfig.client.json');
 writeFileSync(stampPath, sourcesHash());
