@@ -13,6 +13,7 @@ import { createParseCaches, createQueryLimitPlugins } from './graphql/query-limi
 import { schema } from './graphql/schema.ts';
 import { useBodyLimit } from './http/body-limit.ts';
 import { createCorsOptions, useBrowserSafety } from './http/browser-safety.ts';
+import { createGraphiQL } from './http/graphiql.ts';
 import { useOpenAiDoor } from './http/openai-door.ts';
 import type { Services } from './services.ts';
 
@@ -40,6 +41,7 @@ export function createApp(services: Services): App {
   const prisma = database.prisma;
   const door = createDoor(services.authenticator);
   const { server } = loaded.config;
+  const graphiql = server.graphiql ? createGraphiQL() : null;
   return createYoga<Record<string, never>, GraphQLContext>({
     schema,
     context: ({ request }): GraphQLContext => {
@@ -70,11 +72,12 @@ export function createApp(services: Services): App {
     graphqlEndpoint: '/graphql',
     healthCheckEndpoint: '/health',
     landingPage: false,
-    graphiql: loaded.config.server.graphiql ? { title: 'Callboard', defaultQuery: exampleOperations } : false,
+    graphiql: graphiql ? { title: 'Callboard', defaultQuery: exampleOperations } : false,
     // GraphiQL's scripts come with the package: Yoga's default page loads them from a CDN, which a
-    // machine without internet access (or a strict content policy) never reaches. The package is
-    // 9 MB of script: it is read on the page's first request, not at start.
-    renderGraphiQL: async (options) => (await import('@graphql-yoga/render-graphiql')).renderGraphiQL(options),
+    // machine without internet access (or a strict content policy) never reaches. The package's
+    // own page inlines its 9 MB into every load: src/http/graphiql.ts serves a small page instead,
+    // and the files once, cached and compressed, read on the first request, not at start.
+    ...(graphiql ? { renderGraphiQL: graphiql.render } : {}),
     logging: {
       debug: (...args) => logger.debug(args.map(String).join(' ')),
       info: (...args) => logger.info(args.map(String).join(' ')),
@@ -92,6 +95,8 @@ export function createApp(services: Services): App {
     maxRequestBodySize: false,
     parserAndValidationCache: createParseCaches(),
     plugins: [
+      // GraphiQL's files hold no data, as its page (which Yoga answers before any plugin): any host, no key.
+      ...(graphiql ? [graphiql.plugin] : []),
       // A rebound Host is refused before anyone is asked for a key.
       useBrowserSafety({ corsOrigins: server.corsOrigins, allowedHosts: server.allowedHosts, checkHost: services.authenticator.openMode }),
       useBodyLimit(loaded.config.limits.maxBodyBytes),
