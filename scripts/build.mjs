@@ -49,9 +49,11 @@ function sourcesHash() {
   return hash.digest('hex');
 }
 
-function run(args, what) {
-  const result = spawnSync(process.execPath, args, { cwd: root, stdio: 'inherit' });
+/** Runs a Node.js script; `quiet`: its output is shown only when it fails (the code generator's progress lines). */
+function run(args, what, { quiet = false } = {}) {
+  const result = spawnSync(process.execPath, args, { cwd: root, stdio: quiet ? ['ignore', 'pipe', 'pipe'] : 'inherit', encoding: 'utf8' });
   if (result.status !== 0) {
+    if (quiet) process.stderr.write(`${result.stdout}${result.stderr}`);
     console.error(`build: ${what} failed`);
     process.exit(result.status ?? 1);
   }
@@ -81,7 +83,7 @@ try {
 }
 const newestSource = Math.max(...operationSources.map((path) => statSync(path).mtimeMs));
 if (!existsSync(operationsPath) || newestSource > statSync(operationsPath).mtimeMs) {
-  run([codegen, '--config', join(root, 'codegen.ts')], 'graphql-codegen (npm run codegen)');
+  run([codegen, '--config', join(root, 'codegen.ts')], 'graphql-codegen (npm run codegen)', { quiet: true });
 }
 run([tsc, '-p', join(root, 'tsconfig.build.json')], 'tsc -p tsconfig.build.json');
 // Files of removed sources must not linger in dist/.
