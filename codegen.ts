@@ -2,7 +2,7 @@ import type { CodegenConfig } from '@graphql-codegen/cli';
 
 const sharedConfig = {
   useTypeImports: true,
-  scalars: { JSON: 'unknown', DateTime: 'string' },
+  scalars: { JSON: 'unknown', DateTime: 'string', Decimal: 'string' },
   enumsAsTypes: true,
 };
 

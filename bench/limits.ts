@@ -11,7 +11,7 @@ import { createTestDatabase, type DatabaseKind } from '../test/support/database.
  */
 
 const calls = Number(process.argv[2] ?? 2_000);
-const generous: KeyLimits = { requestsPerMinute: 1e9, tokensPerMinute: 1e12, usdPerDay: 1e9, usdPerMonth: 1e9 };
+const generous: KeyLimits = { requestsPerMinute: 1e9, tokensPerMinute: 1e12, usdPerDay: '1000000000', usdPerMonth: '1000000000' };
 process.env.TEST_DATABASE_URL ??= 'postgresql://postgres@127.0.0.1:5432/test';
 
 interface Measure {
@@ -52,7 +52,7 @@ async function scenarios(kind: DatabaseKind, database: Database, open: (poolSize
       const store: LimitStore = createLimitStore({ database: pool });
       const oneKey = await createKey(database);
       const keys = await Promise.all(Array.from({ length: concurrency }, () => createKey(database)));
-      const spend = { requests: 1, tokens: 1_000, usd: 0.01 };
+      const spend = { requests: 1, tokens: 1_000, usd: '0.01' };
       // Warm-up: connections opened, statements planned, rows created.
       await Promise.all([oneKey, ...keys].map((key) => store.reserve(key, generous, spend)));
       await measure('warm-up', concurrency, 200, () => pool.query('SELECT 1'));
@@ -60,15 +60,15 @@ async function scenarios(kind: DatabaseKind, database: Database, open: (poolSize
       results.push(await measure(`SELECT 1 (a bare round trip)`, concurrency, calls, () => pool.query('SELECT 1')));
       const reservations = new Array(calls);
       results.push(await measure('reserve, one key', concurrency, calls, async (index) => (reservations[index] = await store.reserve(oneKey, generous, spend))));
-      results.push(await measure('settle, one key', concurrency, calls, (index) => store.settle(reservations[index], { tokens: 400, usd: 0.004 })));
+      results.push(await measure('settle, one key', concurrency, calls, (index) => store.settle(reservations[index], { tokens: 400, usd: '0.004' })));
       if (concurrency > 1) {
         results.push(await measure(`reserve, ${concurrency} keys`, concurrency, calls, async (index) => (reservations[index] = await store.reserve(keys[index % keys.length]!, generous, spend))));
-        results.push(await measure(`settle, ${concurrency} keys`, concurrency, calls, (index) => store.settle(reservations[index], { tokens: 400, usd: 0.004 })));
+        results.push(await measure(`settle, ${concurrency} keys`, concurrency, calls, (index) => store.settle(reservations[index], { tokens: 400, usd: '0.004' })));
       }
       // The same statements waiting for the WAL flush of each commit: how much of a call is the commit's fsync.
       const durable = createLimitStore({ database: pool, waitForWalFlush: true });
       results.push(await measure('reserve, one key, waitForWalFlush', concurrency, calls, async (index) => (reservations[index] = await durable.reserve(oneKey, generous, spend))));
-      results.push(await measure('settle, one key, waitForWalFlush', concurrency, calls, (index) => durable.settle(reservations[index], { tokens: 400, usd: 0.004 })));
+      results.push(await measure('settle, one key, waitForWalFlush', concurrency, calls, (index) => durable.settle(reservations[index], { tokens: 400, usd: '0.004' })));
       const refuse = (limits: KeyLimits, refusedSpend: typeof spend) => () =>
         store.reserve(limited, limits, refusedSpend).then(
           () => {

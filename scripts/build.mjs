@@ -3,15 +3,16 @@
 // included, into dist/main.js. One file starts in half the time of hundreds of modules (Node.js
 // resolves, reads and links each one). What is imported dynamically (GraphiQL's page, Prisma's query
 // compiler) becomes a chunk of its own in dist/chunks/, read only when first needed; PGlite stays
-// in node_modules (it finds its WebAssembly and data files next to its own modules).
+// in node_modules (it finds its WebAssembly and data files next to its own modules). The dashboard
+// (src/dashboard/, for browsers) is bundled apart into dist/dashboard/ (buildDashboard below), from
+// the typed operations codegen writes into src/client/generated/ (run here when missing or older).
 //   node scripts/build.mjs             generates the Prisma client, then compiles
 //   node scripts/build.mjs --if-stale  does nothing when dist/ was built from the sources as they are
 // `npm start` runs the second form: a checkout updated without `npm install` (git pull) must not
 // start yesterday's code. The check hashes contents, not times: `npm test` rewrites the generated
 // client with the same bytes, which must not count as a change.
 // It also builds the client package, `callboard/client` (package.json "exports"): the typed
-// operations of src/client/operations.graphql (GraphQL Code Generator, when they are missing or older
-// than their sources) and the small client, bundled by esbuild into dist/client/index.js (graphql's
+// operations (above) and the small client, bundled by esbuild into dist/client/index.js (graphql's
 // printer included: nothing to install beside it), with declarations written by `tsc -p
 // tsconfig.client.json` into dist/client/*.d.ts.
 import { spawnSync } from 'node:child_process';
@@ -35,11 +36,11 @@ function inputs() {
     for (const entry of readdirSync(join(root, dir), { withFileTypes: true }).sort((a, b) => a.name.localeCompare(b.name))) {
       const path = `${dir}/${entry.name}`;
       if (entry.isDirectory()) walk(path);
-      else if (path.endsWith('.ts') && !path.endsWith('.test.ts')) files.push(path);
+      else if (!path.endsWith('.test.ts') && (path.endsWith('.ts') || path.startsWith('src/dashboard/'))) files.push(path);
     }
   };
   walk('src');
-  // The generated operations follow from schema.graphql, the operations and codegen.ts.
+  // The typed operations (src/client/generated/, not committed) follow from schema.graphql, the operations and codegen.ts.
   return files.filter((path) => !path.startsWith('src/client/generated/'));
 }
 
@@ -81,8 +82,9 @@ try {
   console.error('build: TypeScript, GraphQL Code Generator or esbuild is not installed (npm install --omit=dev?). Build dist/ where the dev dependencies are installed: npm run build.');
   process.exit(1);
 }
+// The dashboard and the client package import the typed operations codegen writes from src/client/operations.graphql.
 const newestSource = Math.max(...operationSources.map((path) => statSync(path).mtimeMs));
-if (!existsSync(operationsPath) || newestSource > statSync(operationsPath).mtimeMs) {
+if (!ifStale || !existsSync(operationsPath) || newestSource > statSync(operationsPath).mtimeMs) {
   run([codegen, '--config', join(root, 'codegen.ts')], 'graphql-codegen (npm run codegen)', { quiet: true });
 }
 run([tsc, '-p', join(root, 'tsconfig.build.json')], 'tsc -p tsconfig.build.json');
@@ -123,5 +125,47 @@ try {
   console.error('build: esbuild failed');
   process.exit(1);
 }
+try {
+  await buildDashboard(esbuild);
+} catch (error) {
+  console.error(`build: the dashboard failed: ${error.message}`);
+  process.exit(1);
+}
 run([tsc, '-p', join(root, 'tsconfig.client.json')], 'tsc -p tsconfig.client.json');
 writeFileSync(stampPath, sourcesHash());
+
+/**
+ * The dashboard (src/dashboard/, Preact and uPlot) for browsers: one script and one style sheet
+ * with content-hashed names in dist/dashboard/assets/ (served as immutable), and the page,
+ * dist/dashboard/index.html, that names them. Nothing is loaded from another host.
+ */
+async function buildDashboard(esbuild) {
+  const outdir = join(root, 'dist', 'dashboard');
+  const result = await esbuild.build({
+    absWorkingDir: root,
+    entryPoints: ['src/dashboard/main.tsx'],
+    bundle: true,
+    format: 'esm',
+    platform: 'browser',
+    target: ['chrome109', 'firefox115', 'safari16'],
+    jsx: 'automatic',
+    jsxImportSource: 'preact',
+    minify: true,
+    sourcemap: false,
+    legalComments: 'linked',
+    define: { 'process.env.NODE_ENV': '"production"' },
+    outdir: join(outdir, 'assets'),
+    entryNames: '[name]-[hash]',
+    assetNames: '[name]-[hash]',
+    metafile: true,
+    logLevel: 'warning',
+  });
+  const outputs = Object.keys(result.metafile.outputs).map((path) => path.slice(path.lastIndexOf('/') + 1));
+  const script = outputs.find((name) => /^main-.*\.js$/.test(name));
+  const styles = outputs.find((name) => /^main-.*\.css$/.test(name));
+  if (!script || !styles) throw new Error(`unexpected outputs: ${outputs.join(', ')}`);
+  const page = readFileSync(join(root, 'src', 'dashboard', 'index.html'), 'utf8')
+    .replace('{{js}}', `/dashboard/assets/${script}`)
+    .replace('{{css}}', `/dashboard/assets/${styles}`);
+  writeFileSync(join(outdir, 'index.html'), page);
+}

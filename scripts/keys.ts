@@ -55,7 +55,7 @@ async function run(): Promise<number> {
           name: values.name,
           role,
           tenant: values.tenant,
-          limits: { requestsPerMinute: number(values.rpm), tokensPerMinute: number(values.tpm), usdPerDay: number(values['usd-per-day']), usdPerMonth: number(values['usd-per-month']) },
+          limits: { requestsPerMinute: number(values.rpm), tokensPerMinute: number(values.tpm), usdPerDay: values['usd-per-day'] ?? null, usdPerMonth: values['usd-per-month'] ?? null },
           expiresAt: values.expires ? new Date(values.expires) : null,
         },
         actor,

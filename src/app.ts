@@ -1,3 +1,4 @@
+import { fileURLToPath } from 'node:url';
 import { execute, subscribe } from 'graphql';
 import { createYoga, useReadinessCheck, type Plugin, type YogaServerInstance } from 'graphql-yoga';
 import { createCacheEntryQueries } from './analytics/cache-entries.ts';
@@ -13,13 +14,19 @@ import { createParseCaches, createQueryLimitPlugins } from './graphql/query-limi
 import { schema } from './graphql/schema.ts';
 import { useBodyLimit } from './http/body-limit.ts';
 import { createCorsOptions, useBrowserSafety } from './http/browser-safety.ts';
+import { useDashboard } from './http/dashboard.ts';
 import { createGraphiQL } from './http/graphiql.ts';
 import { useOpenAiDoor } from './http/openai-door.ts';
+import { useMetricsEndpoint } from './observability/metrics-endpoint.ts';
+import { createRequestLogging } from './observability/request-log.ts';
+import type { Tracing } from './observability/tracing.ts';
 import type { Services } from './services.ts';
 
 export type App = YogaServerInstance<Record<string, never>, GraphQLContext>;
 
 const actorHeader = 'x-callboard-actor';
+/** The built dashboard (scripts/build.mjs): `../dist/dashboard` from src/app.ts and from its bundle, dist/main.js, alike. */
+const dashboardDirectory = fileURLToPath(new URL('../dist/dashboard/', import.meta.url));
 
 type DropFirst<T extends unknown[]> = T extends [unknown, ...infer Rest] ? Rest : never;
 
@@ -35,11 +42,17 @@ function useGraphqlJsExecution(): Plugin {
   };
 }
 
-/** Builds the HTTP application (GraphQL at /graphql, /health, /ready). It does not listen: tests call `app.fetch`. */
-export function createApp(services: Services): App {
+export interface AppOptions {
+  /** OpenTelemetry tracing (startTracing), when OTEL_EXPORTER_OTLP_ENDPOINT is set. */
+  tracing?: Tracing | null;
+}
+
+/** Builds the HTTP application (GraphQL at /graphql, /v1, /metrics, /dashboard, /health, /ready). It does not listen: tests call `app.fetch`. */
+export function createApp(services: Services, options: AppOptions = {}): App {
   const { loaded, database, logger } = services;
   const prisma = database.prisma;
   const door = createDoor(services.authenticator);
+  const requestLogging = createRequestLogging({ logger, identityOf: door.identityIfAny, tracing: options.tracing });
   const { server } = loaded.config;
   const graphiql = server.graphiql ? createGraphiQL() : null;
   return createYoga<Record<string, never>, GraphQLContext>({
@@ -66,6 +79,7 @@ export function createApp(services: Services): App {
           callStats({ query: database.analyticsQuery }, withinTenant(filter, tenant), ...rest),
         actor: note ? `${identity.label} (note: ${note})` : identity.label,
         signal: request.signal,
+        requestLog: requestLogging.of(request),
       };
       return context;
     },
@@ -95,13 +109,19 @@ export function createApp(services: Services): App {
     maxRequestBodySize: false,
     parserAndValidationCache: createParseCaches(),
     plugins: [
+      // First: every answer carries its x-request-id, and every request writes its line.
+      requestLogging.plugin,
       // GraphiQL's files hold no data, as its page (which Yoga answers before any plugin): any host, no key.
       ...(graphiql ? [graphiql.plugin] : []),
       // A rebound Host is refused before anyone is asked for a key.
       useBrowserSafety({ corsOrigins: server.corsOrigins, allowedHosts: server.allowedHosts, checkHost: services.authenticator.openMode }),
+      // The dashboard's page and files hold no data: served before the door asks for a key.
+      useDashboard({ directory: dashboardDirectory }),
       useBodyLimit(loaded.config.limits.maxBodyBytes),
       door.plugin,
-      useOpenAiDoor({ services, identityOf: door.identityOf, maxBodyBytes: loaded.config.limits.maxBodyBytes }),
+      useOpenAiDoor({ services, identityOf: door.identityOf, requestLogOf: requestLogging.of, maxBodyBytes: loaded.config.limits.maxBodyBytes }),
+      // With [Metrics] PORT set, /metrics is served on that port only (main.ts), and here it is not found.
+      ...(loaded.config.metrics.port === null ? [useMetricsEndpoint({ registry: services.metrics.registry, identityOf: door.identityOf })] : []),
       useReadinessCheck({ endpoint: '/ready', check: () => database.isReachable() }),
       ...createQueryLimitPlugins(loaded.config.limits),
       useSubscriptionRefusals(),

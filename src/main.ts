@@ -9,10 +9,12 @@ import { createDatabase } from './db/database.ts';
 import { migrate, readMigrations } from './db/migrate.ts';
 import { ConfigError } from './errors.ts';
 import { createLogger } from './logger.ts';
+import { startTracing } from './observability/tracing.ts';
 import { builtInProviders } from './llm/registry.ts';
 import { createServices } from './services.ts';
 import { countTextTokens, encodingForModel } from './llm/tokens.ts';
 import { isLoopbackHost } from './auth/hosts.ts';
+import { startMetricsServer, type MetricsServer } from './observability/metrics-endpoint.ts';
 
 const repositoryRoot = fileURLToPath(new URL('..', import.meta.url));
 
@@ -87,7 +89,15 @@ async function main(): Promise<void> {
   if (services.authenticator.openMode) {
     logger.warn('open mode: no CALLBOARD_MASTER_KEY is set, so requests without a key act as an ADMIN of tenant "default" (loopback only)');
   }
-  const app = createApp(services);
+  // Off and free unless OTEL_EXPORTER_OTLP_ENDPOINT is set: nothing of OpenTelemetry is loaded then.
+  const tracing = await startTracing(process.env, logger);
+  const app = createApp(services, { tracing });
+  // [Metrics] PORT: /metrics on a listener of its own, without a key; the main server then has no /metrics.
+  let metricsServer: MetricsServer | null = null;
+  if (config.metrics.port !== null) {
+    metricsServer = await startMetricsServer({ registry: services.metrics.registry, host: config.metrics.host, port: config.metrics.port });
+    logger.info({ url: metricsServer.url }, 'metrics are served on a port of their own');
+  }
   // Every request's handling, until its resolver has finished: a cut connection ends the response,
   // not the call, which still records its attempts once its upstream request is aborted.
   const handling = new Set<Promise<unknown>>();
@@ -99,7 +109,7 @@ async function main(): Promise<void> {
   server.listen(config.server.port, config.server.host, () => {
     const address = server.address();
     const port = typeof address === 'object' && address ? address.port : config.server.port;
-    logger.info({ url: `http://${config.server.host}:${port}/graphql` }, 'Callboard is listening');
+    logger.info({ url: `http://${config.server.host}:${port}/graphql`, tracing: tracing?.url ?? null }, 'Callboard is listening');
     // Building a tokenizer takes a tenth to a quarter of a second: paid while nothing else is going on, not on a
     // caller's request (the history counts every call's prompt), nor before /ready answers.
     warmUpWhenIdle(
@@ -161,6 +171,10 @@ async function main(): Promise<void> {
     const { lost } = forced() ? await Promise.race([closing, pause(forcedStepMs).then(() => ({ lost: Number.NaN }))]) : await closing;
     if (Number.isNaN(lost)) logger.error('history rows were still being written when the forced stop ended');
     else await database.close();
+    // Scraped until the end: a drain's history and pool metrics are worth seeing.
+    await metricsServer?.close();
+    // The spans of the last requests, buffered by the batch processor, are sent before the process exits.
+    await tracing?.shutdown(forced() ? forcedStepMs : shutdownMarginMs);
     const kept = lost === 0;
     logger.info({ forced: forced(), historyKept: kept }, 'stopped');
     logger.flush();

@@ -1,6 +1,7 @@
 import { LRUCache } from 'lru-cache';
 import { createCallEventHub, type CallEventHub } from './analytics/call-events.ts';
 import { startCallRollup, type CallRollupJob } from './analytics/call-rollup.ts';
+import { startHistoryPurge, type PurgeJob } from './llm/retention.ts';
 import { createAuthenticator, type Authenticator } from './auth/identity.ts';
 import { createKeyStore, keyChangedChannel, type KeyStore } from './auth/keys.ts';
 import { createLimitStore, type LimitStore } from './auth/limits.ts';
@@ -17,7 +18,9 @@ import { createProviderRegistry, type ProviderRegistry } from './llm/registry.ts
 import { createTemplateStore } from './llm/templates.ts';
 import { countMessageTokens, countTextTokens, type TokenMessage } from './llm/tokens.ts';
 import type { Logger } from './logger.ts';
+import { createCallMetrics } from './observability/call-metrics.ts';
 import { createMetrics, type Metrics } from './observability/metrics.ts';
+import { registerHistoryMetrics, registerPoolMetrics, registerProcessMetrics } from './observability/runtime-metrics.ts';
 
 /** Everything the API serves from, built once per process. */
 export interface Services {
@@ -38,6 +41,8 @@ export interface Services {
   callEvents: CallEventHub;
   /** Rolls up complete hours of the history for callStats, in the background. */
   rollup: CallRollupJob;
+  /** The retention purge ([History] RETENTION_DAYS, PURGE_INTERVAL_SECONDS). */
+  purge: PurgeJob;
   /** Tells every instance that a key changed, so none trusts what it remembers of it. */
   announceKeyChange(id: string): Promise<void>;
   /** Drops cache entries (all when null) from the memory of every instance on this database, this one included. */
@@ -151,6 +156,16 @@ export async function createServices(options: ServicesOptions): Promise<Services
       return tokens;
     },
   });
+  registerHistoryMetrics(metrics.registry, history);
+  registerPoolMetrics(metrics.registry, database);
+  registerProcessMetrics(metrics.registry);
+  const callMetrics = createCallMetrics({
+    registry: metrics.registry,
+    maxModels: config.metrics.maxModelLabels,
+    maxTenants: config.metrics.maxTenantLabels,
+    knownModels: [config.openai.model, config.openai.reasoningModel, config.openai.embeddingModel, ...Object.keys(config.prices)].filter((model): model is string => !!model),
+    knownProviders: registry.apiTypes(),
+  });
   const cache = createResponseCache({ database, memoryEntries: config.cache.memoryEntries, memoryBytes: Math.round(config.cache.memoryMegabytes * 2 ** 20), writer: history, logger, presence: { database } });
   // Every instance's history announces the entries it writes; then, listening, the keys already there are read.
   const stopEntriesListening = await database.listen(
@@ -198,6 +213,7 @@ export async function createServices(options: ServicesOptions): Promise<Services
     spend: createSpendGuard({ limits, prices: config.prices, logger }),
     secrets: Object.values(config.secrets).filter((secret): secret is string => secret !== null),
     inputLimits: config.limits,
+    onCallFinished: callMetrics.observe,
     sleep: options.sleep,
     random: options.random,
     signal: options.signal,
@@ -209,6 +225,14 @@ export async function createServices(options: ServicesOptions): Promise<Services
         .catch((error: unknown) => logger.warn({ err: error }, 'could not tell other instances of a refreshed cache entry')),
   });
   const rollup = startCallRollup({ database, logger, intervalMs: config.history.rollupIntervalSeconds * 1000 });
+  const purge = startHistoryPurge({
+    database,
+    logger,
+    registry: metrics.registry,
+    intervalMs: config.history.purgeIntervalSeconds * 1000,
+    retentionDays: config.history.retentionDays,
+    batchSize: config.history.purgeBatchSize,
+  });
   return {
     loaded,
     database,
@@ -224,6 +248,7 @@ export async function createServices(options: ServicesOptions): Promise<Services
     authenticator: createAuthenticator({ masterKey: config.secrets.masterKey, keys }),
     callEvents,
     rollup,
+    purge,
     async announceKeyChange(id) {
       keys.forget(id);
       await database.notify(keyChangedChannel, id);
@@ -232,6 +257,7 @@ export async function createServices(options: ServicesOptions): Promise<Services
     async close() {
       overrides.close();
       await rollup.stop();
+      await purge.stop();
       await callEvents.close();
       await stopListening();
       await stopEntriesListening();

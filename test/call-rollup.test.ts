@@ -4,6 +4,7 @@ import { callStats, type CallStatsBucket, type CallStatsDimension } from '../src
 import { withinTenant, type CallFilter } from '../src/analytics/calls.ts';
 import { createTestDatabase, databaseKinds, type TestDatabase } from './support/database.ts';
 import { randomGenerator } from './support/seeded-random.ts';
+import { formatPicoUsd, sumUsd } from '../src/money.ts';
 
 const hourMs = 3_600_000;
 const models = ['gpt-4o-mini', 'gpt-4o', 'o3-mini', 'text-embedding-3-small'];
@@ -11,6 +12,10 @@ const tenants = ['acme', 'globex', 'default'];
 const keys = ['0190f3b2-0000-7000-8000-000000000001', '0190f3b2-0000-7000-8000-000000000002', null];
 const cacheStatuses = ['HIT', 'MISS', 'REFRESH', 'BYPASS'];
 const templates = ['a.system.mustache', 'b.user.mustache', null];
+
+function costs(cost: string | null, hit: boolean): { costUsd: string | null; costSavedUsd: string | null } {
+  return hit ? { costUsd: '0', costSavedUsd: cost } : { costUsd: cost, costSavedUsd: null };
+}
 
 /** `count` calls spread over [start, end): every column callStats reads varies, latencies from 0.1 ms to a minute. */
 function generateCalls(random: () => number, count: number, start: number, end: number): Record<string, unknown>[] {
@@ -36,7 +41,8 @@ function generateCalls(random: () => number, count: number, start: number, end: 
       promptTokens: prompt,
       completionTokens: completion,
       totalTokens: prompt === null ? null : prompt + completion!,
-      costUsd: failed || model === 'o3-mini' ? null : random() / 100,
+      // Up to 12 significant decimals: a float sum of these would drift; the numeric one is exact. A hit spent 0 and saved the cost.
+      ...costs(failed || model === 'o3-mini' ? null : formatPicoUsd(BigInt(Math.floor(random() * 1e10))), cacheStatus === 'HIT'),
       templateName: pick(templates),
       tags: random() < 0.5 ? [pick(['team:a', 'team:b', 'env:prod'])] : [],
     };
@@ -47,12 +53,12 @@ async function insertCalls(testDatabase: TestDatabase, calls: Record<string, unk
   for (let offset = 0; offset < calls.length; offset += 500) {
     await testDatabase.database.query(
       `INSERT INTO "LlmCall" ("id", "createdAt", "tenant", "apiKeyId", "kind", "apiType", "model", "status", "cacheStatus", "errorCode", "latencyMs",
-         "promptTokens", "completionTokens", "totalTokens", "costUsd", "templateName", "tags")
+         "promptTokens", "completionTokens", "totalTokens", "costUsd", "costSavedUsd", "templateName", "tags")
        SELECT "id", "createdAt", "tenant", "apiKeyId", "kind", "apiType", "model", "status", "cacheStatus", "errorCode", "latencyMs",
-         "promptTokens", "completionTokens", "totalTokens", "costUsd", "templateName", "tags"
+         "promptTokens", "completionTokens", "totalTokens", "costUsd", "costSavedUsd", "templateName", "tags"
        FROM jsonb_to_recordset($1::jsonb) AS c("id" uuid, "createdAt" timestamptz, "tenant" text, "apiKeyId" uuid, "kind" "CallKind", "apiType" text, "model" text,
          "status" "CallStatus", "cacheStatus" "CacheStatus", "errorCode" text, "latencyMs" float8, "promptTokens" int, "completionTokens" int, "totalTokens" int,
-         "costUsd" float8, "templateName" text, "tags" text[])`,
+         "costUsd" numeric, "costSavedUsd" numeric, "templateName" text, "tags" text[])`,
       [JSON.stringify(calls.slice(offset, offset + 500))],
     );
   }
@@ -62,6 +68,7 @@ describe.each(databaseKinds)('callStats from the rollup, on %s', (kind) => {
   let testDatabase: TestDatabase;
   /** Statements callStats sent, to tell which path answered. */
   let sent: string[] = [];
+  let generated: Record<string, unknown>[] = [];
   const random = randomGenerator(20261202);
   const now = Date.now();
   const start = now - 3 * 24 * hourMs;
@@ -92,8 +99,8 @@ describe.each(databaseKinds)('callStats from the rollup, on %s', (kind) => {
     rolled.forEach((bucket, index) => {
       const truth = exact[index]!;
       for (const field of ['costUsd', 'costSavedUsd'] as const) {
-        if (truth[field] === null) expect(bucket[field]).toBeNull();
-        else expect(bucket[field]).toBeCloseTo(truth[field], 9);
+        // Exact decimals: the rollup's sums are the calls' to the picodollar.
+        expect(bucket[field]).toBe(truth[field]);
       }
       for (const field of ['latencyP50Ms', 'latencyP95Ms'] as const) {
         const error = truth[field] === 0 ? bucket[field]! : Math.abs(bucket[field]! / truth[field]! - 1);
@@ -105,7 +112,8 @@ describe.each(databaseKinds)('callStats from the rollup, on %s', (kind) => {
 
   beforeAll(async () => {
     testDatabase = await createTestDatabase(kind);
-    await insertCalls(testDatabase, generateCalls(random, 4000, start, now));
+    generated = generateCalls(random, 4000, start, now);
+    await insertCalls(testDatabase, generated);
     const { steps } = await rollUpCalls(testDatabase.database);
     expect(steps.reduce((sum, step) => sum + step.rows, 0)).toBeGreaterThan(100);
   }, 120_000);
@@ -124,6 +132,19 @@ describe.each(databaseKinds)('callStats from the rollup, on %s', (kind) => {
       [{ templateNames: ['a.system.mustache'], apiKeyIds: [keys[0]!] }, ['TENANT']],
     ];
     for (const [filter, groupBy] of cases) await expectLikeExact(filter, groupBy);
+  });
+
+  it('sums USD spent and saved exactly over thousands of calls, from the rollup as from the calls', async () => {
+    const total = (field: 'costUsd' | 'costSavedUsd') => sumUsd(generated.map((call) => call[field] as string | null));
+    const expected = { costUsd: total('costUsd'), costSavedUsd: total('costSavedUsd') };
+    // Digits down to the picodollar: a float sum would have lost some.
+    expect(expected.costUsd).toMatch(/^\d+\.\d{9,12}$/);
+    sent = [];
+    const [rolled] = await stats(null, []);
+    expect(sent.some((sql) => sql.includes('FROM "LlmCallRollup" r, bounds b'))).toBe(true);
+    expect({ costUsd: rolled!.costUsd, costSavedUsd: rolled!.costSavedUsd }).toEqual(expected);
+    const [exact] = await stats(null, [], true);
+    expect({ costUsd: exact!.costUsd, costSavedUsd: exact!.costSavedUsd }).toEqual(expected);
   });
 
   it('counts rows written late into hours already rolled up, and rows deleted from them, before and after the next rollup', async () => {

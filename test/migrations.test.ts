@@ -45,4 +45,34 @@ describe.each(databaseKinds)('migrate on %s', (kind) => {
     expect(tables).toHaveLength(0);
     expect((await migrate(testDatabase.database, migrations)).applied).toEqual([]);
   });
+
+  it('exact_money: turns float costs into numerics without their noise, and moves what a hit saved out of costUsd', async () => {
+    const moneyIndex = migrations.findIndex((migration) => migration.name.endsWith('_exact_money'));
+    expect(moneyIndex).toBeGreaterThan(0);
+    const fresh = await createEmptyDatabase(kind);
+    try {
+      await migrate(fresh.database, migrations.slice(0, moneyIndex));
+      // As the float8 columns held them: 0.0002109 written as a sum of floats, and a hit that recorded what it saved.
+      await fresh.database.query(
+        `INSERT INTO "LlmCall" ("id", "kind", "apiType", "model", "status", "cacheStatus", "latencyMs", "costUsd") VALUES
+           ('0190f3b2-0000-7000-8000-0000000000a1', 'CHAT', 'openai', 'gpt-4o-mini', 'SUCCESS', 'MISS', 1, 0.00021089999999999987::float8),
+           ('0190f3b2-0000-7000-8000-0000000000a2', 'CHAT', 'openai', 'gpt-4o-mini', 'SUCCESS', 'HIT', 1, 0.00021089999999999987::float8),
+           ('0190f3b2-0000-7000-8000-0000000000a3', 'CHAT', 'openai', 'my-llama', 'SUCCESS', 'HIT', 1, NULL)`,
+      );
+      await fresh.database.query(`INSERT INTO "LlmCallRollupState" ("id", "rolledUntil") VALUES (1, now())`);
+      expect((await migrate(fresh.database, migrations)).applied).toEqual(migrations.slice(moneyIndex).map((migration) => migration.name));
+      const rows = await fresh.database.query<{ cacheStatus: string; costUsd: string | null; costSavedUsd: string | null }>(
+        `SELECT "cacheStatus"::text AS "cacheStatus", trim_scale("costUsd")::text AS "costUsd", trim_scale("costSavedUsd")::text AS "costSavedUsd" FROM "LlmCall" ORDER BY "id"`,
+      );
+      expect(rows).toEqual([
+        { cacheStatus: 'MISS', costUsd: '0.0002109', costSavedUsd: null },
+        { cacheStatus: 'HIT', costUsd: '0', costSavedUsd: '0.0002109' },
+        { cacheStatus: 'HIT', costUsd: '0', costSavedUsd: null },
+      ]);
+      // The rollup's float sums are dropped: it is rebuilt from the exact calls.
+      expect(await fresh.database.query('SELECT 1 FROM "LlmCallRollupState"')).toEqual([]);
+    } finally {
+      await fresh.dispose();
+    }
+  });
 });

@@ -100,7 +100,9 @@ SELECT gen_random_uuid() AS "id",
   f.c AS "completionTokens",
   f.p + f.c AS "totalTokens",
   f.prompt_tokens + (f.i % 5) - 2 AS "estimatedPromptTokens",
-  CASE WHEN f.failed THEN NULL ELSE round(((f.prompt_tokens * f.input_price + f.completion_tokens * f.output_price) / 1e6)::numeric, 8)::float8 END AS "costUsd",
+  -- A hit spent nothing and saved what its answer cost (exact numerics, as the gateway writes them).
+  CASE WHEN f.failed THEN NULL WHEN f.cache_status = 'HIT' THEN 0 ELSE round(((f.prompt_tokens * f.input_price + f.completion_tokens * f.output_price) / 1e6)::numeric, 12) END AS "costUsd",
+  CASE WHEN f.cache_status = 'HIT' AND NOT f.failed THEN round(((f.prompt_tokens * f.input_price + f.completion_tokens * f.output_price) / 1e6)::numeric, 12) END AS "costSavedUsd",
   CASE WHEN f.u_template < 0.20 THEN 'generative_agent.system.mustache' WHEN f.u_template < 0.30 THEN 'summarize.user.mustache' END AS "templateName",
   CASE WHEN f.u_template < 0.20 THEN 'a3f1c2d4e5b6a7980a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f6071'
        WHEN f.u_template < 0.30 THEN '0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0' END AS "templateHash",
@@ -120,7 +122,7 @@ SELECT gen_random_uuid() AS "id",
 FROM final f
 )`;
 
-const generatedColumns = ['id', 'createdAt', 'kind', 'apiType', 'model', 'status', 'cacheStatus', 'cacheKey', 'errorCode', 'errorMessage', 'attemptCount', 'latencyMs', 'promptTokens', 'completionTokens', 'totalTokens', 'estimatedPromptTokens', 'costUsd', 'templateName', 'templateHash', 'tags', 'metadata', 'requestBody', 'responseBody'];
+const generatedColumns = ['id', 'createdAt', 'kind', 'apiType', 'model', 'status', 'cacheStatus', 'cacheKey', 'errorCode', 'errorMessage', 'attemptCount', 'latencyMs', 'promptTokens', 'completionTokens', 'totalTokens', 'estimatedPromptTokens', 'costUsd', 'costSavedUsd', 'templateName', 'templateHash', 'tags', 'metadata', 'requestBody', 'responseBody'];
 
 /** The INSERT of the seed for the tables and columns this database has (a data-modifying CTE per extra table). */
 function seedStatement(tables: Map<string, Set<string>>): string {

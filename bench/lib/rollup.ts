@@ -34,7 +34,8 @@ export async function buildRollup(url: string): Promise<RollupReport> {
     const reader = { query: database.analyticsQuery };
     const rolled = await callStats(reader, null, ['MODEL', 'DAY']);
     const exact = await callStats(reader, null, ['MODEL', 'DAY'], { exact: true });
-    const close = (a: number | null, b: number | null) => (a === null || b === null ? a === b : Math.abs(a - b) <= 1e-9 * Math.max(1, Math.abs(b)));
+    // USD is exact: the rollup's sums equal the calls' to the picodollar.
+    const close = (a: string | null, b: string | null) => a === b;
     const sums = (bucket: CallStatsBucket) => [bucket.model, bucket.day?.getTime(), bucket.calls, bucket.errors, bucket.cacheHits, bucket.cacheMisses, bucket.promptTokens, bucket.completionTokens, bucket.tokensSaved, bucket.latencyMaxMs];
     const sumsMatch =
       rolled.length === exact.length &&

@@ -1,7 +1,7 @@
 import type { PrismaClient } from '../db/generated/client.ts';
 import { cacheKeyVersion, type CacheEntryValue, type CallKind, type ResponseCache } from '../llm/cache.ts';
 import { cacheEntryColumns, cacheEntryFromRow, type CacheEntryRow } from '../llm/cache-rows.ts';
-import { decodeCursor, encodeCursor, pageSize, textCondition, withinTenant, type OrderDirection, type Page, type PageArguments, type ReadQuery } from './calls.ts';
+import { costCursorValue, decodeCursor, encodeCursor, pageSize, textCondition, withinTenant, type OrderDirection, type Page, type PageArguments, type ReadQuery } from './calls.ts';
 
 export interface CacheEntryFilter {
   keys?: readonly string[] | null;
@@ -33,7 +33,7 @@ const orderColumns: Record<CacheEntryOrderField, { sql: string; cast: string; pa
   CREATED_AT: { sql: 'e."createdAt"', cast: '::timestamptz', parse: (value) => new Date(value as string) },
   LAST_HIT_AT: { sql: `COALESCE(e."lastHitAt", 'epoch'::timestamptz)`, cast: '::timestamptz', parse: (value) => new Date(value as string) },
   HIT_COUNT: { sql: 'e."hitCount"', cast: '::integer', parse: Number },
-  COST: { sql: 'COALESCE(e."costUsd", -1)', cast: '::double precision', parse: Number },
+  COST: { sql: 'COALESCE(e."costUsd", -1)', cast: '::numeric', parse: costCursorValue },
 };
 
 function entryWhere(filter: CacheEntryFilter | null | undefined, now: Date): { sql: string; parameters: unknown[] } {

@@ -43,7 +43,8 @@ export function latencyBucketValue(bucket: number): number {
 
 /**
  * The counts and sums callStats returns: how each is computed from calls aliased `c`, and how
- * stored ones merge. Spent tokens and cost leave out cache hits; saved ones are the hits'.
+ * stored ones merge. Spent tokens leave out cache hits, saved ones are the hits'; USD spent and saved
+ * are the sums of "costUsd" (0 for a hit) and "costSavedUsd" (set on hits only), exact numerics.
  */
 export const callMetrics = [
   { name: 'calls', fromCalls: `count(*)`, merge: 'sum' },
@@ -52,9 +53,9 @@ export const callMetrics = [
   { name: 'cacheMisses', fromCalls: `count(*) FILTER (WHERE c."cacheStatus" = 'MISS')`, merge: 'sum' },
   { name: 'promptTokens', fromCalls: `coalesce(sum(c."promptTokens") FILTER (WHERE c."cacheStatus" <> 'HIT'), 0)`, merge: 'sum' },
   { name: 'completionTokens', fromCalls: `coalesce(sum(c."completionTokens") FILTER (WHERE c."cacheStatus" <> 'HIT'), 0)`, merge: 'sum' },
-  { name: 'costUsd', fromCalls: `sum(c."costUsd") FILTER (WHERE c."cacheStatus" <> 'HIT')`, merge: 'sum' },
+  { name: 'costUsd', fromCalls: `sum(c."costUsd")`, merge: 'sum' },
   { name: 'tokensSaved', fromCalls: `coalesce(sum(c."totalTokens") FILTER (WHERE c."cacheStatus" = 'HIT'), 0)`, merge: 'sum' },
-  { name: 'costSavedUsd', fromCalls: `sum(c."costUsd") FILTER (WHERE c."cacheStatus" = 'HIT')`, merge: 'sum' },
+  { name: 'costSavedUsd', fromCalls: `sum(c."costSavedUsd")`, merge: 'sum' },
   { name: 'latencyMaxMs', fromCalls: `max(c."latencyMs")`, merge: 'max' },
 ] as const;
 
@@ -65,7 +66,7 @@ export function mergedMetric(metric: (typeof callMetrics)[number], source: strin
 
 /** Columns of the calls a rollup needs. */
 export const rolledCallColumns = `c."createdAt", c."tenant", c."apiKeyId", c."kind", c."apiType", c."model", c."status", c."cacheStatus", c."templateName",
-  c."latencyMs", c."promptTokens", c."completionTokens", c."totalTokens", c."costUsd"`;
+  c."latencyMs", c."promptTokens", c."completionTokens", c."totalTokens", c."costUsd", c."costSavedUsd"`;
 
 const hourColumns = ['tenant', 'apiKeyId', 'kind', 'apiType', 'model', 'status', 'cacheStatus', 'templateName'];
 /** The columns of the daily rollup beside its day; the CallStatsDimensions and filters it answers are those of these. */

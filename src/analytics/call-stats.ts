@@ -1,11 +1,12 @@
 import type { Database } from '../db/database.ts';
 import { badUserInput } from '../errors.ts';
+import { usdOrNull, type Usd } from '../money.ts';
 import { callMetrics, latencyBucketSql, latencyBucketValue, mergedMetric, rolledCallColumns, utcDay } from './call-rollup.ts';
 import { callWhere, type CallFilter } from './calls.ts';
 
 export type CallStatsDimension = 'MODEL' | 'API_TYPE' | 'KIND' | 'STATUS' | 'CACHE_STATUS' | 'TEMPLATE' | 'TAG' | 'DAY' | 'HOUR' | 'TENANT' | 'API_KEY';
 
-/** One group of calls and what they did. Spent tokens and cost leave out cache hits; saved ones are the hits'. */
+/** One group of calls and what they did. Spent tokens leave out cache hits, saved ones are the hits'; USD spent and saved are exact decimal strings. */
 export interface CallStatsBucket {
   model: string | null;
   apiType: string | null;
@@ -27,9 +28,9 @@ export interface CallStatsBucket {
   hitRate: number | null;
   promptTokens: number;
   completionTokens: number;
-  costUsd: number | null;
+  costUsd: Usd | null;
   tokensSaved: number;
-  costSavedUsd: number | null;
+  costSavedUsd: Usd | null;
   latencyP50Ms: number | null;
   latencyP95Ms: number | null;
   latencyMaxMs: number | null;
@@ -136,9 +137,9 @@ export async function callStats(
       hitRate: cacheHits + cacheMisses === 0 ? null : cacheHits / (cacheHits + cacheMisses),
       promptTokens: Number(row.promptTokens),
       completionTokens: Number(row.completionTokens),
-      costUsd: number(row.costUsd),
+      costUsd: usdOrNull(row.costUsd),
       tokensSaved: Number(row.tokensSaved),
-      costSavedUsd: number(row.costSavedUsd),
+      costSavedUsd: usdOrNull(row.costSavedUsd),
       latencyP50Ms: number(row.latencyP50Ms),
       latencyP95Ms: number(row.latencyP95Ms),
       latencyMaxMs: number(row.latencyMaxMs),
@@ -239,7 +240,7 @@ SELECT ${[...aliases, ...merged('e'), 'NULL::float8 AS "latencyP50Ms"', 'NULL::f
   }
   // Each group's counts and sums merged here; its histograms (the rollup rows' and the calls'
   // latencies bucketed) sent as they are, to be merged in `withPercentiles`: cheaper than a merge in SQL.
-  const noMetrics = callMetrics.map((metric) => (metric.name.startsWith('cost') || metric.merge === 'max' ? 'NULL::float8' : 'NULL::numeric'));
+  const noMetrics = callMetrics.map((metric) => (metric.merge === 'max' ? 'NULL::float8' : 'NULL::numeric'));
   const asText = (array: string) => `array_to_string(${array}, ',')`;
   const sql = `${head}
 SELECT 'm' AS "part", ${[...aliases, ...merged('e'), 'NULL AS "latencyBuckets"', 'NULL AS "latencyCounts"'].join(', ')} FROM (

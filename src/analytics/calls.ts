@@ -1,4 +1,5 @@
 import { badUserInput } from '../errors.ts';
+import { parseDecimal } from '../money.ts';
 import type { CacheStatus, CallKind } from '../llm/cache.ts';
 import type { AttemptRow, CallRecord } from '../llm/history.ts';
 
@@ -100,7 +101,7 @@ const callOrderColumns: Record<CallOrderField, string> = {
 /** The narrow row of a call, without its bodies. */
 const callRowColumns = `c."id", c."createdAt", c."tenant", c."apiKeyId", c."servedByCallId", c."kind"::text AS "kind", c."apiType", c."model", c."status"::text AS "status",
   c."cacheStatus"::text AS "cacheStatus", c."cacheKey", c."errorCode", c."errorMessage", c."attemptCount", c."latencyMs", c."streamed", c."timeToFirstTokenMs",
-  c."promptTokens", c."completionTokens", c."totalTokens", c."estimatedPromptTokens", c."costUsd", c."templateName",
+  c."promptTokens", c."completionTokens", c."totalTokens", c."estimatedPromptTokens", trim_scale(c."costUsd")::text AS "costUsd", trim_scale(c."costSavedUsd")::text AS "costSavedUsd", c."templateName",
   c."templateHash", c."tags"`;
 const callColumns = `${callRowColumns}, body."metadata", body."requestBody", body."responseBody"`;
 const callTables = `"LlmCall" c LEFT JOIN "LlmCallBody" body ON body."callId" = c."id"`;
@@ -140,6 +141,12 @@ export function encodeCursor(value: unknown, id: string): string {
   return Buffer.from(JSON.stringify([value instanceof Date ? value.toISOString() : value, id])).toString('base64url');
 }
 
+/** A COST cursor's value: a decimal string (numeric arrives as text), -1 for unpriced calls. */
+export function costCursorValue(value: unknown): string {
+  if ((typeof value === 'string' || typeof value === 'number') && parseDecimal(String(value)) !== null) return String(value);
+  throw badUserInput('The cursor is not valid; use a cursor from a previous page of the same query.', { field: 'after' });
+}
+
 export function decodeCursor(cursor: string): [value: unknown, id: string] {
   try {
     const decoded = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8')) as unknown;
@@ -171,8 +178,8 @@ function pageQuery(options: PageQueryOptions, offset = 0, extraCondition = '') {
   let keyset = '';
   if (options.after) {
     const [value, id] = decodeCursor(options.after);
-    parameters.push(field === 'CREATED_AT' ? new Date(value as string) : Number(value), id);
-    const cast = field === 'CREATED_AT' ? '::timestamptz' : '::double precision';
+    parameters.push(field === 'CREATED_AT' ? new Date(value as string) : field === 'COST' ? costCursorValue(value) : Number(value), id);
+    const cast = field === 'CREATED_AT' ? '::timestamptz' : field === 'COST' ? '::numeric' : '::double precision';
     const last = offset + parameters.length;
     keyset = ` AND (${column}, c."id") ${direction === 'DESC' ? '<' : '>'} ($${last - 1}${cast}, $${last}::uuid)`;
   }

@@ -9,9 +9,9 @@ import type { Authenticator, Identity } from './identity.ts';
  */
 export function createDoor(authenticator: Authenticator) {
   const identities = new WeakMap<Request, Identity>();
-  /** GraphiQL's page holds no data: it opens without a key, and its requests carry one. */
+  /** GraphiQL's page holds no data: it opens without a key, and its requests carry one. Any other path (/metrics) needs its key. */
   const isGraphiqlPage = (request: Request, url: URL) =>
-    request.method === 'GET' && !url.searchParams.has('query') && (request.headers.get('accept') ?? '').includes('text/html');
+    url.pathname === '/graphql' && request.method === 'GET' && !url.searchParams.has('query') && (request.headers.get('accept') ?? '').includes('text/html');
 
   const plugin: Plugin = {
     async onRequest({ request, url, endResponse, fetchAPI }) {
@@ -30,6 +30,10 @@ export function createDoor(authenticator: Authenticator) {
       const identity = identities.get(request);
       if (!identity) throw new Error('No identity for this request: the door plugin did not run.');
       return identity;
+    },
+    /** The identity, when the door decided one (not for /health, /ready, GraphiQL's page, nor a refused key). */
+    identityIfAny(request: Request): Identity | undefined {
+      return identities.get(request);
     },
   };
 }

@@ -3,7 +3,11 @@ import { LRUCache } from 'lru-cache';
 import { newId } from '../ids.ts';
 import type { Database } from '../db/database.ts';
 import { badUserInput, CallboardError } from '../errors.ts';
+import { formatPicoUsd, parseDecimal, picoUsdOf, usdOrNull } from '../money.ts';
 import { noLimits, type KeyLimits } from './limits.ts';
+
+/** The largest USD budget a key may have. */
+const maxBudget = picoUsdOf('1000000000');
 
 export type ApiKeyRole = 'ADMIN' | 'MEMBER' | 'VIEWER';
 export const apiKeyRoles: readonly ApiKeyRole[] = ['ADMIN', 'MEMBER', 'VIEWER'];
@@ -92,8 +96,9 @@ interface KeyRow {
   prefix: string;
   requestsPerMinute: number | null;
   tokensPerMinute: number | null;
-  usdPerDay: number | null;
-  usdPerMonth: number | null;
+  /** numeric, as text. */
+  usdPerDay: string | null;
+  usdPerMonth: string | null;
   createdAt: Date | string;
   createdBy: string;
   lastUsedAt: Date | string | null;
@@ -116,8 +121,8 @@ function fromRow(row: KeyRow): ApiKeyRecord {
     limits: {
       requestsPerMinute: row.requestsPerMinute,
       tokensPerMinute: row.tokensPerMinute,
-      usdPerDay: row.usdPerDay,
-      usdPerMonth: row.usdPerMonth,
+      usdPerDay: usdOrNull(row.usdPerDay),
+      usdPerMonth: usdOrNull(row.usdPerMonth),
     },
     createdAt: new Date(row.createdAt),
     createdBy: row.createdBy,
@@ -142,8 +147,11 @@ function checkedLimits(limits: Partial<KeyLimits> | null | undefined): Partial<K
   for (const field of ['usdPerDay', 'usdPerMonth'] as const) {
     const value = limits?.[field];
     if (value === undefined) continue;
-    if (value !== null && (!Number.isFinite(value) || value < 0 || value > 1e9)) throw badUserInput(`limits.${field} must be from 0 to 1000000000 USD, or null.`, { field: `limits.${field}` });
-    checked[field] = value;
+    const amount = value === null ? null : parseDecimal(String(value));
+    if (value !== null && (amount === null || amount < 0n || amount > maxBudget)) {
+      throw badUserInput(`limits.${field} must be a decimal string from "0" to "1000000000" USD (at most 12 decimals), or null.`, { field: `limits.${field}` });
+    }
+    checked[field] = amount === null ? null : formatPicoUsd(amount);
   }
   return checked;
 }

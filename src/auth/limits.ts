@@ -1,12 +1,14 @@
 import { CallboardError } from '../errors.ts';
 import type { Database } from '../db/database.ts';
+import { compareUsd, formatPicoUsd, picoUsdOf, usdOrNull, type Usd } from '../money.ts';
 
 /** An API key's limits; null: none. */
 export interface KeyLimits {
   requestsPerMinute: number | null;
   tokensPerMinute: number | null;
-  usdPerDay: number | null;
-  usdPerMonth: number | null;
+  /** USD, exact decimal strings. */
+  usdPerDay: Usd | null;
+  usdPerMonth: Usd | null;
 }
 
 export const noLimits: KeyLimits = { requestsPerMinute: null, tokensPerMinute: null, usdPerDay: null, usdPerMonth: null };
@@ -14,7 +16,7 @@ export const noLimits: KeyLimits = { requestsPerMinute: null, tokensPerMinute: n
 export interface Spend {
   requests: number;
   tokens: number;
-  usd: number;
+  usd: Usd;
 }
 
 /** What `reserve` counted against a key, to be settled or released once the call is over. */
@@ -31,8 +33,8 @@ export interface Reservation {
 export interface KeyUsage {
   requestsThisMinute: number;
   tokensThisMinute: number;
-  usdToday: number;
-  usdThisMonth: number;
+  usdToday: Usd;
+  usdThisMonth: Usd;
 }
 
 export interface LimitStore {
@@ -45,7 +47,7 @@ export interface LimitStore {
    */
   reserve(apiKeyId: string, limits: KeyLimits, spend: Spend): Promise<Reservation | null>;
   /** Replaces the reserved tokens and USD by what the call really spent; its request stays counted. */
-  settle(reservation: Reservation | null, actual: { tokens: number; usd: number }): Promise<void>;
+  settle(reservation: Reservation | null, actual: { tokens: number; usd: Usd }): Promise<void>;
   /** Gives the reserved tokens and USD back (the call failed); its request stays counted. */
   release(reservation: Reservation | null): Promise<void>;
   /**
@@ -73,8 +75,6 @@ const WINDOW_MS = 60_000;
 // Adding an emission interval to a tat near 1.7e12 ms rounds by about 0.0002 ms in float8: a
 // millisecond of slack keeps a full burst (10 of 10) whole, and lets through at most a millisecond early.
 const TAT_TOLERANCE_MS = 1;
-// Nanodollars: far below any price, and it keeps sums such as 16 x 0.3 from drifting over a budget.
-const USD_DECIMALS = 9;
 
 // set_config(..., true) lasts until the end of the statement's own transaction: it decides how this
 // one commit waits, and nothing else on the pooled connection.
@@ -83,7 +83,8 @@ const SERVER_COMMIT = `(SELECT 1) AS commit_settings`;
 
 const keptDayUsd = `(CASE WHEN u."day" >= $3::text THEN u."dayUsd" ELSE 0 END)`;
 const keptMonthUsd = `(CASE WHEN u."month" >= $4::text THEN u."monthUsd" ELSE 0 END)`;
-const roundUsd = (expression: string) => `round((${expression})::numeric, ${USD_DECIMALS})::float8`;
+// USD is numeric (exact) in the table and in the parameters: sums such as 16 x 0.3 never drift over a budget.
+const roundUsd = (expression: string) => `(${expression})`;
 
 const TAT_CEILING = WINDOW_MS + TAT_TOLERANCE_MS;
 
@@ -97,16 +98,16 @@ const TAT_CEILING = WINDOW_MS + TAT_TOLERANCE_MS;
 const fits = {
   requests: `($5::float8 IS NULL OR greatest(u."requestsTat", $2::float8) + $6::float8 * $5::float8 - $2::float8 <= ${TAT_CEILING})`,
   tokens: `($7::float8 IS NULL OR greatest(u."tokensTat", $2::float8) + $8::float8 * $7::float8 - $2::float8 <= ${TAT_CEILING})`,
-  day: `($10::float8 IS NULL OR ${roundUsd(`${keptDayUsd} + $9::float8`)} <= $10::float8)`,
-  month: `($11::float8 IS NULL OR ${roundUsd(`${keptMonthUsd} + $9::float8`)} <= $11::float8)`,
+  day: `($10::numeric IS NULL OR ${roundUsd(`${keptDayUsd} + $9::numeric`)} <= $10::numeric)`,
+  month: `($11::numeric IS NULL OR ${roundUsd(`${keptMonthUsd} + $9::numeric`)} <= $11::numeric)`,
 };
 const RESERVED_VALUES = `
   "requestsTat" = coalesce(greatest(u."requestsTat", $2::float8) + $6::float8 * $5::float8, u."requestsTat"),
   "tokensTat" = coalesce(greatest(u."tokensTat", $2::float8) + $8::float8 * $7::float8, u."tokensTat"),
-  "day" = CASE WHEN $9::float8 IS NULL THEN u."day" ELSE greatest(u."day", $3::text) END,
-  "dayUsd" = coalesce(${roundUsd(`${keptDayUsd} + $9::float8`)}, u."dayUsd"),
-  "month" = CASE WHEN $9::float8 IS NULL THEN u."month" ELSE greatest(u."month", $4::text) END,
-  "monthUsd" = coalesce(${roundUsd(`${keptMonthUsd} + $9::float8`)}, u."monthUsd")`;
+  "day" = CASE WHEN $9::numeric IS NULL THEN u."day" ELSE greatest(u."day", $3::text) END,
+  "dayUsd" = coalesce(${roundUsd(`${keptDayUsd} + $9::numeric`)}, u."dayUsd"),
+  "month" = CASE WHEN $9::numeric IS NULL THEN u."month" ELSE greatest(u."month", $4::text) END,
+  "monthUsd" = coalesce(${roundUsd(`${keptMonthUsd} + $9::numeric`)}, u."monthUsd")`;
 const ALL_FIT = `${fits.requests} AND ${fits.tokens} AND ${fits.day} AND ${fits.month}`;
 
 /*
@@ -122,10 +123,10 @@ SELECT
   $1::uuid,
   coalesce($2::float8 + $6::float8 * $5::float8, 0),
   coalesce($2::float8 + $8::float8 * $7::float8, 0),
-  CASE WHEN $9::float8 IS NULL THEN '' ELSE $3::text END,
-  coalesce(${roundUsd('$9::float8')}, 0),
-  CASE WHEN $9::float8 IS NULL THEN '' ELSE $4::text END,
-  coalesce(${roundUsd('$9::float8')}, 0)
+  CASE WHEN $9::numeric IS NULL THEN '' ELSE $3::text END,
+  coalesce(${roundUsd('$9::numeric')}, 0),
+  CASE WHEN $9::numeric IS NULL THEN '' ELSE $4::text END,
+  coalesce(${roundUsd('$9::numeric')}, 0)
 FROM ${commitSettings}
 WHERE true
 ON CONFLICT ("apiKeyId") DO UPDATE SET ${RESERVED_VALUES}
@@ -161,8 +162,8 @@ FROM u LEFT JOIN reserved ON true CROSS JOIN ${commitSettings}`;
 const settleSql = (commitSettings: string) => `
 UPDATE "ApiKeyUsage" SET
   "tokensTat" = coalesce(greatest(greatest("tokensTat", $2::float8) + $4::float8 * $3::float8, 0), "tokensTat"),
-  "dayUsd" = CASE WHEN $5::float8 IS NOT NULL AND "day" = $6::text THEN greatest(${roundUsd('"dayUsd" + $5::float8')}, 0) ELSE "dayUsd" END,
-  "monthUsd" = CASE WHEN $5::float8 IS NOT NULL AND "month" = $7::text THEN greatest(${roundUsd('"monthUsd" + $5::float8')}, 0) ELSE "monthUsd" END
+  "dayUsd" = CASE WHEN $5::numeric IS NOT NULL AND "day" = $6::text THEN greatest(${roundUsd('"dayUsd" + $5::numeric')}, 0) ELSE "dayUsd" END,
+  "monthUsd" = CASE WHEN $5::numeric IS NOT NULL AND "month" = $7::text THEN greatest(${roundUsd('"monthUsd" + $5::numeric')}, 0) ELSE "monthUsd" END
 FROM ${commitSettings}
 WHERE "apiKeyId" = $1::uuid`;
 
@@ -176,9 +177,10 @@ interface UsageRow {
   requestsTat: number;
   tokensTat: number;
   day: string;
-  dayUsd: number;
+  /** numeric, as text. */
+  dayUsd: string;
   month: string;
-  monthUsd: number;
+  monthUsd: string;
 }
 
 interface LockedRow extends UsageRow {
@@ -210,7 +212,7 @@ export function createLimitStore(options: LimitStoreOptions): LimitStore {
 
   async function reserve(apiKeyId: string, limits: KeyLimits, spend: Spend): Promise<Reservation | null> {
     if (!hasAnyLimit(limits)) return null;
-    const cost = { requests: checkedAmount('requests', spend.requests), tokens: checkedAmount('tokens', spend.tokens), usd: checkedAmount('usd', spend.usd) };
+    const cost = { requests: checkedAmount('requests', spend.requests), tokens: checkedAmount('tokens', spend.tokens), usd: checkedUsd(spend.usd) };
     rejectWhatNeverFits(limits, cost);
     const requestsInterval = emissionInterval(limits.requestsPerMinute);
     const tokensInterval = emissionInterval(limits.tokensPerMinute);
@@ -251,21 +253,21 @@ export function createLimitStore(options: LimitStoreOptions): LimitStore {
     throw rejectionFor(locked, limits, cost, time);
   }
 
-  async function settle(reservation: Reservation | null, actual: { tokens: number; usd: number }): Promise<void> {
+  async function settle(reservation: Reservation | null, actual: { tokens: number; usd: Usd }): Promise<void> {
     if (!reservation || settled.has(reservation)) return;
     const tokensInterval = emissionInterval(reservation.limits.tokensPerMinute);
     const tracksUsd = tracksUsdOf(reservation.limits);
     const tokensDelta = tokensInterval === null ? 0 : checkedAmount('tokens', actual.tokens) - reservation.reserved.tokens;
-    const usdDelta = tracksUsd ? checkedAmount('usd', actual.usd) - reservation.reserved.usd : 0;
+    const usdDelta = tracksUsd ? picoUsdOf(checkedUsd(actual.usd)) - picoUsdOf(reservation.reserved.usd) : 0n;
     settled.add(reservation);
-    if (tokensDelta === 0 && usdDelta === 0) return;
+    if (tokensDelta === 0 && usdDelta === 0n) return;
     try {
       await database.query(settleStatement, [
         reservation.apiKeyId,
         now(),
         tokensInterval,
         tokensDelta,
-        tracksUsd ? usdDelta : null,
+        tracksUsd ? formatPicoUsd(usdDelta) : null,
         reservation.day,
         reservation.month,
       ]);
@@ -276,7 +278,7 @@ export function createLimitStore(options: LimitStoreOptions): LimitStore {
   }
 
   async function usage(apiKeyIds: readonly string[], limits?: ReadonlyMap<string, KeyLimits>): Promise<Map<string, KeyUsage>> {
-    const result = new Map<string, KeyUsage>(apiKeyIds.map((id) => [id, { requestsThisMinute: 0, tokensThisMinute: 0, usdToday: 0, usdThisMonth: 0 }]));
+    const result = new Map<string, KeyUsage>(apiKeyIds.map((id) => [id, { requestsThisMinute: 0, tokensThisMinute: 0, usdToday: '0', usdThisMonth: '0' }]));
     if (apiKeyIds.length === 0) return result;
     const rows = await database.query<Partial<UsageRow> & { id: string; requestsPerMinute: number | null; tokensPerMinute: number | null }>(USAGE_SQL, [
       [...new Set(apiKeyIds)],
@@ -287,8 +289,8 @@ export function createLimitStore(options: LimitStoreOptions): LimitStore {
       result.set(row.id, {
         requestsThisMinute: bucketLevel(row.requestsTat, emissionInterval(keyLimits.requestsPerMinute), time),
         tokensThisMinute: bucketLevel(row.tokensTat, emissionInterval(keyLimits.tokensPerMinute), time),
-        usdToday: row.day !== undefined && row.day !== null && row.day >= utcDay(time) ? (row.dayUsd ?? 0) : 0,
-        usdThisMonth: row.month !== undefined && row.month !== null && row.month >= utcMonth(time) ? (row.monthUsd ?? 0) : 0,
+        usdToday: row.day !== undefined && row.day !== null && row.day >= utcDay(time) ? (usdOrNull(row.dayUsd) ?? '0') : '0',
+        usdThisMonth: row.month !== undefined && row.month !== null && row.month >= utcMonth(time) ? (usdOrNull(row.monthUsd) ?? '0') : '0',
       });
     }
     return result;
@@ -303,7 +305,7 @@ export function createLimitStore(options: LimitStoreOptions): LimitStore {
     }
   }
 
-  return { reserve, settle, release: (reservation) => settle(reservation, { tokens: 0, usd: 0 }), usage };
+  return { reserve, settle, release: (reservation) => settle(reservation, { tokens: 0, usd: '0' }), usage };
 }
 
 /** Whether a key has any limit at all: one without costs no round trip and no estimate. */
@@ -318,6 +320,11 @@ function tracksUsdOf(limits: KeyLimits): boolean {
 /** Milliseconds one unit adds to the bucket; null when the limit is off, or zero (nothing can ever pass then). */
 function emissionInterval(perMinute: number | null): number | null {
   return perMinute !== null && perMinute > 0 ? WINDOW_MS / perMinute : null;
+}
+
+function checkedUsd(value: Usd): Usd {
+  if (compareUsd(value, '0') < 0) throw new RangeError(`usd must be >= 0, got ${value}`);
+  return value;
 }
 
 function checkedAmount(name: string, value: number): number {
@@ -345,9 +352,9 @@ function rejectWhatNeverFits(limits: KeyLimits, cost: Spend): void {
   ] as const;
   for (const [limit, period] of budgets) {
     const maximum = limits[limit];
-    if (maximum !== null && roundToUsd(cost.usd) > maximum) {
+    if (maximum !== null && compareUsd(cost.usd, maximum) > 0) {
       throw new CallboardError('BUDGET_EXCEEDED', `This call alone may cost ${formatUsd(cost.usd)}, more than the API key's budget of ${formatUsd(maximum)} per ${period}.`, {
-        details: { limit, maximum, used: 0, requested: cost.usd, callExceedsLimit: true },
+        details: { limit, maximum, used: '0', requested: cost.usd, callExceedsLimit: true },
       });
     }
   }
@@ -359,8 +366,8 @@ function rejectWhatNeverFits(limits: KeyLimits, cost: Spend): void {
  */
 function rejectionFor(row: LockedRow, limits: KeyLimits, cost: Spend, time: number): CallboardError {
   const budgets = [
-    ['usdPerMonth', row.monthFits, row.month >= utcMonth(time) ? row.monthUsd : 0, 'month', startOfNextUtcMonth(time)],
-    ['usdPerDay', row.dayFits, row.day >= utcDay(time) ? row.dayUsd : 0, 'day', startOfNextUtcDay(time)],
+    ['usdPerMonth', row.monthFits, row.month >= utcMonth(time) ? usdOrNull(row.monthUsd)! : '0', 'month', startOfNextUtcMonth(time)],
+    ['usdPerDay', row.dayFits, row.day >= utcDay(time) ? usdOrNull(row.dayUsd)! : '0', 'day', startOfNextUtcDay(time)],
   ] as const;
   for (const [limit, fit, used, period, resetsAt] of budgets) {
     const maximum = limits[limit];
@@ -402,12 +409,8 @@ function bucketLevel(tat: number | null | undefined, interval: number | null, ti
   return Math.ceil(Number((Math.max(0, tat - time) / interval).toFixed(6)));
 }
 
-function roundToUsd(value: number): number {
-  return Number(value.toFixed(USD_DECIMALS));
-}
-
-function formatUsd(value: number): string {
-  return `$${Number(value.toFixed(6))}`;
+function formatUsd(value: Usd): string {
+  return `$${value}`;
 }
 
 export function utcDay(time: number): string {

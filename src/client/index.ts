@@ -23,6 +23,8 @@ export interface Scalars {
   DateTime: string;
   /** Any JSON value (request and response bodies, metadata). */
   JSON: unknown;
+  /** An exact decimal number as a string (USD amounts such as costUsd), e.g. `"0.000135"`: add them with a decimal library, not as floats. */
+  Decimal: string;
 }
 
 /** An ISO 8601 date-time at UTC, as DateTime fields hold it. */

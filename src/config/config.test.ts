@@ -46,7 +46,7 @@ describe('loadConfig', () => {
     const text = readFileSync(new URL('../../config.ini', import.meta.url), 'utf8');
     const { config, settings } = loadConfig([file('config.ini', text)], {});
     expect(config.openai).toEqual(loadConfig([], {}).config.openai);
-    expect(config.prices['gpt-4o-mini']).toEqual({ inputPerMillion: 0.15, outputPerMillion: 0.6 });
+    expect(config.prices['gpt-4o-mini']).toEqual({ inputPerMillion: '0.15', outputPerMillion: '0.6' });
     expect(settings.find((setting) => setting.key === 'MODEL')).toMatchObject({ source: 'FILE', origin: 'config.ini' });
   });
 
@@ -214,9 +214,33 @@ describe('loadConfig', () => {
     expect(config.logging.level).toBe('error');
   });
 
+  it('serves /metrics on the main server unless [Metrics] PORT names a separate port (on 127.0.0.1 unless HOST says otherwise)', () => {
+    expect(loadConfig([], {}).config.metrics).toEqual({ port: null, host: '127.0.0.1', maxModelLabels: 50, maxTenantLabels: 100 });
+    const separate = loadConfig([file('/etc/callboard.ini', '[Metrics]\nPORT=9464\nMAX_MODEL_LABELS=10\n')], { CALLBOARD_METRICS__HOST: '0.0.0.0' });
+    expect(separate.config.metrics).toEqual({ port: 9464, host: '0.0.0.0', maxModelLabels: 10, maxTenantLabels: 100 });
+    expect(separate.settings.find((setting) => setting.section === 'Metrics' && setting.key === 'PORT')).toMatchObject({ value: '9464', source: 'FILE', origin: '/etc/callboard.ini' });
+    const problems = problemsOf(() => loadConfig([file('/etc/bad.ini', '[Metrics]\nPORT=70000\nMAX_TENANT_LABELS=0\n')], {}));
+    expect(problems.map((problem) => `${problem.source}: [${problem.section}] ${problem.key}`)).toEqual(['/etc/bad.ini: [Metrics] PORT', '/etc/bad.ini: [Metrics] MAX_TENANT_LABELS']);
+  });
+
   it('parses prices as input and output USD per million tokens', () => {
     const { config } = loadConfig([file('a.ini', '[Prices]\nmy-model = 1.5 , 6\n')], {});
-    expect(config.prices).toEqual({ 'my-model': { inputPerMillion: 1.5, outputPerMillion: 6 } });
+    expect(config.prices).toEqual({ 'my-model': { inputPerMillion: '1.5', outputPerMillion: '6' } });
+  });
+
+  it('keeps the history forever unless RETENTION_DAYS says otherwise, and purges every 300 s', () => {
+    expect(loadConfig([], {}).config.history).toMatchObject({ retentionDays: null, purgeIntervalSeconds: 300, purgeBatchSize: 1000 });
+    expect(loadConfig([file('a.ini', '[History]\nRETENTION_DAYS=90\n')], {}).config.history.retentionDays).toBe(90);
+    expect(() => loadConfig([file('a.ini', '[History]\nRETENTION_DAYS=0\n')], {})).toThrow(/RETENTION_DAYS/);
+    expect(() => loadConfig([file('a.ini', '[History]\nPURGE_BATCH_SIZE=0\n')], {})).toThrow(/PURGE_BATCH_SIZE/);
+  });
+
+  it('keeps prices exact, and refuses what is not a plain decimal of at most 6 places', () => {
+    const { config } = loadConfig([file('a.ini', '[Prices]\nfine = 0.000001, 12.500000\n')], {});
+    expect(config.prices).toEqual({ fine: { inputPerMillion: '0.000001', outputPerMillion: '12.5' } });
+    for (const bad of ['0.0000001, 1', '1e-3, 1', '-1, 1', '0x10, 1', '1']) {
+      expect(() => loadConfig([file('b.ini', `[Prices]\nbad = ${bad}\n`)], {}), bad).toThrow(/at most 6 decimal places/);
+    }
   });
 });
 

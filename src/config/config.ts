@@ -1,11 +1,12 @@
 import { parse as parseIni } from 'ini';
 import { z } from 'zod';
 import { ConfigError, type ConfigProblem } from '../errors.ts';
+import { formatPicoUsd, parseDecimal, priceScale, usdScale, type Usd } from '../money.ts';
 
-/** The USD price of a model, per million tokens. */
+/** The USD price of a model, per million tokens, as exact decimal strings (at most 6 decimals). */
 export interface ModelPrice {
-  inputPerMillion: number;
-  outputPerMillion: number;
+  inputPerMillion: Usd;
+  outputPerMillion: Usd;
 }
 
 /** TinyTroupe's `[OpenAI]` section, with Callboard's additions. */
@@ -51,7 +52,18 @@ export interface Config {
   logging: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };
   /** `ttlSeconds` null means entries never expire. */
   cache: { ttlSeconds: number | null; memoryEntries: number; memoryMegabytes: number; sharedAcrossTenants: boolean };
-  history: { storeBodies: boolean; batchSize: number; flushIntervalMs: number; maxPendingRows: number; spoolDir: string; rollupIntervalSeconds: number };
+  /** `retentionDays` null keeps calls forever; `purgeIntervalSeconds` 0 turns the purge off. */
+  history: {
+    storeBodies: boolean;
+    batchSize: number;
+    flushIntervalMs: number;
+    maxPendingRows: number;
+    spoolDir: string;
+    rollupIntervalSeconds: number;
+    retentionDays: number | null;
+    purgeIntervalSeconds: number;
+    purgeBatchSize: number;
+  };
   prompts: { dir: string };
   /** Bounds on what one GraphQL request may ask; `analyticsStatementTimeoutMs` 0 means none. */
   limits: {
@@ -76,6 +88,12 @@ export interface Config {
     /** Subscriptions one instance serves at once; 0: none. */
     maxSubscriptions: number;
   };
+  /**
+   * GET /metrics. `port` null: served on the main server (protected like the API); a number: a separate
+   * listener on `host` serving only /metrics, unauthenticated. The label bounds cap the distinct models and
+   * tenants a metric tells apart (the rest are "other").
+   */
+  metrics: { port: number | null; host: string; maxModelLabels: number; maxTenantLabels: number };
   prices: Record<string, ModelPrice>;
   /** From the environment only; never logged, stored or answered. */
   secrets: { openaiApiKey: string | null; azureOpenaiEndpoint: string | null; azureOpenaiKey: string | null; masterKey: string | null };
@@ -267,6 +285,16 @@ const sections: Record<string, Record<string, KeySpec>> = {
     MAX_PENDING_ROWS: { path: ['history', 'maxPendingRows'], default: '10000', schema: integer(1) },
     SPOOL_DIR: { path: ['history', 'spoolDir'], default: './.callboard/spool', schema: text },
     ROLLUP_INTERVAL_SECONDS: { path: ['history', 'rollupIntervalSeconds'], default: '60', schema: integer(0, 86_400) },
+    // The retention purge (src/llm/retention.ts): calls older than RETENTION_DAYS, and expired cache entries.
+    RETENTION_DAYS: { path: ['history', 'retentionDays'], default: '', schema: optional(integer(1, 36_500)) },
+    PURGE_INTERVAL_SECONDS: { path: ['history', 'purgeIntervalSeconds'], default: '300', schema: integer(0, 86_400) },
+    PURGE_BATCH_SIZE: { path: ['history', 'purgeBatchSize'], default: '1000', schema: integer(1, 100_000) },
+  },
+  Metrics: {
+    PORT: { path: ['metrics', 'port'], default: '', schema: optional(integer(0, 65535)) },
+    HOST: { path: ['metrics', 'host'], default: '127.0.0.1', schema: text },
+    MAX_MODEL_LABELS: { path: ['metrics', 'maxModelLabels'], default: '50', schema: integer(1, 10_000) },
+    MAX_TENANT_LABELS: { path: ['metrics', 'maxTenantLabels'], default: '100', schema: integer(1, 10_000) },
   },
   Prompts: {
     DIR: { path: ['prompts', 'dir'], default: './prompts', schema: text },
@@ -297,12 +325,17 @@ const sections: Record<string, Record<string, KeySpec>> = {
 const pricesSection = 'Prices';
 const price = z.string().transform((value, context) => {
   const parts = value.split(',').map((part) => part.trim());
-  const numbers = parts.map(Number);
-  if (parts.length !== 2 || numbers.some((number) => parts.includes('') || !Number.isFinite(number) || number < 0)) {
-    context.addIssue({ code: 'custom', message: `expected "input, output" USD per million tokens such as "0.15, 0.60", got "${value}"` });
+  // Exact decimals: 10^-6 USD per million tokens is a picodollar per token, the unit of every cost.
+  const amounts = parts.map((part) => parseDecimal(part, priceScale));
+  if (parts.length !== 2 || amounts.some((amount) => amount === null || amount < 0n)) {
+    context.addIssue({
+      code: 'custom',
+      message: `expected "input, output" USD per million tokens such as "0.15, 0.60" (plain decimals, at most ${priceScale} decimal places), got "${value}"`,
+    });
     return z.NEVER;
   }
-  return { inputPerMillion: numbers[0]!, outputPerMillion: numbers[1]! } satisfies ModelPrice;
+  const usd = (amount: bigint) => formatPicoUsd(amount * 10n ** BigInt(usdScale - priceScale));
+  return { inputPerMillion: usd(amounts[0]!), outputPerMillion: usd(amounts[1]!) } satisfies ModelPrice;
 });
 
 /** Secrets and the variables they come from: the environment only, as in TinyTroupe. */
@@ -452,7 +485,7 @@ export function loadConfig(
     raw.set(rawKey(section, key), { value, source: 'ENVIRONMENT', origin: name });
   }
 
-  const config = { openai: {}, server: {}, database: {}, logging: {}, cache: {}, history: {}, prompts: {}, limits: {}, prices: {}, secrets: {} } as Record<
+  const config = { openai: {}, server: {}, database: {}, logging: {}, cache: {}, history: {}, metrics: {}, prompts: {}, limits: {}, prices: {}, secrets: {} } as Record<
     keyof Config,
     Record<string, unknown>
   >;

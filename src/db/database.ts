@@ -53,7 +53,17 @@ export interface Database {
    * `onReconnect` when it is listening again.
    */
   listen(channel: string, handler: (payload: string) => void, onReconnect?: () => void, onLost?: () => void): Promise<() => Promise<void>>;
+  /** The connection pools' use now, for GET /metrics; none on PGlite (one in-process connection, no pool). */
+  pools(): PoolUse[];
   close(): Promise<void>;
+}
+
+/** One pg pool's connections: open ones, idle ones, and requests waiting for one. */
+export interface PoolUse {
+  pool: 'main' | 'analytics';
+  total: number;
+  idle: number;
+  waiting: number;
 }
 
 export interface DatabaseOptions {
@@ -107,6 +117,7 @@ async function openPglite(dataDir: string): Promise<Database> {
       const stop = await client.listen(channel, handler);
       return () => stop().catch(() => {});
     },
+    pools: () => [],
     close: async () => {
       await prisma.$disconnect();
       await client.close();
@@ -190,6 +201,8 @@ async function openPostgres(url: string, options: { poolSize: number; analyticsP
         await client?.end().catch(() => {});
       };
     },
+    pools: () =>
+      ([['main', pool], ['analytics', analyticsPool]] as const).map(([name, used]) => ({ pool: name, total: used.totalCount, idle: used.idleCount, waiting: used.waitingCount })),
     close: async () => {
       await prisma.$disconnect();
       await Promise.all([pool.end(), analyticsPool.end()]);

@@ -30,6 +30,8 @@ export const builder = new SchemaBuilder<{
   Scalars: {
     JSON: { Input: unknown; Output: unknown };
     DateTime: { Input: Date; Output: Date | string };
+    /** USD as an exact decimal string (src/money.ts). */
+    Decimal: { Input: string; Output: string };
   };
 }>({
   defaultFieldNullability: false,

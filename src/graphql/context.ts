@@ -5,6 +5,7 @@ import type { CallFilter, CallQueries } from '../analytics/calls.ts';
 import type { Identity } from '../auth/identity.ts';
 import type { Caller } from '../llm/client.ts';
 import type { Services } from '../services.ts';
+import type { RequestLog } from '../observability/request-log.ts';
 import type { Loaders } from './loaders.ts';
 
 /**
@@ -33,4 +34,6 @@ export interface GraphQLContext {
   actor: string;
   /** Lets a caller that goes away abort its upstream call. */
   signal: AbortSignal;
+  /** The request's log line and trace: calls given it (RecordedOptions.requestLog) are listed in them. */
+  requestLog: RequestLog;
 }

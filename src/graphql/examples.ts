@@ -21,7 +21,7 @@ mutation SendMessage {
     attempts
     latencyMs
     usage { totalTokens }
-    call { id costUsd }
+    call { id costUsd costSavedUsd }
   }
 }
 
@@ -36,7 +36,7 @@ query RecentCalls {
   calls(first: 10) {
     totalCount
     edges {
-      node { id createdAt model status cacheStatus errorCode latencyMs costUsd tags }
+      node { id createdAt model status cacheStatus errorCode latencyMs costUsd costSavedUsd tags }
     }
     pageInfo { hasNextPage endCursor }
   }

@@ -9,12 +9,15 @@ import { chatRequestFields } from '../llm/pipeline/chat-request.ts';
 import type { Services } from '../services.ts';
 import { toOpenAiError } from './openai-errors.ts';
 import { isOpenAiPath } from './refusal.ts';
+import type { RequestLog } from '../observability/request-log.ts';
 
 /** What every answer of the door may carry besides its body. */
 type Headers = Record<string, string>;
 
 interface Route {
   method: 'GET' | 'POST';
+  /** The route as logs and traces name it. */
+  path: string;
   pattern: RegExp;
   /** The least role that may use it: the same as the GraphQL field that does the same thing. */
   role: ApiKeyRole;
@@ -24,6 +27,7 @@ interface Route {
 interface DoorRequest {
   request: Request;
   identity: Identity;
+  requestLog: RequestLog;
   fetchAPI: { Response: typeof Response };
 }
 
@@ -36,14 +40,21 @@ const cacheModes: Record<string, CacheMode> = { use: 'USE', refresh: 'REFRESH', 
  * to the LLM client's input and back; keys, limits, cache, retries and history are the pipeline's,
  * as for GraphQL. Identity comes from the door plugin that runs before it.
  */
-export function useOpenAiDoor(options: { services: Services; identityOf: (request: Request) => Identity; maxBodyBytes: number }): Plugin {
+export function useOpenAiDoor(options: {
+  services: Services;
+  identityOf: (request: Request) => Identity;
+  /** The request's log line and trace (src/observability/request-log.ts). */
+  requestLogOf: (request: Request) => RequestLog;
+  maxBodyBytes: number;
+}): Plugin {
   const { services } = options;
   const routes: Route[] = [
-    { method: 'POST', pattern: /^\/v1\/chat\/completions\/?$/, role: 'MEMBER', handle: chatCompletions },
-    { method: 'POST', pattern: /^\/v1\/embeddings\/?$/, role: 'MEMBER', handle: embeddings },
-    { method: 'GET', pattern: /^\/v1\/models\/?$/, role: 'VIEWER', handle: async ({ fetchAPI }) => json(fetchAPI, 200, { object: 'list', data: models() }) },
+    { method: 'POST', path: '/v1/chat/completions', pattern: /^\/v1\/chat\/completions\/?$/, role: 'MEMBER', handle: chatCompletions },
+    { method: 'POST', path: '/v1/embeddings', pattern: /^\/v1\/embeddings\/?$/, role: 'MEMBER', handle: embeddings },
+    { method: 'GET', path: '/v1/models', pattern: /^\/v1\/models\/?$/, role: 'VIEWER', handle: async ({ fetchAPI }) => json(fetchAPI, 200, { object: 'list', data: models() }) },
     {
       method: 'GET',
+      path: '/v1/models/{id}',
       pattern: /^\/v1\/models\/(.+)$/,
       role: 'VIEWER',
       handle: async ({ fetchAPI }, match) => {
@@ -62,13 +73,14 @@ export function useOpenAiDoor(options: { services: Services; identityOf: (reques
     return [...ids].map((id) => ({ id, object: 'model' as const, created: 0, owned_by: settings.apiType }));
   }
 
-  async function chatCompletions({ request, identity, fetchAPI }: DoorRequest): Promise<Response> {
+  async function chatCompletions({ request, identity, requestLog, fetchAPI }: DoorRequest): Promise<Response> {
     const body = await readJson(request, options.maxBodyBytes);
     const input = {
       ...chatInput(body),
       ...callboardHeaders(request),
       caller: callerOf(identity),
       signal: request.signal,
+      requestLog,
       configDefaults: false,
     };
     if (body.stream === true) {
@@ -80,7 +92,7 @@ export function useOpenAiDoor(options: { services: Services; identityOf: (reques
     return json(fetchAPI, 200, result.completion, answerHeaders(result));
   }
 
-  async function embeddings({ request, identity, fetchAPI }: DoorRequest): Promise<Response> {
+  async function embeddings({ request, identity, requestLog, fetchAPI }: DoorRequest): Promise<Response> {
     const body = await readJson(request, options.maxBodyBytes);
     const texts = typeof body.input === 'string' ? [body.input] : body.input;
     if (!Array.isArray(texts) || texts.some((text) => typeof text !== 'string')) {
@@ -95,6 +107,7 @@ export function useOpenAiDoor(options: { services: Services; identityOf: (reques
       ...callboardHeaders(request),
       caller: callerOf(identity),
       signal: request.signal,
+      requestLog,
     });
     const data = result.embeddings.map((embedding, index) => ({
       object: 'embedding',
@@ -110,6 +123,11 @@ export function useOpenAiDoor(options: { services: Services; identityOf: (reques
       if (!isOpenAiPath(url.pathname)) return;
       const routesOfPath = routes.filter((route) => route.pattern.test(url.pathname));
       const route = routesOfPath.find((candidate) => candidate.method === request.method);
+      const requestLog = options.requestLogOf(request);
+      if (route) {
+        requestLog.route = route.path;
+        requestLog.operation = `${route.method} ${route.path}`;
+      }
       try {
         if (!route) {
           if (routesOfPath.length > 0) throw new CallboardError('NOT_FOUND', `${request.method} is not allowed on ${url.pathname}.`);
@@ -121,7 +139,7 @@ export function useOpenAiDoor(options: { services: Services; identityOf: (reques
             details: { requiredRole: route.role, role: identity.role },
           });
         }
-        endResponse(await route.handle({ request, identity, fetchAPI }, url.pathname.match(route.pattern)!));
+        endResponse(await route.handle({ request, identity, requestLog, fetchAPI }, url.pathname.match(route.pattern)!));
       } catch (error) {
         const refused = toOpenAiError(error);
         if (refused.status === 500) services.logger.error({ err: error }, `unexpected error on ${request.method} ${url.pathname}`);

@@ -6,9 +6,14 @@ export function isOpenAiPath(pathname: string): boolean {
   return pathname === '/v1' || pathname.startsWith('/v1/');
 }
 
+/** The paths whose refusals take OpenAI's error shape: the REST door's, and /metrics (no GraphQL there either). */
+export function takesOpenAiErrorShape(pathname: string): boolean {
+  return isOpenAiPath(pathname) || pathname === '/metrics';
+}
+
 /**
  * A refusal answered before any operation runs (no key, a rebound Host, a form post, a body too
- * large): a JSON body with a code, never an empty one. GraphQL's shape, or OpenAI's on /v1.
+ * large): a JSON body with a code, never an empty one. GraphQL's shape, or OpenAI's on /v1 and /metrics.
  */
 export function refusal(
   fetchAPI: { Response: typeof Response },
@@ -18,7 +23,7 @@ export function refusal(
   headers: Record<string, string> = {},
 ): Response {
   let body: unknown;
-  if (isOpenAiPath(url.pathname)) body = toOpenAiError(new CallboardError(error.code, error.message, { details: error.details })).body;
+  if (takesOpenAiErrorShape(url.pathname)) body = toOpenAiError(new CallboardError(error.code, error.message, { details: error.details })).body;
   else {
     const extensions = { code: error.code, ...(error.details && Object.keys(error.details).length > 0 ? { details: error.details } : {}) };
     body = { errors: [{ message: error.message, extensions }] };

@@ -1,3 +1,4 @@
+import { usdOrNull } from '../money.ts';
 import { cacheKeyVersion, type CacheEntryValue, type CallKind } from './cache.ts';
 
 /*
@@ -8,8 +9,9 @@ import { cacheKeyVersion, type CacheEntryValue, type CallKind } from './cache.ts
 
 /** The columns of a CacheEntry row as cacheEntryFromRow reads them, the table aliased `alias`. */
 export function cacheEntryColumns(alias: string): string {
-  const columns = ['key', 'apiType', 'model', 'request', 'response', 'promptTokens', 'completionTokens', 'totalTokens', 'costUsd', 'createdAt', 'expiresAt', 'createdByCallId', 'tenant', 'apiKeyId'];
-  return [`${alias}."kind"::text AS "kind"`, ...columns.map((column) => `${alias}."${column}"`)].join(', ');
+  const columns = ['key', 'apiType', 'model', 'request', 'response', 'promptTokens', 'completionTokens', 'totalTokens', 'createdAt', 'expiresAt', 'createdByCallId', 'tenant', 'apiKeyId'];
+  // numeric arrives as text; trim_scale drops the column's trailing zeros ("0.000525300000" is "0.0005253").
+  return [`${alias}."kind"::text AS "kind"`, `trim_scale(${alias}."costUsd")::text AS "costUsd"`, ...columns.map((column) => `${alias}."${column}"`)].join(', ');
 }
 
 /** A CacheEntry row as the database answers it (selected with cacheEntryColumns). */
@@ -23,7 +25,8 @@ export interface CacheEntryRow {
   promptTokens: number | null;
   completionTokens: number | null;
   totalTokens: number | null;
-  costUsd: number | null;
+  /** USD, a decimal string. */
+  costUsd: string | null;
   createdAt: Date | string;
   expiresAt: Date | string | null;
   createdByCallId: string | null;
@@ -43,7 +46,7 @@ export function cacheEntryFromRow(row: CacheEntryRow): CacheEntryValue {
       row.promptTokens === null
         ? null
         : { promptTokens: row.promptTokens, completionTokens: row.completionTokens ?? 0, totalTokens: row.totalTokens ?? row.promptTokens },
-    costUsd: row.costUsd,
+    costUsd: usdOrNull(row.costUsd),
     createdAt: new Date(row.createdAt),
     expiresAt: row.expiresAt === null ? null : new Date(row.expiresAt),
     createdByCallId: row.createdByCallId,
@@ -83,7 +86,7 @@ export function entryRow(entry: CacheEntryValue) {
  */
 export const cacheEntryWrites = `entry_rows AS (
   SELECT * FROM jsonb_to_recordset($1::jsonb) AS r("key" text, "keyVersion" int, "kind" "CallKind", "apiType" text, "model" text,
-    "request" jsonb, "response" jsonb, "promptTokens" int, "completionTokens" int, "totalTokens" int, "costUsd" float8,
+    "request" jsonb, "response" jsonb, "promptTokens" int, "completionTokens" int, "totalTokens" int, "costUsd" numeric,
     "hitCount" int, "createdAt" timestamptz, "lastHitAt" timestamptz, "expiresAt" timestamptz, "createdByCallId" uuid, "tenant" text, "apiKeyId" uuid,
     "requestedAt" timestamptz)
 ), written_entries AS (

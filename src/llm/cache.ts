@@ -3,6 +3,7 @@ import { setImmediate as nextTurn, setTimeout as sleep } from 'node:timers/promi
 import { LRUCache } from 'lru-cache';
 import { stringify } from 'safe-stable-stringify';
 import type { Database } from '../db/database.ts';
+import type { Usd } from '../money.ts';
 import type { Logger } from '../logger.ts';
 import type { ProviderUsage } from './providers/provider.ts';
 import { cacheEntryColumns, cacheEntryFromRow, type CacheEntryRow } from './cache-rows.ts';
@@ -45,7 +46,8 @@ export interface CacheEntryValue {
   request: unknown;
   response: unknown;
   usage: ProviderUsage | null;
-  costUsd: number | null;
+  /** USD, exact (a decimal string); null when the model has no price. */
+  costUsd: Usd | null;
   createdAt: Date;
   expiresAt: Date | null;
   createdByCallId: string | null;

@@ -1,6 +1,6 @@
 import type { Config } from '../config/config.ts';
 import type { ResponseCache } from './cache.ts';
-import type { HistoryWriter } from './history.ts';
+import type { CallRecord, HistoryWriter } from './history.ts';
 import type { OverrideStore } from './overrides.ts';
 import { createCacheStep } from './pipeline/cached.ts';
 import { createChatFlow, type ChatStream, type SendMessageInput, type SendMessageResult, type StreamMessageInput } from './pipeline/chat.ts';
@@ -57,6 +57,8 @@ export interface LlmClientDependencies {
   secrets: readonly string[];
   /** What one call may carry: messages, characters, tags, metadata. */
   inputLimits: InputLimits;
+  /** Told of every call as it finishes, after its history row is queued (the metrics). */
+  onCallFinished?: (record: CallRecord) => void;
   /** Injected for tests on a fake clock. */
   sleep?: (ms: number, signal?: AbortSignal) => Promise<void>;
   random?: () => number;
@@ -65,7 +67,7 @@ export interface LlmClientDependencies {
 }
 
 export function createLlmClient(dependencies: LlmClientDependencies): LlmClient {
-  const recorder = createRecorder({ history: dependencies.history, secrets: dependencies.secrets, storeBodies: dependencies.storeBodies });
+  const recorder = createRecorder({ history: dependencies.history, secrets: dependencies.secrets, storeBodies: dependencies.storeBodies, onFinished: dependencies.onCallFinished });
   const upstream = createUpstream({ redact: recorder.redact, stop: dependencies.signal, sleep: dependencies.sleep, random: dependencies.random });
   const steps = {
     registry: dependencies.registry,

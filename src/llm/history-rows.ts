@@ -1,4 +1,5 @@
 import { newId } from '../ids.ts';
+import { parseDecimal } from '../money.ts';
 import { cacheEntryWrites } from './cache-rows.ts';
 import type { CallRecord } from './history.ts';
 
@@ -34,6 +35,8 @@ function clip(value: unknown, length: number): string | null {
 }
 
 const int32 = (value: unknown) => (Number.isInteger(value) && Math.abs(value as number) < 2 ** 31 ? (value as number) : null);
+// USD travels as a decimal string (JSON text of the numeric parameter); a number (a row spooled by an older version) as itself.
+const usdText = (value: unknown) => (typeof value === 'string' && parseDecimal(value) !== null ? value : finite(value));
 const finite = (value: unknown) => (typeof value === 'number' && Number.isFinite(value) ? value : null);
 
 /**
@@ -67,7 +70,8 @@ export function reducedCall(row: Record<string, unknown>, reason: string): Prepa
     completionTokens: int32(row.completionTokens),
     totalTokens: int32(row.totalTokens),
     estimatedPromptTokens: int32(row.estimatedPromptTokens),
-    costUsd: finite(row.costUsd),
+    costUsd: usdText(row.costUsd),
+    costSavedUsd: usdText(row.costSavedUsd),
     templateName: clip(row.templateName, 200),
     templateHash: clip(row.templateHash, 200),
     tags: Array.isArray(row.tags) ? row.tags.filter((tag): tag is string => typeof tag === 'string').slice(0, 50).map((tag) => tag.slice(0, 200)) : [],
@@ -158,16 +162,16 @@ export const writeBatchSql = `
 WITH ${cacheEntryWrites}), written_calls AS (
   INSERT INTO "LlmCall" ("id", "createdAt", "tenant", "apiKeyId", "servedByCallId", "kind", "apiType", "model", "status", "cacheStatus", "cacheKey",
     "errorCode", "errorMessage", "attemptCount", "latencyMs", "streamed", "timeToFirstTokenMs", "promptTokens", "completionTokens", "totalTokens",
-    "estimatedPromptTokens", "costUsd", "templateName", "templateHash", "tags")
+    "estimatedPromptTokens", "costUsd", "costSavedUsd", "templateName", "templateHash", "tags")
   -- A row spooled by an older version has no "streamed": it was not a stream.
   SELECT "id", "createdAt", "tenant", "apiKeyId", "servedByCallId", "kind", "apiType", "model", "status", "cacheStatus", "cacheKey",
     "errorCode", "errorMessage", "attemptCount", "latencyMs", COALESCE("streamed", false), "timeToFirstTokenMs", "promptTokens", "completionTokens", "totalTokens",
-    "estimatedPromptTokens", "costUsd", "templateName", "templateHash", "tags"
+    "estimatedPromptTokens", "costUsd", "costSavedUsd", "templateName", "templateHash", "tags"
   FROM jsonb_to_recordset($3::jsonb) AS c("id" uuid, "createdAt" timestamptz, "tenant" text, "apiKeyId" uuid, "servedByCallId" uuid,
     "kind" "CallKind", "apiType" text, "model" text,
     "status" "CallStatus", "cacheStatus" "CacheStatus", "cacheKey" text, "errorCode" text, "errorMessage" text, "attemptCount" int,
     "latencyMs" float8, "streamed" boolean, "timeToFirstTokenMs" float8, "promptTokens" int, "completionTokens" int, "totalTokens" int,
-    "estimatedPromptTokens" int, "costUsd" float8, "templateName" text, "templateHash" text, "tags" text[])
+    "estimatedPromptTokens" int, "costUsd" numeric, "costSavedUsd" numeric, "templateName" text, "templateHash" text, "tags" text[])
   ON CONFLICT DO NOTHING
   RETURNING "id", "tenant"
 ), written_bodies AS (

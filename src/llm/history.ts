@@ -2,6 +2,7 @@ import { readdirSync } from 'node:fs';
 import type { Database } from '../db/database.ts';
 import { classifyDatabaseError, type DatabaseFailure } from '../db/database-errors.ts';
 import type { Logger } from '../logger.ts';
+import type { Usd } from '../money.ts';
 import type { CacheEntryValue, CacheStatus, CallKind } from './cache.ts';
 import { entryRow } from './cache-rows.ts';
 import { prepareCall, reasonOf, reducedCall, statementParameters, storableJson, writeBatchSql, type PreparedRow } from './history-rows.ts';
@@ -48,7 +49,10 @@ export interface CallRecord {
   totalTokens: number | null;
   /** Our own count of the prompt; filled in off the caller's path when null. */
   estimatedPromptTokens: number | null;
-  costUsd: number | null;
+  /** USD spent, exact (a decimal string): 0 for a cache hit; null when the model has no price. */
+  costUsd: Usd | null;
+  /** For a cache hit: what its answer cost when it was produced (USD saved); null otherwise. */
+  costSavedUsd: Usd | null;
   templateName: string | null;
   templateHash: string | null;
   tags: string[];
@@ -74,11 +78,31 @@ export interface HistoryWriter {
   recordCacheHit(key: string, at: Date): void;
   /** Writes what is pending now, the spool included (and waits for a write already running). */
   flush(): Promise<void>;
+  /** What the writer holds and has done so far, for GET /metrics; reading it changes nothing. */
+  stats(): HistoryStats;
   /**
    * Stops the timers and writes everything pending, for up to `closeTimeoutMs`; what the database
    * does not take by then stays in the spool for the next start.
    */
   close(): Promise<{ lost: number }>;
+}
+
+/** The history writer's state and work so far (counts since the process started). */
+export interface HistoryStats {
+  /** Rows (calls, cache entries, cache hits) in memory not yet written, a batch being written included. */
+  memoryRows: number;
+  /** Rows in the spool not yet written. */
+  spoolRows: number;
+  /** Bytes of the spool's files on disk. */
+  spoolBytes: number;
+  /** Milliseconds since the oldest row not yet written was queued (for the spool: since it last began to hold rows); 0 when none. */
+  oldestPendingMs: number;
+  /** Rows the database took, reduced ones included. */
+  rowsWritten: number;
+  /** Writes that failed (each is retried later): a database down or refusing the statement. */
+  writeFailures: number;
+  /** Rows lost: refused even reduced, unreadable in the spool, or past the memory bound with no spool. */
+  rowsDropped: number;
 }
 
 export interface HistoryWriterOptions {
@@ -109,10 +133,11 @@ function estimateSafely(estimate: NonNullable<HistoryWriterOptions['estimateProm
   }
 }
 
+/** `queuedAt`: Date.now() when the row was queued, for the write lag. */
 type Queued =
-  | { kind: 'call'; call: CallRecord; prompt: unknown }
-  | { kind: 'entry'; entry: CacheEntryValue }
-  | { kind: 'hit'; key: string; count: number; lastHitAt: Date };
+  | { kind: 'call'; call: CallRecord; prompt: unknown; queuedAt: number }
+  | { kind: 'entry'; entry: CacheEntryValue; queuedAt: number }
+  | { kind: 'hit'; key: string; count: number; lastHitAt: Date; queuedAt: number };
 
 /** Thrown when the database cannot take rows now: the caller keeps them (spool) and retries later. */
 class DatabaseDownError extends Error {
@@ -155,6 +180,10 @@ export function createHistoryWriter(options: HistoryWriterOptions): HistoryWrite
   let outage: { since: number; failures: number; lastReport: number } | null = null;
   let spoolSyncFailing = false;
   let dropped = 0;
+  let rowsWritten = 0;
+  let writeFailures = 0;
+  /** The batch taken from the queue while it is being written: still pending. */
+  let writing: { rows: number; queuedAt: number } | null = null;
 
   const pendingCount = () => queue.length + toSpool.length + (spool?.size() ?? 0);
 
@@ -224,6 +253,7 @@ export function createHistoryWriter(options: HistoryWriterOptions): HistoryWrite
 
   async function writeStatement(rows: readonly PreparedRow[]): Promise<void> {
     await database.query(writeBatchSql, statementParameters(rows), { name: 'callboard_write_batch' });
+    rowsWritten += rows.length;
   }
 
   /** Writes rows; a refused batch is split in two until each bad row is found and stored reduced. */
@@ -347,14 +377,17 @@ export function createHistoryWriter(options: HistoryWriterOptions): HistoryWrite
     }
     while (queue.length > 0) {
       const batch = queue.splice(0, batchSize);
+      writing = { rows: batch.length, queuedAt: batch[0]!.queuedAt };
       const rows = prepareAll(batch);
       try {
         await writeRows(rows);
       } catch (error) {
+        writing = null;
         if (error instanceof DatabaseDownError && spool) await startSpooling(rows);
         else queue.unshift(...batch);
         throw error;
       }
+      writing = null;
       noteWritten(rows.length);
       // The memory bound was reached while this batch was written: the spool holds what came next.
       if (spooling) return writePending();
@@ -368,6 +401,7 @@ export function createHistoryWriter(options: HistoryWriterOptions): HistoryWrite
       try {
         await writePending();
       } catch (error) {
+        writeFailures += 1;
         if (!(error instanceof DatabaseDownError)) {
           logger.error({ err: error }, 'history write failed; it will be retried');
           outage ??= { since: Date.now(), failures: 0, lastReport: Date.now() };
@@ -401,10 +435,10 @@ export function createHistoryWriter(options: HistoryWriterOptions): HistoryWrite
 
   return {
     recordCall(call, prompt?: unknown) {
-      enqueue({ kind: 'call', call, prompt });
+      enqueue({ kind: 'call', call, prompt, queuedAt: Date.now() });
     },
     saveCacheEntry(entry) {
-      enqueue({ kind: 'entry', entry });
+      enqueue({ kind: 'entry', entry, queuedAt: Date.now() });
     },
     recordCacheHit(key, at) {
       const open = openHits.get(key);
@@ -413,13 +447,27 @@ export function createHistoryWriter(options: HistoryWriterOptions): HistoryWrite
         open.lastHitAt = at;
         return;
       }
-      const hit = { kind: 'hit' as const, key, count: 1, lastHitAt: at };
+      const hit = { kind: 'hit' as const, key, count: 1, lastHitAt: at, queuedAt: Date.now() };
       openHits.set(key, hit);
       enqueue(hit);
     },
     flush: async () => {
       await running;
       await flush();
+    },
+    stats() {
+      const spoolRows = spool?.size() ?? 0;
+      // The spool's rows are older than any in memory; in memory, the batch being written, then the queues' heads.
+      const oldest = spoolRows > 0 ? spool?.heldSince() : (writing?.queuedAt ?? Math.min(queue[0]?.queuedAt ?? Infinity, toSpool[0]?.queuedAt ?? Infinity));
+      return {
+        memoryRows: queue.length + toSpool.length + (writing?.rows ?? 0),
+        spoolRows,
+        spoolBytes: spool?.bytes() ?? 0,
+        oldestPendingMs: oldest === undefined || oldest === null || oldest === Infinity ? 0 : Math.max(0, Date.now() - oldest),
+        rowsWritten,
+        writeFailures,
+        rowsDropped: dropped,
+      };
     },
     async close() {
       closed = true;

@@ -1,4 +1,5 @@
 import type { ModelPrice } from '../config/config.ts';
+import { costOfTokens, parseDecimal, priceScale, type ExactPrice, type Usd } from '../money.ts';
 
 /**
  * The price of a model: an exact entry, else the longest entry that is a dated or suffixed
@@ -14,13 +15,30 @@ export function priceFor(prices: Readonly<Record<string, ModelPrice>>, model: st
   return best === null ? null : prices[best]!;
 }
 
-/** USD for a usage at the model's price; null when the model has no price or there is no usage. */
+const exactPrices = new WeakMap<ModelPrice, ExactPrice>();
+
+/** A price per million tokens as picodollars per token (config allows at most 6 decimals: exact). */
+function exactPriceOf(price: ModelPrice): ExactPrice {
+  let exact = exactPrices.get(price);
+  if (!exact) {
+    const picos = (perMillion: Usd) => {
+      const value = parseDecimal(perMillion, priceScale);
+      if (value === null) throw new RangeError(`a price needs at most ${priceScale} decimals, got "${perMillion}"`);
+      return value;
+    };
+    exact = { input: picos(price.inputPerMillion), output: picos(price.outputPerMillion) };
+    exactPrices.set(price, exact);
+  }
+  return exact;
+}
+
+/** USD for a usage at the model's price, exact; null when the model has no price or there is no usage. */
 export function costOf(
   prices: Readonly<Record<string, ModelPrice>>,
   model: string,
   usage: { promptTokens: number; completionTokens: number } | null,
-): number | null {
+): Usd | null {
   const price = priceFor(prices, model);
   if (!price || !usage) return null;
-  return (usage.promptTokens * price.inputPerMillion + usage.completionTokens * price.outputPerMillion) / 1_000_000;
+  return costOfTokens(exactPriceOf(price), usage.promptTokens, usage.completionTokens);
 }

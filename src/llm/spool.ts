@@ -1,4 +1,4 @@
-import { mkdir, open, readdir, readFile, rm, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rm, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 
 /** A sealed segment of the spool: its lines, oldest first, and how many of them are already written. */
@@ -18,6 +18,10 @@ export interface Spool {
   readonly dir: string;
   /** Lines appended, synced or not, and not yet removed after being written. */
   size(): number;
+  /** Bytes of the segment files on disk (lines already written included, until their segment is removed). */
+  bytes(): number;
+  /** When (epoch ms) the spool last went from empty to holding lines: its oldest line is at least this old; null when empty. */
+  heldSince(): number | null;
   /** Queues lines at the end; they are on disk after the next `sync()`. */
   append(lines: readonly string[]): void;
   /** Writes lines durably before every other segment (they are older than what the spool holds). */
@@ -46,7 +50,8 @@ export async function openSpool(dir: string): Promise<Spool> {
     created = true;
   };
   // Sequence numbers of segments on disk, oldest first, and their line counts (not yet removed).
-  const segments: { sequence: number; lines: number }[] = [];
+  const segments: { sequence: number; lines: number; bytes: number }[] = [];
+  let heldSince: number | null = null;
   let existing: string[] = [];
   try {
     existing = await readdir(dir);
@@ -59,7 +64,10 @@ export async function openSpool(dir: string): Promise<Spool> {
     if (!match) continue;
     const text = await readFile(join(dir, file), 'utf8');
     const done = await readDone(join(dir, file));
-    segments.push({ sequence: Number(match[1]), lines: Math.max(0, splitLines(text).length - done) });
+    const lines = Math.max(0, splitLines(text).length - done);
+    segments.push({ sequence: Number(match[1]), lines, bytes: Buffer.byteLength(text) });
+    // A segment left by an earlier process: its last change is the latest its lines can date from.
+    if (lines > 0) heldSince ??= (await stat(join(dir, file))).mtimeMs;
   }
   let active: { sequence: number; handle: FileHandle; lines: number } | null = null;
   let buffered: string[] = [];
@@ -91,22 +99,28 @@ export async function openSpool(dir: string): Promise<Spool> {
       await seal();
       const sequence = nextSequence++;
       active = { sequence, handle: await open(fileOf(sequence), 'a'), lines: 0 };
-      segments.push({ sequence, lines: 0 });
+      segments.push({ sequence, lines: 0, bytes: 0 });
     }
-    await active.handle.appendFile(`${lines.join('\n')}\n`);
+    const text = `${lines.join('\n')}\n`;
+    await active.handle.appendFile(text);
     await active.handle.sync();
     buffered.splice(0, lines.length);
     active.lines += lines.length;
     segments.at(-1)!.lines += lines.length;
+    segments.at(-1)!.bytes += Buffer.byteLength(text);
   }
 
   const sync = () => serial(writeBuffered);
+  const size = () => segments.reduce((sum, segment) => sum + segment.lines, 0) + buffered.length;
 
   return {
     dir,
-    size: () => segments.reduce((sum, segment) => sum + segment.lines, 0) + buffered.length,
+    size,
+    bytes: () => segments.reduce((sum, segment) => sum + segment.bytes, 0),
+    heldSince: () => heldSince,
     append(lines) {
       if (lines.length === 0) return;
+      heldSince ??= Date.now();
       buffered.push(...lines);
     },
     prepend: (lines) => serial(async () => {
@@ -115,13 +129,15 @@ export async function openSpool(dir: string): Promise<Spool> {
       const sequence = (segments[0]?.sequence ?? nextSequence) - 1;
       if (segments.length === 0) nextSequence = sequence + 1;
       const handle = await open(fileOf(sequence), 'wx');
+      const text = `${lines.join('\n')}\n`;
       try {
-        await handle.appendFile(`${lines.join('\n')}\n`);
+        await handle.appendFile(text);
         await handle.sync();
       } finally {
         await handle.close();
       }
-      segments.unshift({ sequence, lines: lines.length });
+      heldSince ??= Date.now();
+      segments.unshift({ sequence, lines: lines.length, bytes: Buffer.byteLength(text) });
       if (nextSequence <= sequence) nextSequence = sequence + 1;
     }),
     sync,
@@ -150,6 +166,7 @@ export async function openSpool(dir: string): Promise<Spool> {
       if (index >= 0) segments.splice(index, 1);
       await rm(join(dir, name), { force: true });
       await rm(join(dir, `${name}.done`), { force: true });
+      if (size() === 0) heldSince = null;
     }),
     close: () => serial(async () => {
       await writeBuffered();

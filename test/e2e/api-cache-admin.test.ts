@@ -39,6 +39,7 @@ const SendMessageMutation = graphql(`
         cacheKey
         attemptCount
         costUsd
+        costSavedUsd
         requestBody
       }
     }
@@ -289,7 +290,7 @@ describe.each(databaseKinds)('the cache and the admin levers through the API on 
         usage: miss.usage,
         cacheStatus: 'HIT',
         attempts: 0,
-        call: { cacheStatus: 'HIT', attemptCount: 0, cacheKey: miss.call.cacheKey, costUsd: miss.call.costUsd },
+        call: { cacheStatus: 'HIT', attemptCount: 0, cacheKey: miss.call.cacheKey, costUsd: '0', costSavedUsd: miss.call.costUsd },
       });
       expect(miss.call.cacheKey).toMatch(/^[0-9a-f]{64}$/);
 
@@ -565,7 +566,7 @@ describe.each(databaseKinds)('the cache and the admin levers through the API on 
       expect(find('BASE_URL')).toMatchObject({ section: 'OpenAI', value: fake.openaiBaseURL, source: 'FILE', origin: 'test.ini' });
       expect(find('MAX_ATTEMPTS')).toMatchObject({ value: '5', source: 'DEFAULT', origin: null });
       expect(find('OPENAI_API_KEY')).toEqual({ section: 'Secrets', key: 'OPENAI_API_KEY', value: 'set', source: 'ENVIRONMENT', origin: 'OPENAI_API_KEY', secret: true });
-      expect(new Set(settings.map((setting) => setting.section))).toEqual(new Set(['OpenAI', 'Server', 'Database', 'Logging', 'Cache', 'History', 'Prompts', 'Limits', 'Prices', 'Secrets']));
+      expect(new Set(settings.map((setting) => setting.section))).toEqual(new Set(['OpenAI', 'Server', 'Database', 'Logging', 'Cache', 'History', 'Metrics', 'Prompts', 'Limits', 'Prices', 'Secrets']));
       expect(JSON.stringify(settings)).not.toContain(apiKey);
     });
   });

@@ -241,7 +241,8 @@ describe.each(databaseKinds)('calls to models through the API on %s', (kind) => 
       requestBody: { ...sent, temperature: 0.2, max_tokens: 4000 },
     });
     // gpt-4o-mini costs 0.15 and 0.60 USD per million prompt and completion tokens.
-    expect(payload.call.costUsd).toBeCloseTo((7 * 0.15 + 6 * 0.6) / 1_000_000, 15);
+    // Exactly 7 x 0.15 + 6 x 0.60 per million: a decimal string.
+    expect(payload.call.costUsd).toBe('0.00000465');
     expect(payload.call.attempts).toEqual([
       { number: 1, httpStatus: 200, errorCode: null, waitMs: null, requestId: expect.stringMatching(/^req_/), latencyMs: expect.any(Number) },
     ]);
@@ -316,7 +317,7 @@ describe.each(databaseKinds)('calls to models through the API on %s', (kind) => 
       call: { kind: 'EMBEDDING', model: 'text-embedding-3-small', cacheStatus: 'BYPASS', attemptCount: 1, tags: ['vectors'] },
     });
     // text-embedding-3-small costs 0.02 USD per million tokens.
-    expect(embedding.call.costUsd).toBeCloseTo((4 * 0.02) / 1_000_000, 15);
+    expect(embedding.call.costUsd).toBe('0.00000008');
 
     await testApp.services.history.flush();
     const stored = dataOf(await testApp.execute(CallQuery, { id: embedding.call.id })).call;

@@ -35,22 +35,25 @@ const CallStatsQuery = graphql(`
   }
 `);
 
-type Row = Pick<Prisma.LlmCallCreateManyInput, 'model' | 'status' | 'cacheStatus' | 'latencyMs' | 'costUsd' | 'tags'> & {
+type Row = Pick<Prisma.LlmCallCreateManyInput, 'model' | 'status' | 'cacheStatus' | 'latencyMs' | 'tags'> & {
+  /** USD spent, and (hits only) saved: decimal strings, as the history holds them. */
+  costUsd: string | null;
+  costSavedUsd?: string | null;
   at: string;
   /** Prompt and completion tokens; null for a call without usage. */
   tokens: [number, number] | null;
 };
 
-// Costs are sums of powers of two, exact in floating point whatever order the database adds them in.
+// A hit spent nothing (costUsd 0) and saved what its answer cost (costSavedUsd).
 const rows: Row[] = [
-  { model: 'gpt-4o', at: '2024-03-01T10:00:00.000Z', status: 'SUCCESS', cacheStatus: 'MISS', tokens: [100, 50], costUsd: 0.5, latencyMs: 100, tags: ['alpha'] },
-  { model: 'gpt-4o', at: '2024-03-01T11:00:00.000Z', status: 'SUCCESS', cacheStatus: 'HIT', tokens: [100, 50], costUsd: 0.5, latencyMs: 2, tags: ['alpha', 'beta'] },
+  { model: 'gpt-4o', at: '2024-03-01T10:00:00.000Z', status: 'SUCCESS', cacheStatus: 'MISS', tokens: [100, 50], costUsd: '0.5', latencyMs: 100, tags: ['alpha'] },
+  { model: 'gpt-4o', at: '2024-03-01T11:00:00.000Z', status: 'SUCCESS', cacheStatus: 'HIT', tokens: [100, 50], costUsd: '0', costSavedUsd: '0.5', latencyMs: 2, tags: ['alpha', 'beta'] },
   { model: 'gpt-4o', at: '2024-03-01T12:00:00.000Z', status: 'ERROR', cacheStatus: 'BYPASS', tokens: null, costUsd: null, latencyMs: 300, tags: ['beta'] },
-  { model: 'gpt-4o', at: '2024-03-02T09:00:00.000Z', status: 'SUCCESS', cacheStatus: 'BYPASS', tokens: [200, 100], costUsd: 1, latencyMs: 400, tags: [] },
-  { model: 'gpt-4o-mini', at: '2024-03-01T08:00:00.000Z', status: 'SUCCESS', cacheStatus: 'MISS', tokens: [10, 5], costUsd: 0.0625, latencyMs: 50, tags: ['alpha'] },
-  { model: 'gpt-4o-mini', at: '2024-03-01T09:00:00.000Z', status: 'SUCCESS', cacheStatus: 'HIT', tokens: [10, 5], costUsd: 0.0625, latencyMs: 1, tags: ['alpha'] },
-  { model: 'gpt-4o-mini', at: '2024-03-01T23:59:59.999Z', status: 'SUCCESS', cacheStatus: 'HIT', tokens: [10, 5], costUsd: 0.0625, latencyMs: 3, tags: [] },
-  { model: 'gpt-4o-mini', at: '2024-03-02T00:00:00.000Z', status: 'SUCCESS', cacheStatus: 'REFRESH', tokens: [20, 10], costUsd: 0.125, latencyMs: 80, tags: ['gamma'] },
+  { model: 'gpt-4o', at: '2024-03-02T09:00:00.000Z', status: 'SUCCESS', cacheStatus: 'BYPASS', tokens: [200, 100], costUsd: '1', latencyMs: 400, tags: [] },
+  { model: 'gpt-4o-mini', at: '2024-03-01T08:00:00.000Z', status: 'SUCCESS', cacheStatus: 'MISS', tokens: [10, 5], costUsd: '0.0625', latencyMs: 50, tags: ['alpha'] },
+  { model: 'gpt-4o-mini', at: '2024-03-01T09:00:00.000Z', status: 'SUCCESS', cacheStatus: 'HIT', tokens: [10, 5], costUsd: '0', costSavedUsd: '0.0625', latencyMs: 1, tags: ['alpha'] },
+  { model: 'gpt-4o-mini', at: '2024-03-01T23:59:59.999Z', status: 'SUCCESS', cacheStatus: 'HIT', tokens: [10, 5], costUsd: '0', costSavedUsd: '0.0625', latencyMs: 3, tags: [] },
+  { model: 'gpt-4o-mini', at: '2024-03-02T00:00:00.000Z', status: 'SUCCESS', cacheStatus: 'REFRESH', tokens: [20, 10], costUsd: '0.125', latencyMs: 80, tags: ['gamma'] },
   { model: 'my-llama', at: '2024-03-02T01:00:00.000Z', status: 'SUCCESS', cacheStatus: 'MISS', tokens: [30, 20], costUsd: null, latencyMs: 120, tags: ['gamma'] },
   { model: 'my-llama', at: '2024-03-02T02:00:00.000Z', status: 'ERROR', cacheStatus: 'MISS', tokens: null, costUsd: null, latencyMs: 1000, tags: ['gamma', 'alpha'] },
 ];
@@ -117,28 +120,28 @@ describe.each(databaseKinds)('callStats on hand-computed history, on %s', (kind)
     expectBucket(find('gpt-4o', march1), {
       ...ungrouped, model: 'gpt-4o', day: march1,
       calls: 3, errors: 1, cacheHits: 1, cacheMisses: 1, hitRate: 0.5,
-      promptTokens: 100, completionTokens: 50, costUsd: 0.5, tokensSaved: 150, costSavedUsd: 0.5,
+      promptTokens: 100, completionTokens: 50, costUsd: '0.5', tokensSaved: 150, costSavedUsd: '0.5',
       latencyP50Ms: 100, latencyP95Ms: 280, latencyMaxMs: 300,
     });
     // Neither a hit nor a miss: no hit rate; nothing saved.
     expectBucket(find('gpt-4o', march2), {
       ...ungrouped, model: 'gpt-4o', day: march2,
       calls: 1, errors: 0, cacheHits: 0, cacheMisses: 0, hitRate: null,
-      promptTokens: 200, completionTokens: 100, costUsd: 1, tokensSaved: 0, costSavedUsd: null,
+      promptTokens: 200, completionTokens: 100, costUsd: '1', tokensSaved: 0, costSavedUsd: null,
       latencyP50Ms: 400, latencyP95Ms: 400, latencyMaxMs: 400,
     });
     // 23:59:59.999 is still March 1st. Latencies 1, 3, 50: p95 = 3 + 0.9 * 47.
     expectBucket(find('gpt-4o-mini', march1), {
       ...ungrouped, model: 'gpt-4o-mini', day: march1,
       calls: 3, errors: 0, cacheHits: 2, cacheMisses: 1, hitRate: 2 / 3,
-      promptTokens: 10, completionTokens: 5, costUsd: 0.0625, tokensSaved: 30, costSavedUsd: 0.125,
+      promptTokens: 10, completionTokens: 5, costUsd: '0.0625', tokensSaved: 30, costSavedUsd: '0.125',
       latencyP50Ms: 3, latencyP95Ms: 45.3, latencyMaxMs: 50,
     });
     // A refresh pays but is no miss.
     expectBucket(find('gpt-4o-mini', march2), {
       ...ungrouped, model: 'gpt-4o-mini', day: march2,
       calls: 1, errors: 0, cacheHits: 0, cacheMisses: 0, hitRate: null,
-      promptTokens: 20, completionTokens: 10, costUsd: 0.125, tokensSaved: 0, costSavedUsd: null,
+      promptTokens: 20, completionTokens: 10, costUsd: '0.125', tokensSaved: 0, costSavedUsd: null,
       latencyP50Ms: 80, latencyP95Ms: 80, latencyMaxMs: 80,
     });
     // An unpriced model: tokens count, cost is null rather than 0. Latencies 120, 1000: p50 = 560, p95 = 120 + 0.95 * 880.
@@ -159,27 +162,27 @@ describe.each(databaseKinds)('callStats on hand-computed history, on %s', (kind)
     expectBucket(find('HIT'), {
       ...ungrouped, cacheStatus: 'HIT',
       calls: 3, errors: 0, cacheHits: 3, cacheMisses: 0, hitRate: 1,
-      promptTokens: 0, completionTokens: 0, costUsd: null, tokensSaved: 180, costSavedUsd: 0.625,
+      promptTokens: 0, completionTokens: 0, costUsd: '0', tokensSaved: 180, costSavedUsd: '0.625',
       latencyP50Ms: 2, latencyP95Ms: 2.9, latencyMaxMs: 3,
     });
     // Latencies 50, 100, 120, 1000: p50 at 1.5 = 110; p95 at 2.85 = 120 + 0.85 * 880.
     expectBucket(find('MISS'), {
       ...ungrouped, cacheStatus: 'MISS',
       calls: 4, errors: 1, cacheHits: 0, cacheMisses: 4, hitRate: 0,
-      promptTokens: 140, completionTokens: 75, costUsd: 0.5625, tokensSaved: 0, costSavedUsd: null,
+      promptTokens: 140, completionTokens: 75, costUsd: '0.5625', tokensSaved: 0, costSavedUsd: null,
       latencyP50Ms: 110, latencyP95Ms: 868, latencyMaxMs: 1000,
     });
     expectBucket(find('REFRESH'), {
       ...ungrouped, cacheStatus: 'REFRESH',
       calls: 1, errors: 0, cacheHits: 0, cacheMisses: 0, hitRate: null,
-      promptTokens: 20, completionTokens: 10, costUsd: 0.125, tokensSaved: 0, costSavedUsd: null,
+      promptTokens: 20, completionTokens: 10, costUsd: '0.125', tokensSaved: 0, costSavedUsd: null,
       latencyP50Ms: 80, latencyP95Ms: 80, latencyMaxMs: 80,
     });
     // Latencies 300, 400: p50 = 350, p95 = 300 + 0.95 * 100.
     expectBucket(find('BYPASS'), {
       ...ungrouped, cacheStatus: 'BYPASS',
       calls: 2, errors: 1, cacheHits: 0, cacheMisses: 0, hitRate: null,
-      promptTokens: 200, completionTokens: 100, costUsd: 1, tokensSaved: 0, costSavedUsd: null,
+      promptTokens: 200, completionTokens: 100, costUsd: '1', tokensSaved: 0, costSavedUsd: null,
       latencyP50Ms: 350, latencyP95Ms: 395, latencyMaxMs: 400,
     });
   });
@@ -193,21 +196,21 @@ describe.each(databaseKinds)('callStats on hand-computed history, on %s', (kind)
     expectBucket(find('alpha'), {
       ...ungrouped, tag: 'alpha',
       calls: 5, errors: 1, cacheHits: 2, cacheMisses: 3, hitRate: 0.4,
-      promptTokens: 110, completionTokens: 55, costUsd: 0.5625, tokensSaved: 165, costSavedUsd: 0.5625,
+      promptTokens: 110, completionTokens: 55, costUsd: '0.5625', tokensSaved: 165, costSavedUsd: '0.5625',
       latencyP50Ms: 50, latencyP95Ms: 820, latencyMaxMs: 1000,
     });
     // Rows 2 (a hit) and 3 (a bypassed error). Latencies 2, 300: p50 = 151, p95 = 2 + 0.95 * 298.
     expectBucket(find('beta'), {
       ...ungrouped, tag: 'beta',
       calls: 2, errors: 1, cacheHits: 1, cacheMisses: 0, hitRate: 1,
-      promptTokens: 0, completionTokens: 0, costUsd: null, tokensSaved: 150, costSavedUsd: 0.5,
+      promptTokens: 0, completionTokens: 0, costUsd: '0', tokensSaved: 150, costSavedUsd: '0.5',
       latencyP50Ms: 151, latencyP95Ms: 285.1, latencyMaxMs: 300,
     });
     // Rows 8, 9, 10. Latencies 80, 120, 1000: p95 = 120 + 0.9 * 880.
     expectBucket(find('gamma'), {
       ...ungrouped, tag: 'gamma',
       calls: 3, errors: 1, cacheHits: 0, cacheMisses: 2, hitRate: 0,
-      promptTokens: 50, completionTokens: 30, costUsd: 0.125, tokensSaved: 0, costSavedUsd: null,
+      promptTokens: 50, completionTokens: 30, costUsd: '0.125', tokensSaved: 0, costSavedUsd: null,
       latencyP50Ms: 120, latencyP95Ms: 912, latencyMaxMs: 1000,
     });
   });
@@ -219,7 +222,7 @@ describe.each(databaseKinds)('callStats on hand-computed history, on %s', (kind)
     expectBucket(buckets[0], {
       ...ungrouped,
       calls: 10, errors: 2, cacheHits: 3, cacheMisses: 4, hitRate: 3 / 7,
-      promptTokens: 360, completionTokens: 185, costUsd: 1.6875, tokensSaved: 180, costSavedUsd: 0.625,
+      promptTokens: 360, completionTokens: 185, costUsd: '1.6875', tokensSaved: 180, costSavedUsd: '0.625',
       latencyP50Ms: 90, latencyP95Ms: 730, latencyMaxMs: 1000,
     });
   });
@@ -232,7 +235,7 @@ describe.each(databaseKinds)('callStats on hand-computed history, on %s', (kind)
     expectBucket(byStatus.find((bucket) => bucket.status === 'SUCCESS'), {
       ...ungrouped, status: 'SUCCESS',
       calls: 5, errors: 0, cacheHits: 3, cacheMisses: 2, hitRate: 0.6,
-      promptTokens: 110, completionTokens: 55, costUsd: 0.5625, tokensSaved: 180, costSavedUsd: 0.625,
+      promptTokens: 110, completionTokens: 55, costUsd: '0.5625', tokensSaved: 180, costSavedUsd: '0.625',
       latencyP50Ms: 3, latencyP95Ms: 90, latencyMaxMs: 100,
     });
     expectBucket(byStatus.find((bucket) => bucket.status === 'ERROR'), {

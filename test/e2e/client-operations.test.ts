@@ -83,8 +83,8 @@ describe('the dashboard client operations (src/client)', () => {
     const cost = await testApp.execute(CostByModelAndDayDocument, { filter: { tags: ['dashboard'] } });
     expect(cost.errors).toBeUndefined();
     expect(cost.data!.callStats.map((bucket) => [bucket.model, bucket.day?.slice(0, 10), bucket.calls])).toEqual(countBy(10).map(([day, count]) => ['gpt-4o-mini', day, count]));
-    const spent = cost.data!.callStats.reduce((sum, bucket) => sum + (bucket.costUsd ?? 0), 0);
-    const saved = cost.data!.callStats.reduce((sum, bucket) => sum + (bucket.costSavedUsd ?? 0), 0);
+    const spent = cost.data!.callStats.reduce((sum, bucket) => sum + Number(bucket.costUsd ?? 0), 0);
+    const saved = cost.data!.callStats.reduce((sum, bucket) => sum + Number(bucket.costSavedUsd ?? 0), 0);
     // The miss was paid for; the hit saved what the miss cost.
     expect(spent).toBeGreaterThan(0);
     expect(saved).toBeCloseTo(spent, 12);

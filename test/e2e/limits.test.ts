@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createApp, type App } from '../../src/app.ts';
 import { createDatabase, type Database } from '../../src/db/database.ts';
 import { createLogger } from '../../src/logger.ts';
+import { compareUsd } from '../../src/money.ts';
 import { createServices, type Services } from '../../src/services.ts';
 import { createTestApp, testConfig, type TestApp } from '../support/app.ts';
 import { databaseKinds } from '../support/database.ts';
@@ -81,7 +82,7 @@ describe.each(databaseKinds)('limits and budgets of API keys on %s, two instance
 
   it('never lets a USD budget be overspent by more than one reservation, and settles with what the calls really cost', async () => {
     // Each call reserves its prompt plus 2,000 tokens ($0.002 at $1 per million) and really spends far less.
-    const { key, record } = await testApp.services.keys.create({ name: 'budget', role: 'MEMBER', tenant: 'limits', limits: { usdPerDay: 0.01 } }, 'test');
+    const { key, record } = await testApp.services.keys.create({ name: 'budget', role: 'MEMBER', tenant: 'limits', limits: { usdPerDay: '0.01' } }, 'test');
     const answers = await Promise.all(Array.from({ length: 30 }, (_unused, index) => send(instances()[index % 2]!, key, `budget ${index}`, 'BYPASS', 2000)));
     const passed = answers.filter((answer) => codeOf(answer) === 'OK').length;
     expect(answers.every((answer) => ['OK', 'BUDGET_EXCEEDED'].includes(codeOf(answer)))).toBe(true);
@@ -89,19 +90,20 @@ describe.each(databaseKinds)('limits and budgets of API keys on %s, two instance
     // more pass only as settled calls give back what they did not spend.
     expect(passed).toBeGreaterThanOrEqual(4);
     await Promise.all([testApp.services.history.flush(), other.services.history.flush()]);
-    const [spent] = await testApp.testDatabase.database.query<{ usd: number }>(`SELECT coalesce(sum("costUsd"), 0)::float8 AS "usd" FROM "LlmCall" WHERE "apiKeyId" = $1 AND "status" = 'SUCCESS'`, [
+    const [spent] = await testApp.testDatabase.database.query<{ usd: string }>(`SELECT trim_scale(coalesce(sum("costUsd"), 0))::text AS "usd" FROM "LlmCall" WHERE "apiKeyId" = $1 AND "status" = 'SUCCESS'`, [
       record.id,
     ]);
-    expect(spent!.usd).toBeLessThanOrEqual(0.01 + 0.002);
+    expect(compareUsd(spent!.usd, '0.012')).toBeLessThanOrEqual(0);
     // Settling happens behind the callers: wait for the counter to equal what the history says was spent.
     const deadline = Date.now() + 5000;
-    let usdToday = -1;
+    let usdToday = '-1';
     while (Date.now() < deadline) {
       usdToday = (await testApp.services.limits.usage([record.id])).get(record.id)!.usdToday;
-      if (Math.abs(usdToday - spent!.usd) < 1e-9) break;
+      if (usdToday === spent!.usd) break;
       await new Promise((resolve) => setTimeout(resolve, 50));
     }
-    expect(usdToday).toBeCloseTo(spent!.usd, 9);
+    // Exact: the counter and the history add up the same decimal amounts.
+    expect(usdToday).toBe(spent!.usd);
   });
 
   it('spends nothing on a cache hit, and shows usage against each limit on the key', async () => {

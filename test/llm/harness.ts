@@ -1,3 +1,4 @@
+import { usdOrNull } from '../../src/money.ts';
 import { afterAll, afterEach, beforeAll, expect } from 'vitest';
 import type { PrismaClient } from '../../src/db/generated/client.ts';
 import { isCallboardError, type CallboardError } from '../../src/errors.ts';
@@ -207,5 +208,6 @@ export async function historyRow(harness: LlmHarness, id: string | undefined) {
     where: { id: id! },
     include: { attempts: { orderBy: { number: 'asc' } }, body: true },
   });
-  return { ...row, metadata: body?.metadata ?? null, requestBody: body?.requestBody ?? null, responseBody: body?.responseBody ?? null };
+  // Money as the API shows it: exact decimal strings (Prisma reads numeric as a Decimal object).
+  return { ...row, costUsd: usdOrNull(row.costUsd), costSavedUsd: usdOrNull(row.costSavedUsd), metadata: body?.metadata ?? null, requestBody: body?.requestBody ?? null, responseBody: body?.responseBody ?? null };
 }

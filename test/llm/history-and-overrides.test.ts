@@ -1,3 +1,4 @@
+import { usdOrNull } from '../../src/money.ts';
 import { describe, expect, it } from 'vitest';
 import type { ChatMessage } from '../../src/llm/client.ts';
 import { databaseKinds } from '../support/database.ts';
@@ -57,15 +58,17 @@ describe.each(databaseKinds)('the audit on %s', (kind) => {
       const unpriced = await llm.sendMessage({ messages: user('and this?'), model: 'gpt-unpriced' });
       const embedding = await llm.embed({ texts: ['four words of text'] });
 
-      const expected = (1000 * 0.15 + 500 * 0.6) / 1_000_000;
-      expect(priced.call.costUsd).toBeCloseTo(expected, 12);
+      // 1000 x 0.15 + 500 x 0.60 per million, exactly: a decimal string, no float noise.
+      const expected = '0.00045';
+      expect(priced.call.costUsd).toBe(expected);
       const rows = await Promise.all([priced, dated, unpriced, embedding].map((result) => historyRow(harness, result.call.id)));
       expect(rows[0]).toMatchObject({ promptTokens: 1000, completionTokens: 500, totalTokens: 1500 });
-      expect(rows[0]!.costUsd).toBeCloseTo(expected, 12);
-      expect(rows[1]!.costUsd).toBeCloseTo(expected, 12);
+      expect(rows[0]!.costUsd).toBe(expected);
+      expect(rows[1]!.costUsd).toBe(expected);
       expect(rows[2]!.costUsd).toBeNull();
       expect(rows[3]!.promptTokens).toBe(4);
-      expect(rows[3]!.costUsd).toBeCloseTo((4 * 0.02) / 1_000_000, 15);
+      expect(rows[3]!.costUsd).toBe('0.00000008');
+      expect(rows.map((row) => row.costSavedUsd)).toEqual([null, null, null, null]);
     });
 
     it('keeps the cost of a cached response with its entry and its hits', async () => {
@@ -77,10 +80,11 @@ describe.each(databaseKinds)('the audit on %s', (kind) => {
 
       const row = await historyRow(harness, miss.call.id);
       const entry = await harness.prisma.cacheEntry.findUniqueOrThrow({ where: { key: row.cacheKey! } });
-      expect(entry.costUsd).toBeCloseTo((2000 * 0.15) / 1_000_000, 12);
+      expect(usdOrNull(entry.costUsd)).toBe('0.0003');
       expect(entry).toMatchObject({ promptTokens: 2000, completionTokens: 0, totalTokens: 2000 });
-      // A hit records what it saved: the cost of the stored answer.
-      expect((await historyRow(harness, hit.call.id)).costUsd).toBe(entry.costUsd);
+      // A hit spent nothing, and records apart what it saved: the cost of the stored answer.
+      expect(await historyRow(harness, hit.call.id)).toMatchObject({ cacheStatus: 'HIT', costUsd: '0', costSavedUsd: '0.0003' });
+      expect(await historyRow(harness, miss.call.id)).toMatchObject({ cacheStatus: 'MISS', costUsd: '0.0003', costSavedUsd: null });
     });
 
     it('stores no API key, even when a message, the metadata or an error holds one', async () => {

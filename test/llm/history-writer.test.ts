@@ -37,6 +37,7 @@ function call(overrides: Partial<CallRecord> = {}): CallRecord {
     totalTokens: 7,
     estimatedPromptTokens: 3,
     costUsd: null,
+    costSavedUsd: null,
     templateName: null,
     templateHash: null,
     tags: ['writer'],
@@ -285,6 +286,46 @@ describe.each(databaseKinds)('the history writer on %s', (kind) => {
     expect(await prisma().llmCall.count({ where: { id: { in: calls.map((record) => record.id) } } })).toBe(40);
     expect(await prisma().llmCallBody.count({ where: { callId: { in: calls.map((record) => record.id) } } })).toBe(40);
     expect(await prisma().llmAttempt.count({ where: { callId: { in: calls.map((record) => record.id) } } })).toBe(40);
+    await switched.close();
+  });
+
+  it('reports its state for GET /metrics: rows pending in memory and in the spool, the spool bytes, the write lag, rows written and failed writes', async () => {
+    const switched = switchable(testDatabase.database);
+    let open!: () => void;
+    const gate = new Promise<void>((resolve) => (open = resolve));
+    const gated = {
+      query: async <Row,>(sql: string, parameters?: unknown[]) => {
+        await gate;
+        return switched.database.query<Row>(sql, parameters);
+      },
+    } satisfies HistoryWriterOptions['database'];
+    const writer = start({ database: gated, maxRetryDelayMs: 20 });
+    expect(writer.stats()).toEqual({ memoryRows: 0, spoolRows: 0, spoolBytes: 0, oldestPendingMs: 0, rowsWritten: 0, writeFailures: 0, rowsDropped: 0 });
+    const slow = [call(), call(), call()];
+    for (const record of slow) writer.recordCall(record);
+    const flushing = writer.flush();
+    // The batch is taken from the queue and waits on the database: still pending, and getting older.
+    expect(writer.stats().memoryRows).toBe(3);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+    expect(writer.stats().oldestPendingMs).toBeGreaterThan(0);
+    open();
+    await flushing;
+    expect(writer.stats()).toEqual({ memoryRows: 0, spoolRows: 0, spoolBytes: 0, oldestPendingMs: 0, rowsWritten: 3, writeFailures: 0, rowsDropped: 0 });
+
+    switched.state.down = true;
+    writer.recordCall(call());
+    writer.recordCall(call());
+    await writer.flush();
+    await expect.poll(() => writer.stats().spoolRows, { timeout: 5000 }).toBe(2);
+    const down = writer.stats();
+    expect(down).toMatchObject({ memoryRows: 0, rowsWritten: 3, rowsDropped: 0 });
+    expect(down.writeFailures).toBeGreaterThanOrEqual(1);
+    expect(down.spoolBytes).toBeGreaterThan(100);
+    expect(down.oldestPendingMs).toBeGreaterThanOrEqual(0);
+
+    switched.state.down = false;
+    await expect.poll(() => writer.stats().spoolRows, { timeout: 5000 }).toBe(0);
+    expect(writer.stats()).toMatchObject({ memoryRows: 0, spoolBytes: 0, oldestPendingMs: 0, rowsWritten: 5, rowsDropped: 0 });
     await switched.close();
   });
 

@@ -1,3 +1,4 @@
+import { compareUsd, usdOrNull } from '../../src/money.ts';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createApp, type App } from '../../src/app.ts';
 import { createDatabase, type Database } from '../../src/db/database.ts';
@@ -134,12 +135,12 @@ describe.each(databaseKinds)('the cache graph across two instances on %s', (kind
       const [row] = await testApp.testDatabase.database.query<{ attemptCount: number }>('SELECT "attemptCount" FROM "LlmCall" WHERE "id" = $1', [leaderError!.details.callId]);
       return row !== undefined;
     });
-    const [row] = await testApp.testDatabase.database.query<{ status: string; errorCode: string; attemptCount: number; costUsd: number | null; attempts: number }>(
+    const [row] = await testApp.testDatabase.database.query<{ status: string; errorCode: string; attemptCount: number; costUsd: string | null; attempts: number }>(
       `SELECT c."status"::text AS "status", c."errorCode", c."attemptCount", c."costUsd", (SELECT count(*)::int FROM "LlmAttempt" a WHERE a."callId" = c."id") AS "attempts"
        FROM "LlmCall" c WHERE c."id" = $1`,
       [leaderError!.details.callId],
     );
     expect(row).toMatchObject({ status: 'ERROR', errorCode: 'ABORTED', attemptCount: 1, attempts: 1 });
-    expect(row!.costUsd).toBeGreaterThan(0);
+    expect(compareUsd(usdOrNull(row!.costUsd)!, '0')).toBe(1);
   });
 });

@@ -16,7 +16,7 @@ CacheEntry.implement({
     request: t.field({ type: 'JSON', resolve: (entry) => entry.request, description: 'The request as sent upstream.' }),
     response: t.field({ type: 'JSON', resolve: (entry) => entry.response, description: 'The stored answer.' }),
     usage: t.field({ type: Usage, nullable: true, resolve: (entry) => entry.usage, description: 'Tokens the answer cost when it was made.' }),
-    costUsd: t.exposeFloat('costUsd', { nullable: true, description: 'What the answer cost when it was made; each hit saves this much.' }),
+    costUsd: t.expose('costUsd', { type: 'Decimal', nullable: true, description: 'What the answer cost when it was made, in USD, exact; each hit saves this much.' }),
     hitCount: t.exposeInt('hitCount', { description: 'Calls answered from this entry.' }),
     createdAt: t.field({ type: 'DateTime', resolve: (entry) => entry.createdAt, description: 'When it was stored.' }),
     lastHitAt: t.field({ type: 'DateTime', nullable: true, resolve: (entry) => entry.lastHitAt, description: 'When it last answered a call.' }),

@@ -89,9 +89,15 @@ LlmCall.implement({
         return null;
       },
     }),
-    costUsd: t.exposeFloat('costUsd', {
+    costUsd: t.expose('costUsd', {
+      type: 'Decimal',
       nullable: true,
-      description: 'What the answer cost at the configured prices, in USD (for a hit: what it saved). Null when the model has no price.',
+      description: 'USD spent on the call at the configured prices, exact: "0" for a cache hit (it spent nothing). Null when the model has no price.',
+    }),
+    costSavedUsd: t.expose('costSavedUsd', {
+      type: 'Decimal',
+      nullable: true,
+      description: 'For a cache hit: what its answer cost when it was produced, the USD the hit saved. Null for other calls, and when the model has no price.',
     }),
     templateName: t.exposeString('templateName', { nullable: true, description: 'The template(s) of a templated call, system first.' }),
     templateHash: t.exposeString('templateHash', { nullable: true, description: "SHA-256 of the templates' text: changes when a template changes." }),
@@ -239,7 +245,7 @@ const CallStatsDimension = builder.enumType('CallStatsDimension', {
 });
 
 const CallStatsBucketRef = builder.objectRef<CallStatsBucket>('CallStatsBucket').implement({
-  description: 'One group of calls. Fields of dimensions not grouped by are null. Spent tokens and cost leave out cache hits; saved ones are the hits.',
+  description: 'One group of calls. Fields of dimensions not grouped by are null. Spent tokens leave out cache hits, saved ones are the hits; USD spent and saved are exact Decimals (a hit spent 0 and saved what its answer cost).',
   fields: (t) => ({
     model: t.exposeString('model', { nullable: true, description: 'The model, when grouped by MODEL.' }),
     apiType: t.exposeString('apiType', { nullable: true, description: 'The provider, when grouped by API_TYPE.' }),
@@ -264,9 +270,9 @@ const CallStatsBucketRef = builder.objectRef<CallStatsBucket>('CallStatsBucket')
     hitRate: t.exposeFloat('hitRate', { nullable: true, description: 'cacheHits / (cacheHits + cacheMisses); null when no call used the cache.' }),
     promptTokens: t.exposeInt('promptTokens', { description: 'Prompt tokens paid for (cache hits left out).' }),
     completionTokens: t.exposeInt('completionTokens', { description: 'Completion tokens paid for (cache hits left out).' }),
-    costUsd: t.exposeFloat('costUsd', { nullable: true, description: 'USD spent (cache hits left out); null when no call had a price.' }),
+    costUsd: t.expose('costUsd', { type: 'Decimal', nullable: true, description: 'USD spent, exact: the sum of the calls\' costUsd (0 for a cache hit); null when no call had a price.' }),
     tokensSaved: t.exposeInt('tokensSaved', { description: 'Tokens the cache hits did not pay for.' }),
-    costSavedUsd: t.exposeFloat('costSavedUsd', { nullable: true, description: 'USD the cache hits saved; null when none had a price.' }),
+    costSavedUsd: t.expose('costSavedUsd', { type: 'Decimal', nullable: true, description: 'USD the cache hits saved, exact: the sum of their costSavedUsd; null when none had a price.' }),
     latencyP50Ms: t.exposeFloat('latencyP50Ms', { nullable: true, description: 'Median latency. Exact (percentile_cont) when every call of the group is read from the history; approximate once rolled-up hours are in the range ([History] ROLLUP_INTERVAL_SECONDS): read from log-spaced latency buckets (ratio 1.02), within 1% of the exact value (measured at most 0.99%, see the README).' }),
     latencyP95Ms: t.exposeFloat('latencyP95Ms', { nullable: true, description: '95th percentile latency. Exact (percentile_cont) when every call of the group is read from the history; approximate once rolled-up hours are in the range ([History] ROLLUP_INTERVAL_SECONDS): read from log-spaced latency buckets (ratio 1.02), within 1% of the exact value (measured at most 0.99%, see the README).' }),
     latencyMaxMs: t.exposeFloat('latencyMaxMs', { nullable: true, description: 'Slowest call.' }),

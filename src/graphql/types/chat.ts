@@ -180,7 +180,7 @@ builder.mutationFields((t) => ({
     description: "Sends a chat call through the cache, the provider (with retries) and the history, and returns the first choice's message.",
     extensions: paidField,
     args: { input: t.arg({ type: SendMessageInput, required: true, description: 'The call.' }) },
-    resolve: (_root, { input }, context) => context.services.llm.sendMessage({ ...input, messages: input.messages.map(toMessage), caller: context.caller, signal: context.signal }),
+    resolve: (_root, { input }, context) => context.services.llm.sendMessage({ ...input, messages: input.messages.map(toMessage), caller: context.caller, signal: context.signal, requestLog: context.requestLog }),
   }),
   sendTemplatedMessage: t.field({
     ...access.member,
@@ -189,7 +189,7 @@ builder.mutationFields((t) => ({
     extensions: paidField,
     args: { input: t.arg({ type: SendTemplatedMessageInput, required: true, description: 'The call.' }) },
     resolve: (_root, { input }, context) =>
-      context.services.llm.templatedCall({ ...input, variables: input.variables as Record<string, unknown> | null, caller: context.caller, signal: context.signal }),
+      context.services.llm.templatedCall({ ...input, variables: input.variables as Record<string, unknown> | null, caller: context.caller, signal: context.signal, requestLog: context.requestLog }),
   }),
 }));
 
@@ -310,7 +310,7 @@ builder.subscriptionField('sendMessageStream', (t) =>
     extensions: paidField,
     args: { input: t.arg({ type: SendMessageInput, required: true, description: 'The call.' }) },
     subscribe: async function* (_root, { input }, context): AsyncGenerator<StreamEvent> {
-      const stream = await context.services.llm.streamMessage({ ...input, messages: input.messages.map(toMessage), caller: context.caller, signal: context.signal });
+      const stream = await context.services.llm.streamMessage({ ...input, messages: input.messages.map(toMessage), caller: context.caller, signal: context.signal, requestLog: context.requestLog });
       try {
         for await (const chunk of stream) for (const delta of deltasOf(chunk)) yield { delta };
       } catch (error) {

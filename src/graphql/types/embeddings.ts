@@ -48,7 +48,7 @@ builder.queryFields((t) => ({
     extensions: paidField,
     args: { text: t.arg.string({ required: true, description: 'The text to embed.' }), ...commonArguments(t) },
     resolve: async (_root, args, context) => {
-      const result = await context.services.llm.embed({ ...args, texts: [args.text], caller: context.caller, signal: context.signal });
+      const result = await context.services.llm.embed({ ...args, texts: [args.text], caller: context.caller, signal: context.signal, requestLog: context.requestLog });
       return { ...result.embeddings[0]!, usage: result.usage, call: result.call, cacheReadFailed: result.cacheReadFailed };
     },
   }),
@@ -61,7 +61,7 @@ builder.queryFields((t) => ({
     complexity: (args) => ({ field: 1, multiplier: args.texts.length }),
     args: { texts: t.arg.stringList({ required: true, description: 'The texts to embed, at most 2048.' }), ...commonArguments(t) },
     resolve: async (_root, args, context) => {
-      const result = await context.services.llm.embed({ ...args, caller: context.caller, signal: context.signal });
+      const result = await context.services.llm.embed({ ...args, caller: context.caller, signal: context.signal, requestLog: context.requestLog });
       return result.embeddings.map((embedding) => ({ ...embedding, usage: result.usage, call: result.call, cacheReadFailed: result.cacheReadFailed }));
     },
   }),

@@ -18,8 +18,8 @@ const ApiKeyLimits = builder.objectRef<ApiKeyRecord['limits']>('ApiKeyLimits').i
   fields: (t) => ({
     requestsPerMinute: t.exposeInt('requestsPerMinute', { nullable: true, description: 'Calls that go upstream, per rolling minute (cache hits are free).' }),
     tokensPerMinute: t.exposeInt('tokensPerMinute', { nullable: true, description: 'Tokens per rolling minute: reserved before a call (prompt estimate plus max tokens), settled with the real usage.' }),
-    usdPerDay: t.exposeFloat('usdPerDay', { nullable: true, description: 'USD per UTC day, at the [Prices] of config.ini.' }),
-    usdPerMonth: t.exposeFloat('usdPerMonth', { nullable: true, description: 'USD per UTC month.' }),
+    usdPerDay: t.expose('usdPerDay', { type: 'Decimal', nullable: true, description: 'USD per UTC day, at the [Prices] of config.ini.' }),
+    usdPerMonth: t.expose('usdPerMonth', { type: 'Decimal', nullable: true, description: 'USD per UTC month.' }),
   }),
 });
 
@@ -28,8 +28,8 @@ const ApiKeyUsage = builder.objectRef<KeyUsage>('ApiKeyUsage').implement({
   fields: (t) => ({
     requestsThisMinute: t.exposeFloat('requestsThisMinute', { description: 'Requests counted in the rolling minute.' }),
     tokensThisMinute: t.exposeFloat('tokensThisMinute', { description: 'Tokens counted in the rolling minute (reservations included).' }),
-    usdToday: t.exposeFloat('usdToday', { description: 'USD spent in this UTC day (reservations included).' }),
-    usdThisMonth: t.exposeFloat('usdThisMonth', { description: 'USD spent in this UTC month (reservations included).' }),
+    usdToday: t.expose('usdToday', { type: 'Decimal', description: 'USD spent in this UTC day (reservations included), exact.' }),
+    usdThisMonth: t.expose('usdThisMonth', { type: 'Decimal', description: 'USD spent in this UTC month (reservations included), exact.' }),
   }),
 });
 
@@ -58,8 +58,8 @@ const ApiKeyLimitsInput = builder.inputType('ApiKeyLimitsInput', {
   fields: (t) => ({
     requestsPerMinute: t.int({ description: 'Calls that go upstream per rolling minute.' }),
     tokensPerMinute: t.int({ description: 'Tokens per rolling minute.' }),
-    usdPerDay: t.float({ description: 'USD per UTC day.' }),
-    usdPerMonth: t.float({ description: 'USD per UTC month.' }),
+    usdPerDay: t.field({ type: 'Decimal', description: 'USD per UTC day, a decimal string such as "5" or "0.25".' }),
+    usdPerMonth: t.field({ type: 'Decimal', description: 'USD per UTC month, a decimal string.' }),
   }),
 });
 

@@ -26,7 +26,7 @@ function entry(response: string, overrides: Partial<CacheEntryValue> = {}): Cach
     request: { model: 'gpt-4o-mini' },
     response,
     usage: { promptTokens: 3, completionTokens: 4, totalTokens: 7 },
-    costUsd: 0.001,
+    costUsd: '0.001',
     createdAt: new Date('2025-01-01T00:00:00Z'),
     expiresAt: null,
     createdByCallId: 'call-1',

@@ -2,6 +2,7 @@ import { badUserInput } from '../../errors.ts';
 import { cacheKey, type CacheEntryValue, type CacheStatus, type ResponseCache } from '../cache.ts';
 import type { AttemptRow, CallRecord } from '../history.ts';
 import { checkCallOptions, checkTexts } from '../input-limits.ts';
+import { sumUsd, type Usd } from '../../money.ts';
 import { costOf } from '../prices.ts';
 import type { Provider, ProviderEmbeddingResponse, ProviderUsage } from '../providers/provider.ts';
 import { countTextTokensAsync } from '../tokens.ts';
@@ -84,7 +85,7 @@ export function createEmbedFlow(dependencies: EmbedFlowDependencies) {
       const vectors: (number[] | undefined)[] = new Array(input.texts.length);
       const statuses: CacheStatus[] = new Array(input.texts.length).fill(mode === 'USE' ? 'MISS' : mode);
       let cachedUsage = 0;
-      let cachedCost: number | null = null;
+      const cachedCosts: (Usd | null)[] = [];
       // Counted once the call succeeds: a batch that fails upstream answered nobody from the cache.
       const hitKeys: string[] = [];
       let cacheReadFailed = false;
@@ -96,7 +97,7 @@ export function createEmbedFlow(dependencies: EmbedFlowDependencies) {
           vectors[index] = (entry.response as StoredEmbedding).vector;
           statuses[index] = 'HIT';
           cachedUsage += entry.usage?.promptTokens ?? 0;
-          if (entry.costUsd !== null) cachedCost = (cachedCost ?? 0) + entry.costUsd;
+          cachedCosts.push(entry.costUsd);
           hitKeys.push(entry.key);
           // A call of one text links to the entry that served it, as chat hits do.
           if (keys.length === 1) record.servedByCallId = entry.createdByCallId;
@@ -183,7 +184,8 @@ export function createEmbedFlow(dependencies: EmbedFlowDependencies) {
       record.promptTokens = usage?.promptTokens ?? null;
       record.completionTokens = usage ? 0 : null;
       record.totalTokens = usage?.totalTokens ?? null;
-      record.costUsd = fresh ? costOf(dependencies.prices, model, usage) : cachedCost;
+      // A hit's cost moves to costSavedUsd when the row is finished (record.ts).
+      record.costUsd = fresh ? costOf(dependencies.prices, model, usage) : sumUsd(cachedCosts);
       record.responseBody = { model: fresh?.model ?? model, dimensions: vectors[0]?.length ?? null, count: vectors.length };
       recorder.finish(record, started, input.texts);
       const responseModel = fresh?.model ?? model;

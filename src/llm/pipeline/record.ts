@@ -22,6 +22,13 @@ export interface RecordedOptions {
   tags?: readonly string[] | null;
   metadata?: unknown;
   template?: { name: string | null; hash: string | null };
+  /** The HTTP request the call is made for: its log line and trace list the call once it is finished. */
+  requestLog?: CallsOfRequest | null;
+}
+
+/** What a request keeps of its calls (src/observability/request-log.ts): each finished call is appended. */
+export interface CallsOfRequest {
+  calls: CallRecord[];
 }
 
 /** A failed call's error carries the id of its history row, so a caller can look it up. */
@@ -43,13 +50,22 @@ export interface Recorder {
   redact: <T>(value: T) => T;
 }
 
-export function createRecorder(options: { history: Pick<HistoryWriter, 'recordCall'>; secrets: readonly string[]; storeBodies: boolean }): Recorder {
+export function createRecorder(options: {
+  history: Pick<HistoryWriter, 'recordCall'>;
+  secrets: readonly string[];
+  storeBodies: boolean;
+  /** Told of every finished row (the metrics); it must be cheap and must not throw. */
+  onFinished?: (record: CallRecord) => void;
+}): Recorder {
   const redact = createRedactor(options.secrets);
+  const savedMoved = new WeakSet<CallRecord>();
+  /** The request of each call that has one, until it is finished. */
+  const requests = new WeakMap<CallRecord, CallsOfRequest>();
   return {
     redact,
     start(kind, apiType, model, input) {
       const caller = input.caller ?? defaultCaller;
-      return {
+      const record: CallRecord = {
         id: newId(),
         createdAt: new Date(),
         tenant: caller.tenant,
@@ -70,6 +86,7 @@ export function createRecorder(options: { history: Pick<HistoryWriter, 'recordCa
         totalTokens: null,
         estimatedPromptTokens: null,
         costUsd: null,
+        costSavedUsd: null,
         templateName: input.template?.name ?? null,
         templateHash: input.template?.hash ?? null,
         tags: [...(input.tags ?? [])],
@@ -80,9 +97,17 @@ export function createRecorder(options: { history: Pick<HistoryWriter, 'recordCa
         timeToFirstTokenMs: null,
         attempts: [],
       };
+      if (input.requestLog) requests.set(record, input.requestLog);
+      return record;
     },
     finish(record, started, prompt, error, ownsAttempts = true) {
       record.latencyMs = performance.now() - started;
+      // A hit spent nothing: what its answer cost when it was produced is what it saved.
+      if (record.cacheStatus === 'HIT' && !savedMoved.has(record)) {
+        savedMoved.add(record);
+        record.costSavedUsd = record.costUsd;
+        record.costUsd = '0';
+      }
       // A call refused for what it carries keeps none of the refused part, and its prompt is not counted.
       if (error instanceof InputLimitError) {
         prompt = null;
@@ -104,6 +129,8 @@ export function createRecorder(options: { history: Pick<HistoryWriter, 'recordCa
         record.responseBody = null;
       }
       options.history.recordCall(record, prompt);
+      requests.get(record)?.calls.push(record);
+      options.onFinished?.(record);
       return record;
     },
     fail(error, record) {

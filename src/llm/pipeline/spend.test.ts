@@ -9,8 +9,8 @@ import { createSpendGuard, type Payer, type SpendEstimate } from './spend.ts';
  */
 
 /** $1 per million input tokens, $2 per million output tokens. */
-const prices = { 'gpt-4o-mini': { inputPerMillion: 1, outputPerMillion: 2 } };
-const limited: KeyLimits = { ...noLimits, usdPerDay: 5 };
+const prices = { 'gpt-4o-mini': { inputPerMillion: '1', outputPerMillion: '2' } };
+const limited: KeyLimits = { ...noLimits, usdPerDay: '5' };
 const payer: Payer = { apiKeyId: 'key-1', limits: limited };
 const estimate: SpendEstimate = { model: 'gpt-4o-mini', promptTokens: 1000, maxCompletionTokens: 500 };
 
@@ -19,7 +19,7 @@ const settled = () => new Promise((resolve) => setTimeout(resolve, 0));
 
 function setup(options: { refuse?: Error; failSettle?: Error; settleWrittenWhen?: Promise<void> } = {}) {
   const reserved: { apiKeyId: string; limits: KeyLimits; spend: Spend }[] = [];
-  const settles: { reservation: Reservation | null; actual: { tokens: number; usd: number } }[] = [];
+  const settles: { reservation: Reservation | null; actual: { tokens: number; usd: string } }[] = [];
   const releases: (Reservation | null)[] = [];
   const limits: LimitStore = {
     async reserve(apiKeyId, keyLimits, spend) {
@@ -65,13 +65,13 @@ describe('the limits step', () => {
     const { guard, reserved } = setup();
     await guard.hold(payer, async () => estimate);
     // 1000 input tokens at $1/M and 500 output tokens at $2/M.
-    expect(reserved).toEqual([{ apiKeyId: 'key-1', limits: limited, spend: { requests: 1, tokens: 1500, usd: 0.002 } }]);
+    expect(reserved).toEqual([{ apiKeyId: 'key-1', limits: limited, spend: { requests: 1, tokens: 1500, usd: '0.002' } }]);
   });
 
   it('reserves no USD for a model without a price, but still its tokens', async () => {
     const { guard, reserved } = setup();
     await guard.hold(payer, async () => ({ ...estimate, model: 'unpriced-model' }));
-    expect(reserved[0]!.spend).toEqual({ requests: 1, tokens: 1500, usd: 0 });
+    expect(reserved[0]!.spend).toEqual({ requests: 1, tokens: 1500, usd: '0' });
   });
 
   it('settles a hold with the tokens and the cost the call really used, at the model that answered', async () => {
@@ -79,7 +79,7 @@ describe('the limits step', () => {
     const held = await guard.hold(payer, async () => estimate);
     held.settle({ model: 'gpt-4o-mini-2024-07-18', usage: { promptTokens: 1000, completionTokens: 100, totalTokens: 1100 } });
     await settled();
-    expect(settles).toEqual([{ reservation: expect.objectContaining({ apiKeyId: 'key-1', reserved: { requests: 1, tokens: 1500, usd: 0.002 } }), actual: { tokens: 1100, usd: 0.0012 } }]);
+    expect(settles).toEqual([{ reservation: expect.objectContaining({ apiKeyId: 'key-1', reserved: { requests: 1, tokens: 1500, usd: '0.002' } }), actual: { tokens: 1100, usd: '0.0012' } }]);
     expect(releases).toEqual([]);
   });
 
@@ -88,7 +88,7 @@ describe('the limits step', () => {
     const held = await guard.hold(payer, async () => estimate);
     held.settle({ model: 'gpt-4o-mini', usage: null });
     await settled();
-    expect(settles.map((entry) => entry.actual)).toEqual([{ tokens: 0, usd: 0 }]);
+    expect(settles.map((entry) => entry.actual)).toEqual([{ tokens: 0, usd: '0' }]);
   });
 
   it('releases a hold whose call failed', async () => {
@@ -96,7 +96,7 @@ describe('the limits step', () => {
     const held = await guard.hold(payer, async () => estimate);
     held.release();
     await settled();
-    expect(releases).toEqual([expect.objectContaining({ apiKeyId: 'key-1', reserved: { requests: 1, tokens: 1500, usd: 0.002 } })]);
+    expect(releases).toEqual([expect.objectContaining({ apiKeyId: 'key-1', reserved: { requests: 1, tokens: 1500, usd: '0.002' } })]);
     expect(settles).toEqual([]);
   });
 
@@ -118,7 +118,7 @@ describe('the limits step', () => {
     await settled();
     expect(value).toEqual({ text: 'answer', tokens: 1050 });
     expect(order).toEqual(['estimate', 'upstream after 1 reservation']);
-    expect(settles.map((entry) => entry.actual)).toEqual([{ tokens: 1050, usd: 0.0011 }]);
+    expect(settles.map((entry) => entry.actual)).toEqual([{ tokens: 1050, usd: '0.0011' }]);
     expect(releases).toEqual([]);
   });
 

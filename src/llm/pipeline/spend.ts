@@ -43,7 +43,7 @@ const freeHold: SpendHold = { settle: () => {}, release: () => {} };
 
 export function createSpendGuard(options: { limits: LimitStore; prices: Config['prices']; logger: Pick<Logger, 'warn'> }): SpendGuard {
   const { limits, prices, logger } = options;
-  const usd = (model: string, usage: { promptTokens: number; completionTokens: number } | null) => costOf(prices, model, usage) ?? 0;
+  const usd = (model: string, usage: { promptTokens: number; completionTokens: number } | null) => costOf(prices, model, usage) ?? '0';
   const afterwards = (work: Promise<void>) =>
     void work.catch((error: unknown) => logger.warn({ err: error }, 'could not settle a limit reservation; it stays counted until its window passes'));
 
