@@ -11,6 +11,10 @@
 // `npm start` runs the second form: a checkout updated without `npm install` (git pull) must not
 // start yesterday's code. The check hashes contents, not times: `npm test` rewrites the generated
 // client with the same bytes, which must not count as a change.
+// It also builds the client package, `callboard/client` (package.json "exports"): the typed
+// operations (above) and the small client, bundled by esbuild into dist/client/index.js (graphql's
+// printer included: nothing to install beside it), with declarations written by `tsc -p
+// tsconfig.client.json` into dist/client/*.d.ts.
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -22,10 +26,12 @@ const root = fileURLToPath(new URL('..', import.meta.url));
 const stampPath = join(root, 'dist', '.sources-hash');
 const schemaPath = join(root, 'prisma', 'schema.prisma');
 const clientPath = join(root, 'src', 'db', 'generated', 'client.ts');
+const operationsPath = join(root, 'src', 'client', 'generated', 'graphql.ts');
+const operationSources = ['schema.graphql', 'src/client/operations.graphql', 'codegen.ts'].map((path) => join(root, path));
 
 /** Every file the compiled output depends on, in a stable order: what tsconfig.build.json compiles and its settings. */
 function inputs() {
-  const files = ['package.json', 'tsconfig.json', 'tsconfig.build.json', 'prisma/schema.prisma'];
+  const files = ['package.json', 'tsconfig.json', 'tsconfig.build.json', 'tsconfig.client.json', 'prisma/schema.prisma', 'schema.graphql', 'codegen.ts', 'src/client/operations.graphql'];
   const walk = (dir) => {
     for (const entry of readdirSync(join(root, dir), { withFileTypes: true }).sort((a, b) => a.name.localeCompare(b.name))) {
       const path = `${dir}/${entry.name}`;
@@ -34,8 +40,8 @@ function inputs() {
     }
   };
   walk('src');
-  // The dashboard's typed operations are generated from these two (src/client/generated/ is not committed).
-  return [...files.filter((path) => !path.startsWith('src/client/')), 'src/client/operations.graphql', 'schema.graphql', 'codegen.ts'];
+  // The typed operations (src/client/generated/, not committed) follow from schema.graphql, the operations and codegen.ts.
+  return files.filter((path) => !path.startsWith('src/client/generated/'));
 }
 
 function sourcesHash() {
@@ -44,9 +50,11 @@ function sourcesHash() {
   return hash.digest('hex');
 }
 
-function run(args, what) {
-  const result = spawnSync(process.execPath, args, { cwd: root, stdio: 'inherit' });
+/** Runs a Node.js script; `quiet`: its output is shown only when it fails (the code generator's progress lines). */
+function run(args, what, { quiet = false } = {}) {
+  const result = spawnSync(process.execPath, args, { cwd: root, stdio: quiet ? ['ignore', 'pipe', 'pipe'] : 'inherit', encoding: 'utf8' });
   if (result.status !== 0) {
+    if (quiet) process.stderr.write(`${result.stdout}${result.stderr}`);
     console.error(`build: ${what} failed`);
     process.exit(result.status ?? 1);
   }
@@ -62,22 +70,22 @@ if (ifStale) console.error('build: dist/ is missing or older than the sources, b
 if (!ifStale || !existsSync(clientPath) || statSync(schemaPath).mtimeMs > statSync(clientPath).mtimeMs) {
   run([join(root, 'scripts', 'prisma-generate.mjs')], 'prisma generate');
 }
-// The dashboard imports the typed operations that codegen writes from src/client/operations.graphql.
-const generatedOperations = join(root, 'src', 'client', 'generated', 'graphql.ts');
-const codegenInputs = ['src/client/operations.graphql', 'schema.graphql'].map((path) => statSync(join(root, path)).mtimeMs);
-if (!ifStale || !existsSync(generatedOperations) || Math.max(...codegenInputs) > statSync(generatedOperations).mtimeMs) {
-  const require = createRequire(import.meta.url);
-  run([join(require.resolve('@graphql-codegen/cli/package.json'), '..', 'cjs', 'bin.js'), '--config', 'codegen.ts'], 'graphql-codegen');
-}
 const require = createRequire(import.meta.url);
 let tsc;
+let codegen;
 let esbuild;
 try {
   tsc = join(require.resolve('typescript/package.json'), '..', 'bin', 'tsc');
+  codegen = join(require.resolve('@graphql-codegen/cli/package.json'), '..', 'esm', 'bin.js');
   esbuild = await import('esbuild');
 } catch {
-  console.error('build: TypeScript or esbuild is not installed (npm install --omit=dev?). Build dist/ where the dev dependencies are installed: npm run build.');
+  console.error('build: TypeScript, GraphQL Code Generator or esbuild is not installed (npm install --omit=dev?). Build dist/ where the dev dependencies are installed: npm run build.');
   process.exit(1);
+}
+// The dashboard and the client package import the typed operations codegen writes from src/client/operations.graphql.
+const newestSource = Math.max(...operationSources.map((path) => statSync(path).mtimeMs));
+if (!ifStale || !existsSync(operationsPath) || newestSource > statSync(operationsPath).mtimeMs) {
+  run([codegen, '--config', join(root, 'codegen.ts')], 'graphql-codegen (npm run codegen)', { quiet: true });
 }
 run([tsc, '-p', join(root, 'tsconfig.build.json')], 'tsc -p tsconfig.build.json');
 // Files of removed sources must not linger in dist/.
@@ -101,6 +109,18 @@ try {
     banner: { js: "import { createRequire as __callboardCreateRequire } from 'node:module'; const require = __callboardCreateRequire(import.meta.url);" },
     logLevel: 'warning',
   });
+  // The client package: for browsers and Node.js alike, one module without imports.
+  await esbuild.build({
+    absWorkingDir: root,
+    entryPoints: ['src/client/index.ts'],
+    bundle: true,
+    format: 'esm',
+    platform: 'neutral',
+    mainFields: ['module', 'main'],
+    target: 'es2022',
+    outfile: 'dist/client/index.js',
+    logLevel: 'warning',
+  });
 } catch {
   console.error('build: esbuild failed');
   process.exit(1);
@@ -111,6 +131,7 @@ try {
   console.error(`build: the dashboard failed: ${error.message}`);
   process.exit(1);
 }
+run([tsc, '-p', join(root, 'tsconfig.client.json')], 'tsc -p tsconfig.client.json');
 writeFileSync(stampPath, sourcesHash());
 
 /**

@@ -15,6 +15,7 @@ import { schema } from './graphql/schema.ts';
 import { useBodyLimit } from './http/body-limit.ts';
 import { createCorsOptions, useBrowserSafety } from './http/browser-safety.ts';
 import { useDashboard } from './http/dashboard.ts';
+import { createGraphiQL } from './http/graphiql.ts';
 import { useOpenAiDoor } from './http/openai-door.ts';
 import { useMetricsEndpoint } from './observability/metrics-endpoint.ts';
 import { createRequestLogging } from './observability/request-log.ts';
@@ -53,6 +54,7 @@ export function createApp(services: Services, options: AppOptions = {}): App {
   const door = createDoor(services.authenticator);
   const requestLogging = createRequestLogging({ logger, identityOf: door.identityIfAny, tracing: options.tracing });
   const { server } = loaded.config;
+  const graphiql = server.graphiql ? createGraphiQL() : null;
   return createYoga<Record<string, never>, GraphQLContext>({
     schema,
     context: ({ request }): GraphQLContext => {
@@ -84,11 +86,12 @@ export function createApp(services: Services, options: AppOptions = {}): App {
     graphqlEndpoint: '/graphql',
     healthCheckEndpoint: '/health',
     landingPage: false,
-    graphiql: loaded.config.server.graphiql ? { title: 'Callboard', defaultQuery: exampleOperations } : false,
+    graphiql: graphiql ? { title: 'Callboard', defaultQuery: exampleOperations } : false,
     // GraphiQL's scripts come with the package: Yoga's default page loads them from a CDN, which a
-    // machine without internet access (or a strict content policy) never reaches. The package is
-    // 9 MB of script: it is read on the page's first request, not at start.
-    renderGraphiQL: async (options) => (await import('@graphql-yoga/render-graphiql')).renderGraphiQL(options),
+    // machine without internet access (or a strict content policy) never reaches. The package's
+    // own page inlines its 9 MB into every load: src/http/graphiql.ts serves a small page instead,
+    // and the files once, cached and compressed, read on the first request, not at start.
+    ...(graphiql ? { renderGraphiQL: graphiql.render } : {}),
     logging: {
       debug: (...args) => logger.debug(args.map(String).join(' ')),
       info: (...args) => logger.info(args.map(String).join(' ')),
@@ -108,6 +111,8 @@ export function createApp(services: Services, options: AppOptions = {}): App {
     plugins: [
       // First: every answer carries its x-request-id, and every request writes its line.
       requestLogging.plugin,
+      // GraphiQL's files hold no data, as its page (which Yoga answers before any plugin): any host, no key.
+      ...(graphiql ? [graphiql.plugin] : []),
       // A rebound Host is refused before anyone is asked for a key.
       useBrowserSafety({ corsOrigins: server.corsOrigins, allowedHosts: server.allowedHosts, checkHost: services.authenticator.openMode }),
       // The dashboard's page and files hold no data: served before the door asks for a key.

@@ -7,6 +7,8 @@ import {
   type CallEventsSubscription,
   CallDetailDocument,
   CallStatsDocument,
+  CallsOverTimeDocument,
+  CostByModelAndDayDocument,
   MeDocument,
   ProvidersAndOverridesDocument,
   RecentCallsDocument,
@@ -61,6 +63,31 @@ describe('the dashboard client operations (src/client)', () => {
     expect(entries.data!.cacheEntries.edges[0]!.node.hitCount).toBe(1);
     const providers = await testApp.execute(ProvidersAndOverridesDocument);
     expect(providers.data!.providers.find((provider) => provider.active)?.apiType).toBe('openai');
+  });
+
+  it('CallsOverTime and CostByModelAndDay bucket the calls by hour, and by model and day', async () => {
+    // The buckets the two calls fall in (the same hour, unless they straddle one).
+    const calls = (await testApp.execute(RecentCallsDocument, { filter: { tags: ['dashboard'] } })).data!.calls.edges.map((edge) => edge.node);
+    const countBy = (prefix: number) => {
+      const counts = new Map<string, number>();
+      for (const call of [...calls].reverse()) counts.set(call.createdAt.slice(0, prefix), (counts.get(call.createdAt.slice(0, prefix)) ?? 0) + 1);
+      return [...counts];
+    };
+    const overTime = await testApp.execute(CallsOverTimeDocument, { filter: { tags: ['dashboard'] } });
+    expect(overTime.errors).toBeUndefined();
+    expect(overTime.data!.callStats.map((bucket) => [bucket.hour?.slice(0, 13), bucket.calls])).toEqual(countBy(13));
+    expect(overTime.data!.callStats.reduce((sum, bucket) => sum + bucket.cacheHits, 0)).toBe(1);
+    const byDay = await testApp.execute(CallsOverTimeDocument, { filter: { tags: ['dashboard'] }, groupBy: ['DAY'] });
+    expect(byDay.data!.callStats.map((bucket) => [bucket.day?.slice(0, 10), bucket.calls])).toEqual(countBy(10));
+    expect(byDay.data!.callStats.every((bucket) => bucket.hour === null)).toBe(true);
+    const cost = await testApp.execute(CostByModelAndDayDocument, { filter: { tags: ['dashboard'] } });
+    expect(cost.errors).toBeUndefined();
+    expect(cost.data!.callStats.map((bucket) => [bucket.model, bucket.day?.slice(0, 10), bucket.calls])).toEqual(countBy(10).map(([day, count]) => ['gpt-4o-mini', day, count]));
+    const spent = cost.data!.callStats.reduce((sum, bucket) => sum + Number(bucket.costUsd ?? 0), 0);
+    const saved = cost.data!.callStats.reduce((sum, bucket) => sum + Number(bucket.costSavedUsd ?? 0), 0);
+    // The miss was paid for; the hit saved what the miss cost.
+    expect(spent).toBeGreaterThan(0);
+    expect(saved).toBeCloseTo(spent, 12);
   });
 
   it('Me shows the key a dashboard signs in with, and ApiKeys lists the keys for an ADMIN (open mode here)', async () => {

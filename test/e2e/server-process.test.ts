@@ -192,7 +192,7 @@ describe('the server process (npm start)', () => {
     expect(output.join('')).toContain('"msg":"stopped"');
   }, 60_000);
 
-  it('compiled, as `npm start` runs it: answers /ready, then serves GraphiQL with its packaged scripts, loaded on the first requests for the page, and Prisma with its compiler', async () => {
+  it('compiled, as `npm start` runs it: answers /ready, then serves GraphiQL with its packaged scripts (compressed), loaded on the first requests for the page, and Prisma with its compiler', async () => {
     // GraphiQL's renderer is imported on its first use, from dist/ as from the sources: built here if stale, as `npm start` does.
     const build = spawnSync(process.execPath, [join(repositoryRoot, 'scripts/build.mjs'), '--if-stale'], { cwd: repositoryRoot, encoding: 'utf8' });
     expect(build.status, build.stderr).toBe(0);
@@ -208,10 +208,17 @@ describe('the server process (npm start)', () => {
         const html = await page.text();
         expect(html).toContain('<title>Callboard</title>');
         expect(html).toContain('query CountTokens');
-        // The packaged page carries GraphiQL's scripts (megabytes); Yoga's default loads them from unpkg.com.
+        // GraphiQL's files come from Callboard (Yoga's default page loads them from unpkg.com), by URL: the page is small.
         expect(html).not.toContain('unpkg.com');
-        expect(html.length).toBeGreaterThan(1_000_000);
+        expect(html.length).toBeLessThan(20_000);
       }
+      const scriptPath = /src="(\/graphiql-assets\/[^"]+\/graphiql\.js)"/.exec(await (await fetch(server.url, { headers: { accept: 'text/html' } })).text())?.[1];
+      expect(scriptPath).toBeDefined();
+      const script = await fetch(`${origin}${scriptPath}`, { headers: { 'accept-encoding': 'br' } });
+      expect(script.status).toBe(200);
+      expect(script.headers.get('content-encoding')).toBe('br');
+      expect(Number(script.headers.get('content-length'))).toBeLessThan(2_000_000);
+      expect((await script.text()).length).toBeGreaterThan(5_000_000);
       const answer = await postGraphQL(server.url, tokenCountBody);
       expect(answer.body).toEqual({ data: { tokenCount: { tokens: 6, encoding: 'o200k_base' } } });
       // Prisma's query compiler is a chunk of its own too, read on Prisma's first query.
