@@ -100,8 +100,8 @@ describe('the dashboard over HTTP: a static page and immutable, compressed files
     // No inline script, nothing from another host.
     expect(html).not.toMatch(/<script(?![^>]*\bsrc=)[^>]*>/);
     expect(html).not.toMatch(/https?:\/\//);
-    const script = /src="(\/dashboard\/assets\/main-[A-Z0-9]+\.js)"/.exec(html)![1]!;
-    const styles = /href="(\/dashboard\/assets\/main-[A-Z0-9]+\.css)"/.exec(html)![1]!;
+    const script = /src="(\/dashboard\/assets\/[\w-]+\/main-[A-Z0-9]+\.js)"/.exec(html)![1]!;
+    const styles = /href="(\/dashboard\/assets\/[\w-]+\/main-[A-Z0-9]+\.css)"/.exec(html)![1]!;
 
     // node:http, to see the bytes as sent (fetch would decode them).
     const brotli = await send(server.port, { path: script, headers: { 'accept-encoding': 'gzip, br' } });
@@ -129,12 +129,16 @@ describe('the dashboard over HTTP: a static page and immutable, compressed files
     expect(gzip.encoding).toBe('gzip');
     expect(gunzipSync(gzip.body).equals(source)).toBe(true);
 
-    const again = await fetch(`${server.url}${script}`, { headers: { 'if-none-match': br.etag! } });
+    // Each encoding has its own ETag: the brotli one revalidates a request that would get brotli.
+    const again = await fetch(`${server.url}${script}`, { headers: { 'if-none-match': br.etag!, 'accept-encoding': 'br' } });
     expect(again.status).toBe(304);
     expect((await fetch(`${server.url}${styles}`)).headers.get('content-type')).toBe('text/css; charset=utf-8');
     expect((await fetch(`${server.url}/dashboard/assets/main-NOPE.js`)).status).toBe(404);
     expect((await fetch(`${server.url}/dashboard/assets/..%2F..%2Fpackage.json`)).status).toBe(404);
     expect((await fetch(`${server.url}/dashboard`, { method: 'POST' })).status).toBe(405);
+    // The page is revalidated, not re-sent, while the build is the same.
+    const pageAgain = await fetch(`${server.url}/dashboard`, { headers: { 'if-none-match': page.headers.get('etag')! } });
+    expect(pageAgain.status).toBe(304);
     // The data stays behind the key.
     expect((await fetch(`${server.url}/graphql`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"query":"{ me { id } }"}' })).status).toBe(401);
   });
