@@ -13,5 +13,9 @@ export default defineConfig({
     include: ['src/**/*.test.ts', 'test/**/*.test.ts'],
     testTimeout: 30_000,
     hookTimeout: 60_000,
+    // One migrated database (PGlite and Postgres) per run, that every test database is copied from.
+    globalSetup: ['test/support/global-setup.ts'],
+    // Tests marked concurrent (the server processes') run two at a time: starting a server is CPU work.
+    maxConcurrency: 2,
   },
 });
