@@ -1,4 +1,5 @@
 import { createRequire } from 'node:module';
+import { availableParallelism } from 'node:os';
 import { defineConfig } from 'vitest/config';
 
 const require = createRequire(import.meta.url);
@@ -15,6 +16,9 @@ export default defineConfig({
     hookTimeout: 60_000,
     // One migrated database (PGlite and Postgres) per run, that every test database is copied from.
     globalSetup: ['test/support/global-setup.ts'],
+    // Vitest's default is one worker fewer than the cores: a single one on a 2-core machine, whose second core then
+    // mostly idles, as most test files wait on a database, a fake upstream or a child process much of their time.
+    maxWorkers: Math.max(2, availableParallelism() - 1),
     // Tests marked concurrent (the server processes') run two at a time: starting a server is CPU work.
     maxConcurrency: 2,
   },

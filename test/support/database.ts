@@ -22,19 +22,21 @@ export interface TestDatabase {
 }
 
 /**
- * Set by test/support/global-setup.ts (vitest's globalSetup) for the whole run: a dump of a migrated
- * PGlite data folder, and the name of a migrated Postgres template database. Without them (a script,
- * a bench) each test database is migrated from empty.
+ * Set by test/support/global-setup.ts (vitest's globalSetup) for the whole run: dumps of a new PGlite
+ * data folder and of a migrated one, and the name of a migrated Postgres template database. Without
+ * them (a script, a bench) each test database is made by initdb and migrated from empty.
  */
+export const pgliteEmptyDumpVariable = 'CALLBOARD_TEST_PGLITE_EMPTY_DUMP';
 export const pgliteDumpVariable = 'CALLBOARD_TEST_PGLITE_DUMP';
 export const postgresTemplateVariable = 'CALLBOARD_TEST_POSTGRES_TEMPLATE';
 
-let pgliteDump: Promise<Blob> | undefined;
-function migratedPgliteDump(): Promise<Blob> | undefined {
-  const path = process.env[pgliteDumpVariable];
+const pgliteDumps = new Map<string, Promise<Blob>>();
+/** The dump the variable names, read once per process; undefined without the variable. */
+export function pgliteDump(variable: string): Promise<Blob> | undefined {
+  const path = process.env[variable];
   if (!path) return undefined;
-  pgliteDump ??= readFile(path).then((bytes) => new Blob([bytes]));
-  return pgliteDump;
+  if (!pgliteDumps.has(path)) pgliteDumps.set(path, readFile(path).then((bytes) => new Blob([bytes])));
+  return pgliteDumps.get(path);
 }
 
 /** A fresh, empty database of its own, so test files can run in parallel. */
@@ -53,7 +55,7 @@ export async function createTestDatabase(kind: DatabaseKind): Promise<TestDataba
 /** Empty, or a copy of the run's migrated database when there is one (`migrated`). */
 async function createDatabaseOfItsOwn(kind: DatabaseKind, migrated: boolean): Promise<TestDatabase> {
   if (kind === 'pglite') {
-    const dump = migrated ? await migratedPgliteDump() : undefined;
+    const dump = await pgliteDump(migrated ? pgliteDumpVariable : pgliteEmptyDumpVariable);
     const database = await createDatabase({ url: null, dataDir: 'memory://', pgliteDump: dump });
     return { database, url: null, dispose: () => database.close() };
   }
