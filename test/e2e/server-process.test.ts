@@ -1,11 +1,10 @@
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { execFile, spawn, spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { connect } from 'node:net';
 import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
 import { createDatabase } from '../../src/db/database.ts';
 import { readMigrations } from '../../src/db/migrate.ts';
 import { createEmptyDatabase, migrationsDir, type TestDatabase } from '../support/database.ts';
@@ -41,22 +40,7 @@ const hangingCall = JSON.stringify({ query: 'mutation { sendMessage(input: { mes
 
 const repositoryRoot = fileURLToPath(new URL('../..', import.meta.url));
 
-/** Runs a command to its end without blocking the event loop; its exit code (null when killed) and its output. */
-async function runProcess(file: string, args: string[], options: { cwd: string; env?: Record<string, string>; timeout?: number }) {
-  try {
-    const { stdout, stderr } = await promisify(execFile)(file, args, { ...options, encoding: 'utf8' });
-    return { code: 0, output: `${stdout}${stderr}` };
-  } catch (error) {
-    const failed = error as { code?: unknown; stdout?: string; stderr?: string };
-    return { code: typeof failed.code === 'number' ? failed.code : null, output: `${failed.stdout ?? ''}${failed.stderr ?? ''}` };
-  }
-}
-
-// Each test starts processes of its own (own data folder, own working directory where a config.ini matters), so two
-// run at once (vitest.config.ts' maxConcurrency): much of their time is spent waiting on those processes (a call's
-// deadline, a delayed answer), but starting one is CPU work, and the machine may have two cores only. Timeouts leave
-// room for sharing the CPU. Nothing here may block the event loop (spawnSync), or the other test's timings would be skewed.
-describe('the server process (npm start)', { concurrent: true, timeout: 90_000 }, () => {
+describe('the server process (npm start)', () => {
   let workDir: string;
   beforeAll(async () => {
     workDir = await mkdtemp(join(tmpdir(), 'callboard-server-'));
@@ -206,12 +190,12 @@ describe('the server process (npm start)', { concurrent: true, timeout: 90_000 }
     });
     expect(refused).toBe(true);
     expect(output.join('')).toContain('"msg":"stopped"');
-  }, 90_000);
+  }, 60_000);
 
   it('compiled, as `npm start` runs it: answers /ready, then serves GraphiQL with its packaged scripts, loaded on the first requests for the page, and Prisma with its compiler', async () => {
     // GraphiQL's renderer is imported on its first use, from dist/ as from the sources: built here if stale, as `npm start` does.
-    const build = await runProcess(process.execPath, [join(repositoryRoot, 'scripts/build.mjs'), '--if-stale'], { cwd: repositoryRoot });
-    expect(build.code, build.output).toBe(0);
+    const build = spawnSync(process.execPath, [join(repositoryRoot, 'scripts/build.mjs'), '--if-stale'], { cwd: repositoryRoot, encoding: 'utf8' });
+    expect(build.status, build.stderr).toBe(0);
     const server = await startServerProcess({ cwd: workDir, env: { CALLBOARD_DATABASE__DATA_DIR: join(workDir, 'data-compiled') }, compiled: true });
     try {
       const origin = new URL(server.url).origin;
@@ -239,11 +223,8 @@ describe('the server process (npm start)', { concurrent: true, timeout: 90_000 }
   }, 120_000);
 
   it('reads ./config.ini of the working directory over the project one, and the environment over both', async () => {
-    // A working directory of its own: the other tests' servers, started at the same time, must not read this config.ini.
-    const cwd = join(workDir, 'with-config');
-    await mkdir(cwd);
-    await writeFile(join(cwd, 'config.ini'), '[OpenAI]\nMODEL=gpt-4\n[Logging]\nLEVEL=warn\n');
-    const server = await startServerProcess({ cwd, env: { CALLBOARD_DATABASE__DATA_DIR: join(workDir, 'data-config'), CALLBOARD_LOGGING__LEVEL: 'info' } });
+    await writeFile(join(workDir, 'config.ini'), '[OpenAI]\nMODEL=gpt-4\n[Logging]\nLEVEL=warn\n');
+    const server = await startServerProcess({ cwd: workDir, env: { CALLBOARD_DATABASE__DATA_DIR: join(workDir, 'data'), CALLBOARD_LOGGING__LEVEL: 'info' } });
     try {
       const answer = await postGraphQL(server.url, JSON.stringify({ query: '{ tokenCount(text: "x") { model } settings { key source origin } }' }));
       expect(answer.body.data.tokenCount.model).toBe('gpt-4');
@@ -251,7 +232,7 @@ describe('the server process (npm start)', { concurrent: true, timeout: 90_000 }
       expect(level).toEqual({ key: 'LEVEL', source: 'ENVIRONMENT', origin: 'CALLBOARD_LOGGING__LEVEL' });
     } finally {
       await server.stop();
-      await rm(join(cwd, 'config.ini'));
+      await rm(join(workDir, 'config.ini'));
     }
   });
 
@@ -286,40 +267,39 @@ describe('the server process (npm start)', { concurrent: true, timeout: 90_000 }
 
   it('npm run keys creates a key it prints once, lists it without the secret, and revokes it', async () => {
     const dataDir = join(workDir, 'keys-data');
-    const run = (...args: string[]) =>
-      runProcess(process.execPath, ['--import', 'tsx', 'scripts/keys.ts', ...args], {
+    const run = (...args: string[]) => {
+      const result = spawnSync(process.execPath, ['--import', 'tsx', 'scripts/keys.ts', ...args], {
         cwd: repositoryRoot,
         env: { PATH: process.env.PATH ?? '', CALLBOARD_DATABASE__DATA_DIR: dataDir },
+        encoding: 'utf8',
         timeout: 60_000,
       });
-    const created = await run('create', '--name', 'ops', '--role', 'ADMIN', '--tenant', 'default');
+      return { code: result.status, output: `${result.stdout}${result.stderr}` };
+    };
+    const created = run('create', '--name', 'ops', '--role', 'ADMIN', '--tenant', 'default');
     expect(created.code, created.output).toBe(0);
     const key = /^(cb_\S+)$/m.exec(created.output)![1]!;
     const id = /\(id ([0-9a-f-]{36})\)/.exec(created.output)![1]!;
-    const listed = await run('list');
+    const listed = run('list');
     expect(listed.code, listed.output).toBe(0);
     expect(listed.output).toContain(id);
     expect(listed.output).toContain(key.slice(0, 10));
     expect(listed.output).not.toContain(key);
-    const revoked = await run('revoke', id);
+    const revoked = run('revoke', id);
     expect(revoked.code, revoked.output).toBe(0);
     expect(revoked.output).toContain(`Revoked key "ops" (${id})`);
-    expect((await run('create', '--name', 'x', '--role', 'OWNER', '--tenant', 'default')).code).toBe(2);
+    expect(run('create', '--name', 'x', '--role', 'OWNER', '--tenant', 'default').code).toBe(2);
   }, 120_000);
 });
 
-// Each test on a database of its own (the second one renames a table under its server), at once with the others.
-describe.runIf(process.env.TEST_DATABASE_URL)('the server process with DATABASE_URL', { concurrent: true, timeout: 90_000 }, () => {
-  const databases: TestDatabase[] = [];
-  const emptyDatabase = async () => {
-    const testDatabase = await createEmptyDatabase('postgres');
-    databases.push(testDatabase);
-    return testDatabase;
-  };
-  afterAll(() => Promise.all(databases.map((testDatabase) => testDatabase.dispose())));
+describe.runIf(process.env.TEST_DATABASE_URL)('the server process with DATABASE_URL', () => {
+  let testDatabase: TestDatabase;
+  beforeAll(async () => {
+    testDatabase = await createEmptyDatabase('postgres');
+  });
+  afterAll(() => testDatabase.dispose());
 
   it('uses that Postgres, migrated on start, and never logs its password', async () => {
-    const testDatabase = await emptyDatabase();
     const url = new URL(testDatabase.url!);
     url.password = 'not-needed-with-trust-auth';
     const server = await startServerProcess({ cwd: tmpdir(), env: { DATABASE_URL: url.toString() } });
@@ -333,7 +313,6 @@ describe.runIf(process.env.TEST_DATABASE_URL)('the server process with DATABASE_
   });
 
   it('exits with 1 when history rows could not be written before it stopped, and says how many', async () => {
-    const testDatabase = await emptyDatabase();
     const fake = await startFakeOpenAI();
     fake.script('chat', { json: { id: 'x', object: 'chat.completion', created: 0, model: 'gpt-4o-mini', choices: [{ index: 0, message: { role: 'assistant', content: 'kept?', refusal: null }, finish_reason: 'stop' }] } });
     // Neither the database nor the spool can keep the row: the spool's folder would sit under a plain file.
