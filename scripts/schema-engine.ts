@@ -24,11 +24,16 @@ function loadEngine(): Promise<void> {
 }
 
 /** The SQL that takes a database from the migrations in `migrationsDir` to `schemaPath`; '' when they agree. */
-export async function diffMigrationsToSchema(options: { schemaPath: string; migrationsDir: string }): Promise<string> {
+export async function diffMigrationsToSchema(options: {
+  schemaPath: string;
+  migrationsDir: string;
+  /** A dump (PGlite's dumpDataDir) of a new, empty data folder to start the shadow database from, sparing its initdb (tests). */
+  shadowDump?: Blob;
+}): Promise<string> {
   await loadEngine();
   const content = await readFile(options.schemaPath, 'utf8');
   const migrations = await readMigrations(options.migrationsDir).catch(() => []);
-  const shadow = new PGlite();
+  const shadow = new PGlite(options.shadowDump ? { loadDataDir: options.shadowDump } : undefined);
   try {
     const adapter = bindMigrationAwareSqlAdapterFactory(new PrismaPGlite(shadow));
     const engine = await engineModule.SchemaEngine.new({ datamodels: [[options.schemaPath, content]] }, () => {}, adapter);

@@ -1,5 +1,6 @@
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createTestDatabase } from '../../test/support/database.ts';
 import { createDatabase, type Database } from './database.ts';
 import { classifyDatabaseError } from './database-errors.ts';
 
@@ -15,7 +16,8 @@ async function errorOf(work: () => Promise<unknown>): Promise<unknown> {
 describe('classifyDatabaseError, on the errors the drivers really throw', () => {
   let lite: Database;
   beforeAll(async () => {
-    lite = await createDatabase({ url: null, dataDir: 'memory://' });
+    // Any PGlite does; a copy of the run's migrated one starts without initdb.
+    lite = (await createTestDatabase('pglite')).database;
   });
   afterAll(async () => {
     await lite.close().catch(() => {});
@@ -45,7 +47,7 @@ describe('classifyDatabaseError, on the errors the drivers really throw', () => 
     const client = new pg.Client({ connectionString: 'postgresql://postgres@127.0.0.1:9/none' });
     expect(classifyDatabaseError(await errorOf(() => client.connect()))).toBe('unreachable');
 
-    const closed = await createDatabase({ url: null, dataDir: 'memory://' });
+    const { database: closed } = await createTestDatabase('pglite');
     await closed.close();
     expect(classifyDatabaseError(await errorOf(() => closed.query('SELECT 1')))).toBe('unreachable');
   });

@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { createDatabase, type Database } from '../../src/db/database.ts';
@@ -20,16 +21,49 @@ export interface TestDatabase {
   dispose(): Promise<void>;
 }
 
+/**
+ * Set by test/support/global-setup.ts (vitest's globalSetup) for the whole run: dumps of a new PGlite
+ * data folder and of a migrated one, and the name of a migrated Postgres template database. Without
+ * them (a script, a bench) each test database is made by initdb and migrated from empty.
+ */
+export const pgliteEmptyDumpVariable = 'CALLBOARD_TEST_PGLITE_EMPTY_DUMP';
+export const pgliteDumpVariable = 'CALLBOARD_TEST_PGLITE_DUMP';
+export const postgresTemplateVariable = 'CALLBOARD_TEST_POSTGRES_TEMPLATE';
+
+const pgliteDumps = new Map<string, Promise<Blob>>();
+/** The dump the variable names, read once per process; undefined without the variable. */
+export function pgliteDump(variable: string): Promise<Blob> | undefined {
+  const path = process.env[variable];
+  if (!path) return undefined;
+  if (!pgliteDumps.has(path)) pgliteDumps.set(path, readFile(path).then((bytes) => new Blob([bytes])));
+  return pgliteDumps.get(path);
+}
+
 /** A fresh, empty database of its own, so test files can run in parallel. */
 export async function createEmptyDatabase(kind: DatabaseKind): Promise<TestDatabase> {
+  return createDatabaseOfItsOwn(kind, false);
+}
+
+/** A fresh database with every migration applied. */
+export async function createTestDatabase(kind: DatabaseKind): Promise<TestDatabase> {
+  const testDatabase = await createDatabaseOfItsOwn(kind, true);
+  // On a copy of the migrated database this applies nothing: it only checks that the copy is up to date.
+  await migrate(testDatabase.database, await readMigrations(migrationsDir));
+  return testDatabase;
+}
+
+/** Empty, or a copy of the run's migrated database when there is one (`migrated`). */
+async function createDatabaseOfItsOwn(kind: DatabaseKind, migrated: boolean): Promise<TestDatabase> {
   if (kind === 'pglite') {
-    const database = await createDatabase({ url: null, dataDir: 'memory://' });
+    const dump = await pgliteDump(migrated ? pgliteDumpVariable : pgliteEmptyDumpVariable);
+    const database = await createDatabase({ url: null, dataDir: 'memory://', pgliteDump: dump });
     return { database, url: null, dispose: () => database.close() };
   }
   const adminUrl = process.env.TEST_DATABASE_URL;
   if (!adminUrl) throw new Error('TEST_DATABASE_URL is not set');
   const name = `callboard_test_${randomBytes(6).toString('hex')}`;
-  await withClient(adminUrl, (client) => client.query(`CREATE DATABASE "${name}"`));
+  const template = migrated ? process.env[postgresTemplateVariable] : undefined;
+  await withClient(adminUrl, (client) => client.query(template ? `CREATE DATABASE "${name}" TEMPLATE "${template}"` : `CREATE DATABASE "${name}"`));
   const url = databaseUrlFor(adminUrl, name);
   const database = await createDatabase({ url, dataDir: 'unused', poolSize: 4 });
   return {
@@ -40,13 +74,6 @@ export async function createEmptyDatabase(kind: DatabaseKind): Promise<TestDatab
       await withClient(adminUrl, (client) => client.query(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`));
     },
   };
-}
-
-/** A fresh database with every migration applied. */
-export async function createTestDatabase(kind: DatabaseKind): Promise<TestDatabase> {
-  const testDatabase = await createEmptyDatabase(kind);
-  await migrate(testDatabase.database, await readMigrations(migrationsDir));
-  return testDatabase;
 }
 
 /** The URL of `database` on the server of `adminUrl`. */
