@@ -19,7 +19,9 @@ const simpleContentTypes = new Set(['application/x-www-form-urlencoded', 'multip
 /** What a POST to /graphql may carry: JSON (as every GraphQL client sends) or a bare query. None is simple. */
 const graphqlContentTypes = new Set(['application/json', 'application/graphql+json', 'application/graphql']);
 /** Headers a page may send to a listed origin, besides `x-callboard-*` ones. */
-const corsHeaders = ['content-type', 'authorization', 'accept'];
+const corsHeaders = ['content-type', 'authorization', 'accept', 'x-request-id'];
+/** What a listed origin's page may read of an answer besides the basics: the request's id, and the REST door's call id and cache status. */
+const exposedHeaders = ['x-request-id', 'x-callboard-call-id', 'x-callboard-cache-status'];
 
 function contentTypeEssence(value: string | null): string {
   return (value ?? '').split(';')[0]!.trim().toLowerCase();
@@ -99,6 +101,7 @@ export function createCorsOptions(corsOrigins: readonly string[]): (request: Req
       origin: [origin],
       methods: ['GET', 'POST', 'OPTIONS'],
       allowedHeaders: [...new Set([...corsHeaders, ...requested])],
+      exposedHeaders,
       // Callboard uses no cookies: a page's API key travels in a header it sets itself.
       credentials: false,
       maxAge: 600,

@@ -218,6 +218,10 @@ describe.each(databaseKinds)('browser safety on %s', (kind) => {
         expect(response.headers.get('access-control-allow-origin')).toBe(origin);
         expect(response.headers.get('vary')).toContain('Origin');
         expect(response.headers.get('access-control-allow-credentials')).toBeNull();
+        // Its page may read the request's id (to quote it in a report) and the REST door's call id.
+        expect(response.headers.get('access-control-expose-headers')!.split(',').map((name) => name.trim())).toEqual(
+          expect.arrayContaining(['x-request-id', 'x-callboard-call-id']),
+        );
       }
     });
 
@@ -227,14 +231,14 @@ describe.each(databaseKinds)('browser safety on %s', (kind) => {
         headers: {
           origin: listedOrigin,
           'access-control-request-method': 'POST',
-          'access-control-request-headers': 'content-type, authorization, x-callboard-csrf, x-callboard-actor, x-evil',
+          'access-control-request-headers': 'content-type, authorization, x-request-id, x-callboard-csrf, x-callboard-actor, x-evil',
         },
       });
       expect(response.status).toBe(204);
       expect(response.headers.get('access-control-allow-origin')).toBe(listedOrigin);
       expect(response.headers.get('access-control-allow-methods')).toBe('GET, POST, OPTIONS');
       const allowed = response.headers.get('access-control-allow-headers')!.split(', ');
-      expect(allowed).toEqual(expect.arrayContaining(['content-type', 'authorization', 'x-callboard-csrf', 'x-callboard-actor']));
+      expect(allowed).toEqual(expect.arrayContaining(['content-type', 'authorization', 'x-request-id', 'x-callboard-csrf', 'x-callboard-actor']));
       expect(allowed).not.toContain('x-evil');
     });
 
