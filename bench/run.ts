@@ -30,7 +30,7 @@ const stackOptions = stackOptionsFromEnvironment(environment);
 const settings = {
   ...stackOptions,
   seconds: Number(environment.BENCH_SECONDS || 5),
-  warmupSeconds: Number(environment.BENCH_WARMUP_SECONDS || 1),
+  warmupSeconds: Number(environment.BENCH_WARMUP_SECONDS || 5),
   connections: (environment.BENCH_CONNECTIONS || '1,32').split(',').map(Number),
   scenarios: (environment.BENCH_SCENARIOS || 'startup,upstream,miss,hit,embedding,tokens,tokenizer,stream').split(',') as (ScenarioName | typeof streamScenarioName | typeof tokenizerPartName | typeof startupScenarioName)[],
   /** The startup scenario: starts on each kind of database, then chat calls to the last one, at so many connections. */
