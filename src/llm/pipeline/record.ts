@@ -58,7 +58,6 @@ export function createRecorder(options: {
   onFinished?: (record: CallRecord) => void;
 }): Recorder {
   const redact = createRedactor(options.secrets);
-  const savedMoved = new WeakSet<CallRecord>();
   /** The request of each call that has one, until it is finished. */
   const requests = new WeakMap<CallRecord, CallsOfRequest>();
   return {
@@ -103,8 +102,7 @@ export function createRecorder(options: {
     finish(record, started, prompt, error, ownsAttempts = true) {
       record.latencyMs = performance.now() - started;
       // A hit spent nothing: what its answer cost when it was produced is what it saved.
-      if (record.cacheStatus === 'HIT' && !savedMoved.has(record)) {
-        savedMoved.add(record);
+      if (record.cacheStatus === 'HIT') {
         record.costSavedUsd = record.costUsd;
         record.costUsd = '0';
       }
