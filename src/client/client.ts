@@ -1,6 +1,7 @@
 import type { TypedDocumentNode } from '@graphql-typed-document-node/core';
 // Bundled into dist/client/index.js by scripts/build.mjs: the client needs nothing installed beside it.
 import { print, type DocumentNode, type OperationDefinitionNode } from 'graphql';
+import { parseSseEvent } from './sse.js';
 
 /** One error of a GraphQL answer, as Callboard sends it: `extensions.code` is a stable code (README, Errors). */
 export interface CallboardGraphQLError {
@@ -196,21 +197,12 @@ export function createCallboardClient(options: CallboardClientOptions): Callboar
           const block = buffer.slice(0, boundary);
           buffer = buffer.slice(boundary + 2);
           scanned = 0;
-          let event = 'message';
-          const data: string[] = [];
-          for (const line of block.split('\n')) {
-            if (line.startsWith(':')) continue;
-            const colon = line.indexOf(':');
-            const field = colon < 0 ? line : line.slice(0, colon);
-            const value = colon < 0 ? '' : line.slice(colon + 1).replace(/^ /, '');
-            if (field === 'event') event = value;
-            else if (field === 'data') data.push(value);
-          }
+          const { event, data } = parseSseEvent(block);
           if (event === 'complete') return;
-          if (event !== 'next' || data.length === 0) continue;
+          if (event !== 'next' || data === null) continue;
           let result: unknown;
           try {
-            result = JSON.parse(data.join('\n'));
+            result = JSON.parse(data);
           } catch {
             throw new CallboardClientError('BAD_RESPONSE', 'a subscription event that is not JSON', { status: response.status });
           }

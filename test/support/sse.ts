@@ -1,3 +1,5 @@
+import { parseSseEvent } from '../../src/client/sse.ts';
+
 /** One result of a subscription, as GraphQL over SSE sends it in a `next` event. */
 export interface StreamedResult<TData = any> {
   data?: TData | null;
@@ -50,21 +52,12 @@ export async function subscribe<TData = any>(
       if (boundary >= 0) {
         const block = buffer.slice(0, boundary);
         buffer = buffer.slice(boundary + 2);
-        let event = 'message';
-        const data: string[] = [];
-        for (const line of block.split('\n')) {
-          if (line.startsWith(':')) continue;
-          const colon = line.indexOf(':');
-          const field = colon < 0 ? line : line.slice(0, colon);
-          const value = colon < 0 ? '' : line.slice(colon + 1).replace(/^ /, '');
-          if (field === 'event') event = value;
-          else if (field === 'data') data.push(value);
-        }
+        const { event, data } = parseSseEvent(block);
         if (event === 'complete') {
           ended = true;
           return null;
         }
-        if (event === 'next') return JSON.parse(data.join('\n')) as StreamedResult<TData>;
+        if (event === 'next') return JSON.parse(data ?? '') as StreamedResult<TData>;
         continue;
       }
       if (ended) return null;
