@@ -81,10 +81,9 @@ const TAT_TOLERANCE_MS = 1;
 const ASYNCHRONOUS_COMMIT = `(SELECT set_config('synchronous_commit', 'off', true)) AS commit_settings`;
 const SERVER_COMMIT = `(SELECT 1) AS commit_settings`;
 
+// USD is numeric (exact) in the table and in the parameters: sums such as 16 x 0.3 never drift over a budget.
 const keptDayUsd = `(CASE WHEN u."day" >= $3::text THEN u."dayUsd" ELSE 0 END)`;
 const keptMonthUsd = `(CASE WHEN u."month" >= $4::text THEN u."monthUsd" ELSE 0 END)`;
-// USD is numeric (exact) in the table and in the parameters: sums such as 16 x 0.3 never drift over a budget.
-const roundUsd = (expression: string) => `(${expression})`;
 
 const TAT_CEILING = WINDOW_MS + TAT_TOLERANCE_MS;
 
@@ -98,16 +97,16 @@ const TAT_CEILING = WINDOW_MS + TAT_TOLERANCE_MS;
 const fits = {
   requests: `($5::float8 IS NULL OR greatest(u."requestsTat", $2::float8) + $6::float8 * $5::float8 - $2::float8 <= ${TAT_CEILING})`,
   tokens: `($7::float8 IS NULL OR greatest(u."tokensTat", $2::float8) + $8::float8 * $7::float8 - $2::float8 <= ${TAT_CEILING})`,
-  day: `($10::numeric IS NULL OR ${roundUsd(`${keptDayUsd} + $9::numeric`)} <= $10::numeric)`,
-  month: `($11::numeric IS NULL OR ${roundUsd(`${keptMonthUsd} + $9::numeric`)} <= $11::numeric)`,
+  day: `($10::numeric IS NULL OR ${keptDayUsd} + $9::numeric <= $10::numeric)`,
+  month: `($11::numeric IS NULL OR ${keptMonthUsd} + $9::numeric <= $11::numeric)`,
 };
 const RESERVED_VALUES = `
   "requestsTat" = coalesce(greatest(u."requestsTat", $2::float8) + $6::float8 * $5::float8, u."requestsTat"),
   "tokensTat" = coalesce(greatest(u."tokensTat", $2::float8) + $8::float8 * $7::float8, u."tokensTat"),
   "day" = CASE WHEN $9::numeric IS NULL THEN u."day" ELSE greatest(u."day", $3::text) END,
-  "dayUsd" = coalesce(${roundUsd(`${keptDayUsd} + $9::numeric`)}, u."dayUsd"),
+  "dayUsd" = coalesce(${keptDayUsd} + $9::numeric, u."dayUsd"),
   "month" = CASE WHEN $9::numeric IS NULL THEN u."month" ELSE greatest(u."month", $4::text) END,
-  "monthUsd" = coalesce(${roundUsd(`${keptMonthUsd} + $9::numeric`)}, u."monthUsd")`;
+  "monthUsd" = coalesce(${keptMonthUsd} + $9::numeric, u."monthUsd")`;
 const ALL_FIT = `${fits.requests} AND ${fits.tokens} AND ${fits.day} AND ${fits.month}`;
 
 /*
@@ -124,9 +123,9 @@ SELECT
   coalesce($2::float8 + $6::float8 * $5::float8, 0),
   coalesce($2::float8 + $8::float8 * $7::float8, 0),
   CASE WHEN $9::numeric IS NULL THEN '' ELSE $3::text END,
-  coalesce(${roundUsd('$9::numeric')}, 0),
+  coalesce($9::numeric, 0),
   CASE WHEN $9::numeric IS NULL THEN '' ELSE $4::text END,
-  coalesce(${roundUsd('$9::numeric')}, 0)
+  coalesce($9::numeric, 0)
 FROM ${commitSettings}
 WHERE true
 ON CONFLICT ("apiKeyId") DO UPDATE SET ${RESERVED_VALUES}
@@ -162,8 +161,8 @@ FROM u LEFT JOIN reserved ON true CROSS JOIN ${commitSettings}`;
 const settleSql = (commitSettings: string) => `
 UPDATE "ApiKeyUsage" SET
   "tokensTat" = coalesce(greatest(greatest("tokensTat", $2::float8) + $4::float8 * $3::float8, 0), "tokensTat"),
-  "dayUsd" = CASE WHEN $5::numeric IS NOT NULL AND "day" = $6::text THEN greatest(${roundUsd('"dayUsd" + $5::numeric')}, 0) ELSE "dayUsd" END,
-  "monthUsd" = CASE WHEN $5::numeric IS NOT NULL AND "month" = $7::text THEN greatest(${roundUsd('"monthUsd" + $5::numeric')}, 0) ELSE "monthUsd" END
+  "dayUsd" = CASE WHEN $5::numeric IS NOT NULL AND "day" = $6::text THEN greatest("dayUsd" + $5::numeric, 0) ELSE "dayUsd" END,
+  "monthUsd" = CASE WHEN $5::numeric IS NOT NULL AND "month" = $7::text THEN greatest("monthUsd" + $5::numeric, 0) ELSE "monthUsd" END
 FROM ${commitSettings}
 WHERE "apiKeyId" = $1::uuid`;
 
