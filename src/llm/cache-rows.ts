@@ -10,8 +10,8 @@ import { cacheKeyVersion, type CacheEntryValue, type CallKind } from './cache.ts
 /** The columns of a CacheEntry row as cacheEntryFromRow reads them, the table aliased `alias`. */
 export function cacheEntryColumns(alias: string): string {
   const columns = ['key', 'apiType', 'model', 'request', 'response', 'promptTokens', 'completionTokens', 'totalTokens', 'createdAt', 'expiresAt', 'createdByCallId', 'tenant', 'apiKeyId'];
-  // numeric arrives as text; trim_scale drops the column's trailing zeros ("0.000525300000" is "0.0005253").
-  return [`${alias}."kind"::text AS "kind"`, `trim_scale(${alias}."costUsd")::text AS "costUsd"`, ...columns.map((column) => `${alias}."${column}"`)].join(', ');
+  // numeric as text, exact ("0.000525300000"): cacheEntryFromRow writes it shortest.
+  return [`${alias}."kind"::text AS "kind"`, `${alias}."costUsd"::text AS "costUsd"`, ...columns.map((column) => `${alias}."${column}"`)].join(', ');
 }
 
 /** A CacheEntry row as the database answers it (selected with cacheEntryColumns). */
