@@ -3,7 +3,7 @@ import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Plugin } from 'graphql-yoga';
-import { createStaticAssets, staticAssetsFromFolder } from './static-assets.ts';
+import { createStaticAssets, etagMatches, staticAssetsFromFolder } from './static-assets.ts';
 
 type FetchAPI = Pick<typeof globalThis, 'Response' | 'Headers'>;
 
@@ -91,7 +91,7 @@ export function useDashboard(options: DashboardOptions): Plugin {
         'x-frame-options': 'DENY',
         'referrer-policy': 'no-referrer',
       };
-      const fresh = request.headers.get('if-none-match')?.split(',').some((tag) => tag.trim().replace(/^W\//, '') === loaded.etag);
+      const fresh = etagMatches(request.headers.get('if-none-match'), loaded.etag);
       endResponse(new fetchAPI.Response(fresh || request.method === 'HEAD' ? null : loaded.body, { status: fresh ? 304 : 200, headers }));
     },
   };

@@ -112,7 +112,7 @@ export function negotiateEncoding(acceptEncoding: string | null, available: read
 }
 
 /** Whether If-None-Match names this ETag (weak comparison, as RFC 9110 asks for it). */
-function matches(ifNoneMatch: string | null, etag: string): boolean {
+export function etagMatches(ifNoneMatch: string | null, etag: string): boolean {
   if (!ifNoneMatch) return false;
   return ifNoneMatch
     .slice(0, 4000)
@@ -192,7 +192,7 @@ export function createStaticAssets(options: StaticAssetsOptions): StaticAssets {
         vary: 'Accept-Encoding',
         'x-content-type-options': 'nosniff',
       };
-      if (matches(request.headers.get('if-none-match'), etag)) {
+      if (etagMatches(request.headers.get('if-none-match'), etag)) {
         endResponse(new fetchAPI.Response(null, { status: 304, headers }));
         return;
       }
